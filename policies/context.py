@@ -1,0 +1,168 @@
+"""What policies may know beyond the object: cluster facts and the admission request.
+
+`policies` never talks to a cluster. Callers hand facts in through `ClusterFacts`: the CLI builds
+`ManifestFacts` from the manifests of a pull request, the webhook builds one from its
+list+watch caches.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from decimal import Decimal
+from typing import Any, Protocol
+
+from policies.gpu import GpuConfig
+from policies.model import EnforcementPoint, Resource
+from policies.workload import Workload, extract
+
+
+class ClusterFacts(Protocol):
+    """Cluster state a policy may consult. Every method answers from memory, never blocks."""
+
+    def namespace_labels(self, namespace: str) -> Mapping[str, str] | None:
+        """Labels of a namespace, or None when the namespace is unknown."""
+
+    def quotas(self, namespace: str) -> list[Mapping[str, Any]]:
+        """ResourceQuota objects of a namespace."""
+
+    def gpu_usage(self, namespace: str, *, exclude: Resource, gpu: GpuConfig) -> dict[str, Decimal]:
+        """GPUs (by resource name / DRA quota name) held in a namespace by everything but ``exclude``."""
+
+    def resolve_claim(self, namespace: str, name: str, is_template: bool) -> Mapping[str, Any] | None:
+        """A ResourceClaim or ResourceClaimTemplate, for DRA GPU counting."""
+
+    def resolve_object(self, namespace: str, kind: str, name: str) -> Mapping[str, Any] | None:
+        """Another object of the same namespace (a Rollout's workloadRef Deployment)."""
+
+    def referenced_by_rollout(self, namespace: str, kind: str, name: str) -> bool:
+        """True when an Argo Rollout manages this object through workloadRef."""
+
+
+@dataclass(frozen=True)
+class RequestInfo:
+    """Who asks for what, at admission. Absent in CI."""
+
+    operation: str = "CREATE"
+    user: str = ""
+    groups: tuple[str, ...] = ()
+    subresource: str = ""
+    dry_run: bool = False
+
+    @property
+    def service_account(self) -> str | None:
+        """``namespace/name`` when the user is a service account."""
+        prefix = "system:serviceaccount:"
+        if self.user.startswith(prefix):
+            ns, _, name = self.user[len(prefix):].partition(":")
+            return f"{ns}/{name}"
+        return None
+
+
+@dataclass
+class EvalContext:
+    """Everything a policy's check sees besides the workload and its params."""
+
+    gpu: GpuConfig
+    facts: ClusterFacts
+    point: EnforcementPoint
+    request: RequestInfo | None = None
+    mutations: Mapping[str, Any] = field(default_factory=dict)
+    environment: str | None = None
+    keys: Any = None  # eval-gate public keys, set by the caller that owns them
+
+
+class EmptyFacts:
+    """No cluster knowledge at all."""
+
+    def namespace_labels(self, namespace: str) -> Mapping[str, str] | None:
+        return None
+
+    def quotas(self, namespace: str) -> list[Mapping[str, Any]]:
+        return []
+
+    def gpu_usage(self, namespace: str, *, exclude: Resource, gpu: GpuConfig) -> dict[str, Decimal]:
+        return {}
+
+    def resolve_claim(self, namespace: str, name: str, is_template: bool) -> Mapping[str, Any] | None:
+        return None
+
+    def resolve_object(self, namespace: str, kind: str, name: str) -> Mapping[str, Any] | None:
+        return None
+
+    def referenced_by_rollout(self, namespace: str, kind: str, name: str) -> bool:
+        return False
+
+
+class ManifestFacts(EmptyFacts):
+    """Cluster facts taken from a set of manifests (a pull request's rendered overlays).
+
+    Quotas and usage come from the same set: a PR that adds 16 GPUs to a namespace whose
+    ResourceQuota in the repo allows 8 fails. Namespace labels come from Namespace objects in
+    the set and from ``extra_labels`` (``--namespace-labels``).
+    """
+
+    def __init__(self, objects: Iterable[Mapping[str, Any]], *,
+                 extra_labels: Mapping[str, Mapping[str, str]] | None = None,
+                 default_namespace: str = "default") -> None:
+        self._objects = [o for o in objects if isinstance(o, Mapping)]
+        self._default_ns = default_namespace
+        self._labels: dict[str, dict[str, str]] = {k: dict(v) for k, v in (extra_labels or {}).items()}
+        self._by_key: dict[tuple[str, str, str], Mapping[str, Any]] = {}
+        self._quotas: dict[str, list[Mapping[str, Any]]] = {}
+        self._rollout_refs: set[tuple[str, str, str]] = set()
+        self._usage_cache: dict[tuple[str, int], list[tuple[Resource, dict[str, Decimal]]]] = {}
+        for obj in self._objects:
+            res = Resource.of(dict(obj), default_namespace=default_namespace)
+            if obj.get("kind") == "Namespace":
+                self._labels.setdefault(res.name, {}).update((obj.get("metadata") or {}).get("labels") or {})
+                continue
+            self._by_key[(res.namespace, res.kind, res.name)] = obj
+            if res.kind == "ResourceQuota":
+                self._quotas.setdefault(res.namespace, []).append(obj)
+            if res.kind == "Rollout":
+                ref = (obj.get("spec") or {}).get("workloadRef")
+                if isinstance(ref, Mapping):
+                    self._rollout_refs.add((res.namespace, str(ref.get("kind", "Deployment")), str(ref.get("name"))))
+
+    def namespace_labels(self, namespace: str) -> Mapping[str, str] | None:
+        return self._labels.get(namespace)
+
+    def quotas(self, namespace: str) -> list[Mapping[str, Any]]:
+        return list(self._quotas.get(namespace, []))
+
+    def resolve_claim(self, namespace: str, name: str, is_template: bool) -> Mapping[str, Any] | None:
+        return self._by_key.get((namespace, "ResourceClaimTemplate" if is_template else "ResourceClaim", name))
+
+    def resolve_object(self, namespace: str, kind: str, name: str) -> Mapping[str, Any] | None:
+        return self._by_key.get((namespace, kind, name))
+
+    def referenced_by_rollout(self, namespace: str, kind: str, name: str) -> bool:
+        return (namespace, kind, name) in self._rollout_refs
+
+    def _usage(self, namespace: str, gpu: GpuConfig) -> list[tuple[Resource, dict[str, Decimal]]]:
+        key = (namespace, id(gpu))
+        if key not in self._usage_cache:
+            rows = []
+            for obj in self._objects:
+                res = Resource.of(dict(obj), default_namespace=self._default_ns)
+                if res.namespace != namespace:
+                    continue
+                if self.referenced_by_rollout(res.namespace, res.kind, res.name):
+                    continue  # counted through its Rollout
+                workload: Workload = extract(obj, gpu=gpu, default_namespace=self._default_ns,
+                                             resolve_claim=self.resolve_claim, resolve_object=self.resolve_object)
+                need = {k: v for k, v in workload.full_size_gpus(gpu).items()}
+                if need:
+                    rows.append((res, need))
+            self._usage_cache[key] = rows
+        return self._usage_cache[key]
+
+    def gpu_usage(self, namespace: str, *, exclude: Resource, gpu: GpuConfig) -> dict[str, Decimal]:
+        total: dict[str, Decimal] = {}
+        for res, need in self._usage(namespace, gpu):
+            if res == exclude:
+                continue
+            for k, v in need.items():
+                total[k] = total.get(k, Decimal(0)) + v
+        return total

@@ -1,0 +1,148 @@
+"""The one evaluation path: the CLI and the webhook both call `evaluate`."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import Any
+
+from policies.context import ClusterFacts, EmptyFacts, EvalContext, RequestInfo
+from policies.model import EnforcementPoint, Finding, Note, Report, Resource, Violation
+from policies.policyset import PolicySet
+from policies.registry import all_policies
+from policies.selectors import Subject
+from policies.workload import extract
+
+log = logging.getLogger("mlguard.policies")
+
+
+@dataclass(frozen=True)
+class Evaluated:
+    """One object's outcome, with the raw findings kept for UPDATE comparisons."""
+
+    resource: Resource
+    violations: list[Violation]
+    notes: list[Note]
+    exempt_reason: str | None
+    only_new: frozenset[str]
+    errors: list[str]
+
+
+def evaluate_object(obj: Mapping[str, Any], policyset: PolicySet, *, point: EnforcementPoint,
+                    facts: ClusterFacts | None = None, request: RequestInfo | None = None,
+                    own_namespace: str | None = None, keys: Any = None,
+                    default_namespace: str = "default") -> Evaluated:
+    """Evaluate every enabled policy on one object. An exception inside a policy denies the
+    object with ``policy <id> failed: ...`` (fail closed) and leaves the other policies running."""
+    facts = facts or EmptyFacts()
+    gpu = policyset.gpu
+    resource = Resource.of(dict(obj), default_namespace=default_namespace)
+    exempt = policyset.exempt_namespace(resource.namespace, own_namespace=own_namespace)
+    if exempt:
+        return Evaluated(resource, [], [], exempt, frozenset(), [])
+    ns_labels = facts.namespace_labels(resource.namespace) or {}
+    environment = policyset.environment(resource.namespace, ns_labels)
+    meta = obj.get("metadata") if isinstance(obj.get("metadata"), Mapping) else {}
+    subject = Subject(resource=resource, object_labels=meta.get("labels") or {}, namespace_labels=ns_labels,
+                      environment=environment, request=request)
+    if not policyset.selects(subject):
+        return Evaluated(resource, [], [], "not selected by the PolicySet's match/exclude", frozenset(), [])
+    workload = extract(obj, gpu=gpu, default_namespace=default_namespace, resolve_claim=facts.resolve_claim,
+                       resolve_object=facts.resolve_object)
+    ctx = EvalContext(gpu=gpu, facts=facts, point=point, request=request, mutations=policyset.mutations,
+                      environment=environment, keys=keys)
+    violations: list[Violation] = []
+    notes: list[Note] = []
+    errors: list[str] = []
+    only_new: set[str] = set()
+    registry = all_policies()
+    for policy_id in policyset.enabled_policies():
+        resolved = policyset.resolve(policy_id, subject=subject, point=point)
+        if resolved.action == "off":
+            continue
+        if resolved.only_new:
+            only_new.add(policy_id)
+        policy = registry[policy_id]
+        try:
+            findings: list[Finding] = list(policy.check(workload, resolved.params, ctx)) if workload.templates \
+                else []
+        except Exception as exc:  # fail closed, keep the others running
+            log.exception("policy %s failed on %s", policy_id, resource)
+            errors.append(policy_id)
+            violations.append(Violation(policy_id, "deny", resource, "", f"policy {policy_id} failed: {exc!r}",
+                                        policy.runbook_path()))
+            continue
+        for f in findings:
+            target = f.resource or resource
+            if f.note:
+                notes.append(Note(policy_id, target, f.path, f.message))
+            else:
+                violations.append(Violation(policy_id, resolved.action, target, f.path, f.message,
+                                            policy.runbook_path()))
+    return Evaluated(resource, violations, notes, None, frozenset(only_new), errors)
+
+
+def evaluate(objects: Iterable[Mapping[str, Any]], policyset: PolicySet, *, point: EnforcementPoint,
+             facts: ClusterFacts | None = None, request: RequestInfo | None = None,
+             own_namespace: str | None = None, keys: Any = None) -> Report:
+    """Evaluate a set of objects (a PR's manifests, or one admission request's object)."""
+    report = Report()
+    seen: set[tuple[Any, ...]] = set()
+    for obj in objects:
+        if not isinstance(obj, Mapping):
+            continue
+        result = evaluate_object(obj, policyset, point=point, facts=facts, request=request,
+                                 own_namespace=own_namespace, keys=keys)
+        report.resources.append(result.resource)
+        if result.exempt_reason:
+            report.exempt.append((result.resource, result.exempt_reason))
+        report.policy_errors.extend(result.errors)
+        for v in result.violations:
+            key = (v.policy, v.resource, v.path, v.message)
+            if key not in seen:  # a workloadRef Deployment is reached twice
+                seen.add(key)
+                report.violations.append(v)
+        for n in result.notes:
+            key = ("note", n.policy, n.resource, n.path, n.message)
+            if key not in seen:
+                seen.add(key)
+                report.notes.append(n)
+    return report
+
+
+def new_violations(current: Evaluated, previous: Evaluated) -> list[Violation]:
+    """For UPDATE: drop violations of `onlyNewViolations` policies that the old object already had,
+    so a scale-down or a label change is never blocked by an old violation. A violation counts
+    as old when the old object had one of the same policy at the same path; for quantities
+    (`needs N GPUs`) only a need that grew is new."""
+    old: dict[tuple[str, str], list[Violation]] = {}
+    for v in previous.violations:
+        old.setdefault((v.policy, v.path), []).append(v)
+    kept = []
+    for v in current.violations:
+        if v.policy in current.only_new and (v.policy, v.path) in old and not _grew(v, old[(v.policy, v.path)]):
+            continue
+        kept.append(v)
+    return kept
+
+
+def _grew(violation: Violation, before: list[Violation]) -> bool:
+    now = _amount(violation.message)
+    if now is None:
+        return False
+    amounts = [a for a in (_amount(b.message) for b in before) if a is not None]
+    return not amounts or now > max(amounts)
+
+
+def _amount(message: str) -> Decimal | None:
+    """The `needs N` amount of a quota message, when the message has one."""
+    marker = "needs "
+    if marker not in message:
+        return None
+    head = message.split(marker, 1)[1].split(" ", 1)[0]
+    try:
+        return Decimal(head)
+    except ArithmeticError:
+        return None

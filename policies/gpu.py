@@ -1,0 +1,101 @@
+"""What counts as a GPU: extended resource names (with patterns), DRA device classes, taints."""
+
+from __future__ import annotations
+
+import fnmatch
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from decimal import Decimal
+from typing import Any
+
+from policies.quantity import QuantityError, parse_quantity
+
+DEFAULT_RESOURCE_NAMES = ("nvidia.com/gpu", "nvidia.com/mig-*", "nvidia.com/gpu.shared", "amd.com/gpu")
+DEFAULT_DEVICE_CLASSES = ("gpu.nvidia.com",)
+DEFAULT_TAINTS = ({"key": "nvidia.com/gpu", "effect": "NoSchedule"},)
+DRA_QUOTA_SUFFIX = ".deviceclass.resource.k8s.io/devices"
+
+
+@dataclass(frozen=True)
+class GpuConfig:
+    """The PolicySet's `spec.gpu`: shared by every policy."""
+
+    resource_names: tuple[str, ...] = DEFAULT_RESOURCE_NAMES
+    device_classes: tuple[str, ...] = DEFAULT_DEVICE_CLASSES
+    taints: tuple[Mapping[str, str], ...] = DEFAULT_TAINTS
+    node_label: str = "nvidia.com/gpu.product"
+    _cache: dict[str, bool] = field(default_factory=dict, compare=False, repr=False)
+
+    @classmethod
+    def from_spec(cls, spec: Mapping[str, Any] | None) -> GpuConfig:
+        spec = spec or {}
+        return cls(
+            resource_names=tuple(spec.get("resourceNames", DEFAULT_RESOURCE_NAMES)),
+            device_classes=tuple(spec.get("deviceClasses", DEFAULT_DEVICE_CLASSES)),
+            taints=tuple(spec.get("taints", DEFAULT_TAINTS)),
+            node_label=spec.get("nodeLabel", "nvidia.com/gpu.product"),
+        )
+
+    def is_gpu_resource(self, name: str) -> bool:
+        """True for a configured GPU resource name; patterns such as ``nvidia.com/mig-*`` match."""
+        hit = self._cache.get(name)
+        if hit is None:
+            hit = any(fnmatch.fnmatchcase(name, pattern) for pattern in self.resource_names)
+            self._cache[name] = hit
+        return hit
+
+    def is_gpu_device_class(self, name: str) -> bool:
+        return any(fnmatch.fnmatchcase(name, pattern) for pattern in self.device_classes)
+
+
+def dra_quota_name(device_class: str) -> str:
+    """The ResourceQuota key that limits DRA devices of a class."""
+    return f"{device_class}{DRA_QUOTA_SUFFIX}"
+
+
+def container_gpus(container: Mapping[str, Any], gpu: GpuConfig) -> dict[str, Decimal]:
+    """GPU resources a container asks for: limits win, requests where no limit is set.
+
+    Unparseable quantities are left out here; `gpu-limits` reports them.
+    """
+    resources = container.get("resources") or {}
+    out: dict[str, Decimal] = {}
+    for section in ("requests", "limits"):
+        values = resources.get(section) or {}
+        if not isinstance(values, Mapping):
+            continue
+        for name, value in values.items():
+            if isinstance(name, str) and gpu.is_gpu_resource(name):
+                try:
+                    out[name] = parse_quantity(value)
+                except QuantityError:
+                    out.setdefault(name, Decimal(0))
+    return out
+
+
+def claim_devices(claim_spec: Mapping[str, Any], gpu: GpuConfig) -> dict[str, Decimal]:
+    """GPU devices a ResourceClaim spec requests, keyed by the DRA quota name of the class.
+
+    Understands resource.k8s.io v1beta1 (``requests[].deviceClassName``) and v1
+    (``requests[].exactly`` / ``firstAvailable``). ``allocationMode: All`` counts as one device
+    (the count is decided by the node; `gpu-limits` flags it).
+    """
+    devices = (claim_spec.get("devices") or {}) if isinstance(claim_spec, Mapping) else {}
+    out: dict[str, Decimal] = {}
+    for request in devices.get("requests") or []:
+        if not isinstance(request, Mapping):
+            continue
+        candidates = []
+        if isinstance(request.get("exactly"), Mapping):
+            candidates.append(request["exactly"])
+        elif request.get("firstAvailable"):
+            candidates.extend(r for r in request["firstAvailable"][:1] if isinstance(r, Mapping))
+        else:
+            candidates.append(request)
+        for sub in candidates:
+            cls_name = sub.get("deviceClassName")
+            if isinstance(cls_name, str) and gpu.is_gpu_device_class(cls_name):
+                count = sub.get("count", 1) if sub.get("allocationMode", "ExactCount") == "ExactCount" else 1
+                key = dra_quota_name(cls_name)
+                out[key] = out.get(key, Decimal(0)) + Decimal(int(count) if isinstance(count, int) else 1)
+    return out

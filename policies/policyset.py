@@ -1,0 +1,217 @@
+"""The PolicySet: load, validate (every error with its path and line), resolve per object."""
+
+from __future__ import annotations
+
+import copy
+import fnmatch
+import hashlib
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import yaml
+
+from policies.gpu import GpuConfig
+from policies.model import Action, EnforcementPoint
+from policies.registry import all_policies
+from policies.selectors import Subject, matches
+
+SCHEMA_PATH = Path(__file__).parent / "schema" / "policyset.schema.yaml"
+CATALOG = Path(__file__).parent / "catalog"
+ALWAYS_EXEMPT_NAMESPACES = ("kube-system",)
+DEFAULT_ENVIRONMENT_LABEL = "mlguard.io/environment"
+
+
+class PolicySetError(ValueError):
+    """An invalid PolicySet: every error, each with its path (and line where known)."""
+
+    def __init__(self, source: str, errors: Sequence[str]) -> None:
+        self.source = source
+        self.errors = list(errors)
+        super().__init__(f"invalid PolicySet {source}:\n" + "\n".join(f"  - {e}" for e in self.errors))
+
+
+@cache
+def policyset_schema() -> dict[str, Any]:
+    return yaml.safe_load(SCHEMA_PATH.read_text())
+
+
+@dataclass(frozen=True)
+class Resolved:
+    """A policy's effective configuration for one object at one enforcement point."""
+
+    action: Action
+    params: Mapping[str, Any]
+    only_new: bool
+
+
+def _fmt_path(parts: Sequence[Any]) -> str:
+    out = ""
+    for p in parts:
+        out += f"[{p}]" if isinstance(p, int) else (f".{p}" if out else str(p))
+    return out or "<root>"
+
+
+def _line_of(node: yaml.Node | None, parts: Sequence[Any]) -> int | None:
+    """The 1-based line of a path in a composed YAML document."""
+    for part in parts:
+        if isinstance(node, yaml.MappingNode):
+            node = next((v for k, v in node.value if k.value == part), None)
+        elif isinstance(node, yaml.SequenceNode) and isinstance(part, int) and part < len(node.value):
+            node = node.value[part]
+        else:
+            break
+    return node.start_mark.line + 1 if node is not None else None
+
+
+@dataclass
+class PolicySet:
+    """A validated PolicySet."""
+
+    raw: Mapping[str, Any]
+    source: str = "<memory>"
+    digest: str = ""
+    gpu: GpuConfig = field(default_factory=GpuConfig)
+
+    @property
+    def spec(self) -> Mapping[str, Any]:
+        return self.raw["spec"]
+
+    @property
+    def name(self) -> str:
+        return str((self.raw.get("metadata") or {}).get("name", Path(self.source).stem))
+
+    @property
+    def dry_run(self) -> bool:
+        return bool(self.spec.get("dryRun", False))
+
+    @property
+    def mutations(self) -> Mapping[str, Any]:
+        return self.spec.get("mutations") or {}
+
+    @property
+    def break_glass(self) -> Mapping[str, Any]:
+        return self.spec.get("breakGlass") or {}
+
+    def policy_config(self, policy_id: str) -> Mapping[str, Any] | None:
+        return (self.spec.get("policies") or {}).get(policy_id)
+
+    def enabled_policies(self) -> list[str]:
+        return list((self.spec.get("policies") or {}).keys())
+
+    def exempt_namespace(self, namespace: str, *, own_namespace: str | None = None) -> str | None:
+        """Why a namespace is exempt from every policy, or None."""
+        if namespace in ALWAYS_EXEMPT_NAMESPACES or (own_namespace and namespace == own_namespace):
+            return f"namespace {namespace} is always exempt"
+        exempt = (self.spec.get("exemptions") or {}).get("namespaces") or []
+        if any(fnmatch.fnmatchcase(namespace, p) for p in exempt):
+            return f"namespace {namespace} is exempt by the PolicySet"
+        return None
+
+    def selects(self, subject: Subject) -> bool:
+        return matches(self.spec.get("match"), self.spec.get("exclude"), subject)
+
+    def environment(self, namespace: str, namespace_labels: Mapping[str, str] | None) -> str | None:
+        envs = self.spec.get("environments") or {}
+        label = envs.get("label", DEFAULT_ENVIRONMENT_LABEL)
+        if namespace_labels and label in namespace_labels:
+            return namespace_labels[label]
+        for env, patterns in (envs.get("namespaces") or {}).items():
+            if any(fnmatch.fnmatchcase(namespace, p) for p in patterns):
+                return str(env)
+        return None
+
+    def resolve(self, policy_id: str, *, subject: Subject, point: EnforcementPoint) -> Resolved:
+        """Action and params of a policy for this subject: policy action, else the environment's
+        default, else `defaultAction`; then every matching override in order."""
+        policy = all_policies()[policy_id]
+        config = self.policy_config(policy_id)
+        if config is None:
+            return Resolved("off", {}, False)
+        envs = self.spec.get("environments") or {}
+        action: Any = config.get("action")
+        if action is None and subject.environment is not None:
+            action = (envs.get("defaults") or {}).get(subject.environment)
+        if action is None:
+            action = self.spec.get("defaultAction", "deny")
+        params = {**copy.deepcopy(policy.defaults), **(config.get("params") or {})}
+        for override in config.get("overrides") or []:
+            if matches(override["match"], None, subject):
+                if "action" in override:
+                    action = override["action"]
+                params.update(override.get("params") or {})
+        if isinstance(action, Mapping):
+            action = action.get(point, "deny")
+        if not matches(config.get("match"), config.get("exclude"), subject):
+            action = "off"
+        return Resolved(action, params, bool(config.get("onlyNewViolations", False)))
+
+
+def _validate(data: Any, source: str, root: yaml.Node | None) -> list[str]:
+    def where(parts: Sequence[Any]) -> str:
+        line = _line_of(root, parts)
+        return f"{_fmt_path(parts)} (line {line})" if line else _fmt_path(parts)
+
+    if not isinstance(data, Mapping):
+        return ["<root>: a PolicySet is a mapping with apiVersion, kind and spec"]
+    errors = []
+    validator = jsonschema.Draft202012Validator(policyset_schema())
+    for err in sorted(validator.iter_errors(data), key=lambda e: list(map(str, e.absolute_path))):
+        detail = err.message
+        if err.context:  # oneOf: say what each branch wanted, briefly
+            detail = "; ".join(sorted({c.message for c in err.context}))
+        errors.append(f"{where(list(err.absolute_path))}: {detail}")
+    if errors:
+        return errors
+    known = all_policies()
+    for pid, config in (data["spec"].get("policies") or {}).items():
+        base = ["spec", "policies", pid]
+        if pid not in known:
+            errors.append(f"{where(base)}: unknown policy {pid!r} (known: {', '.join(sorted(known))})")
+            continue
+        schema = known[pid].params_schema
+        blocks = [(base + ["params"], config.get("params") or {})]
+        blocks += [(base + ["overrides", i, "params"], o.get("params") or {})
+                   for i, o in enumerate(config.get("overrides") or [])]
+        for path, params in blocks:
+            # overrides hold partial params: required keys are checked on the merged result only
+            partial = {k: v for k, v in schema.items() if k != "required"}
+            for err in jsonschema.Draft202012Validator(partial).iter_errors(params):
+                errors.append(f"{where(path + list(err.absolute_path))}: {err.message}")
+    return errors
+
+
+def parse_policyset(text: str, *, source: str = "<memory>") -> PolicySet:
+    """Parse and validate a PolicySet document; raise PolicySetError with every problem."""
+    try:
+        root = yaml.compose(text)
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
+        raise PolicySetError(source, [f"not valid YAML{where}: {getattr(exc, 'problem', exc)}"]) from exc
+    except yaml.composer.ComposerError as exc:  # pragma: no cover - several documents
+        raise PolicySetError(source, [f"a PolicySet is one YAML document: {exc}"]) from exc
+    errors = _validate(data, source, root)
+    if errors:
+        raise PolicySetError(source, errors)
+    digest = hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()
+    return PolicySet(raw=data, source=source, digest=digest, gpu=GpuConfig.from_spec(data["spec"].get("gpu")))
+
+
+def load_policyset(path: str | Path) -> PolicySet:
+    """Read a PolicySet file."""
+    p = Path(path)
+    try:
+        text = p.read_text()
+    except OSError as exc:
+        raise PolicySetError(str(p), [f"cannot read: {exc.strerror or exc}"]) from exc
+    return parse_policyset(text, source=str(p))
+
+
+def default_policyset_path() -> Path:
+    return CATALOG / "baseline.yaml"

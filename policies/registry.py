@@ -1,0 +1,58 @@
+"""The policy interface and the registry of policy ids."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from typing import Any, ClassVar, Literal
+
+from policies.context import EvalContext
+from policies.model import Finding
+from policies.workload import Workload
+
+Severity = Literal["low", "medium", "high", "critical"]
+
+
+class Policy:
+    """One self-contained policy. Subclasses set the metadata and implement `check`.
+
+    A change to what a policy denies is a version bump.
+    """
+
+    id: ClassVar[str]
+    title: ClassVar[str]
+    severity: ClassVar[Severity] = "medium"
+    version: ClassVar[str] = "1.0.0"
+    description: ClassVar[str] = ""
+    runbook: ClassVar[str] = ""
+    params_schema: ClassVar[dict[str, Any]] = {"type": "object", "additionalProperties": False, "properties": {}}
+    defaults: ClassVar[dict[str, Any]] = {}
+
+    def check(self, workload: Workload, params: Mapping[str, Any], ctx: EvalContext) -> Iterable[Finding]:
+        raise NotImplementedError
+
+    @classmethod
+    def runbook_path(cls) -> str:
+        return cls.runbook or f"runbooks/admission-denied.md#{cls.id}"
+
+    @classmethod
+    def metadata(cls) -> dict[str, Any]:
+        return {"id": cls.id, "title": cls.title, "severity": cls.severity, "version": cls.version,
+                "description": cls.description, "runbook": cls.runbook_path()}
+
+
+_REGISTRY: dict[str, Policy] = {}
+
+
+def register(cls: type[Policy]) -> type[Policy]:
+    """Class decorator: make a policy known by its id (ids are unique)."""
+    if cls.id in _REGISTRY:
+        raise ValueError(f"policy id {cls.id!r} registered twice")
+    _REGISTRY[cls.id] = cls()
+    return cls
+
+
+def all_policies() -> dict[str, Policy]:
+    """Every registered policy, by id (the library is imported on first use)."""
+    import policies.library  # noqa: F401  (registers the policies)
+
+    return dict(_REGISTRY)
