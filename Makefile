@@ -1,0 +1,24 @@
+PYTHON ?= python3
+.PHONY: setup run test lint bench
+
+setup:
+	scripts/setup.sh
+
+# Sets up, then runs the webhook (TLS) and the analysis provider on 127.0.0.1 with the baseline
+# PolicySet and shows a denied and an allowed AdmissionReview. Ctrl-C stops it.
+run: setup
+	$(PYTHON) scripts/demo.py
+
+lint:
+	$(PYTHON) -m ruff check .
+	lint-imports
+
+# Sets up (pip packages, Debian prometheus) and passes the tests.
+test:
+	scripts/setup.sh --test
+	$(MAKE) lint
+	$(PYTHON) -m pytest
+
+bench:
+	scripts/setup.sh --bench
+	@for b in tests/benchmarks/bench_*.py; do echo "== $$b"; $(PYTHON) $$b || exit 1; done

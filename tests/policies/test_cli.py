@@ -1,0 +1,104 @@
+"""`mlguard check` and `mlguard test` as a CI pipeline runs them: real processes, exit codes, formats."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+DENIED = ROOT / "policies/library/gpu_limits/tests/denied.yaml"
+ALLOWED_POD = """apiVersion: v1
+kind: Pod
+metadata: {name: ok, namespace: team-a}
+spec:
+  containers: [{name: s, image: s, resources: {limits: {nvidia.com/gpu: 1}}}]
+"""
+
+
+def mlguard(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "policies.cli", *args], input=stdin, capture_output=True,
+                          text=True, cwd=ROOT, timeout=120, check=False)
+
+
+def test_denied_manifests_exit_1_with_readable_text() -> None:
+    proc = mlguard("check", str(DENIED))
+    assert proc.returncode == 1, proc.stderr
+    assert "DENY  gpu-limits  Pod/team-a/requests-only" in proc.stdout
+    assert "fix:     container `server` sets nvidia.com/gpu in requests (2) but not in limits" in proc.stdout
+    assert "runbook: runbooks/admission-denied.md#gpu-limits" in proc.stdout
+    assert "FAILED (denied)" in proc.stdout
+
+
+def test_stdin_and_exit_0() -> None:
+    proc = mlguard("check", "-", stdin=ALLOWED_POD)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_json_format_shape() -> None:
+    proc = mlguard("check", "--format", "json", str(DENIED))
+    data = json.loads(proc.stdout)
+    assert data["summary"]["deny"] == len(data["violations"]) == 5
+    first = data["violations"][0]
+    assert set(first) >= {"policy", "action", "resource", "path", "message", "runbook"}
+    assert set(first["resource"]) == {"apiVersion", "kind", "namespace", "name"}
+
+
+def test_sarif_is_2_1_0_with_rules_and_locations() -> None:
+    data = json.loads(mlguard("check", "--format", "sarif", str(DENIED)).stdout)
+    assert data["version"] == "2.1.0"
+    run = data["runs"][0]
+    assert [r["id"] for r in run["tool"]["driver"]["rules"]] == ["gpu-limits"]
+    result = run["results"][0]
+    assert result["level"] == "error"
+    assert result["locations"][0]["physicalLocation"]["artifactLocation"]["uri"].endswith("denied.yaml")
+    assert result["locations"][0]["physicalLocation"]["region"]["startLine"] >= 1
+
+
+def test_junit_counts_failures() -> None:
+    root = ET.fromstring(mlguard("check", "--format", "junit", str(DENIED)).stdout)
+    suite = root.find("testsuite")
+    assert suite is not None and suite.get("tests") == "5" and suite.get("failures") == "5"
+    assert "gpu-limits:" in (suite.find("testcase/failure").text or "")
+
+
+@pytest.mark.parametrize(("content", "suffix", "expected"), [
+    ("a: [b\n", ".yaml", "bad.yaml:2: not valid YAML"),
+    ("hello", ".txt", "unknown file type .txt"),
+])
+def test_bad_input_exits_2_with_file_and_line(tmp_path: Path, content: str, suffix: str, expected: str) -> None:
+    path = tmp_path / f"bad{suffix}"
+    path.write_text(content)
+    proc = mlguard("check", str(path))
+    assert proc.returncode == 2
+    assert expected in proc.stderr
+
+
+def test_invalid_policyset_exits_2_with_every_error(tmp_path: Path) -> None:
+    ps = tmp_path / "ps.yaml"
+    ps.write_text("apiVersion: mlguard.io/v1alpha1\nkind: PolicySet\nspec:\n  policies:\n    gpu-limits: "
+                  "{action: nope}\n    bogus: {}\n")
+    proc = mlguard("check", "--policyset", str(ps), str(DENIED))
+    assert proc.returncode == 2
+    assert "spec.policies.bogus (line 6): unknown policy" in proc.stderr or "spec.policies.gpu-limits.action" \
+        in proc.stderr
+
+
+def test_kustomization_directory_is_rendered(tmp_path: Path) -> None:
+    (tmp_path / "pod.yaml").write_text(ALLOWED_POD.replace("limits: {nvidia.com/gpu: 1}", "requests: "
+                                                           "{nvidia.com/gpu: 1}"))
+    (tmp_path / "kustomization.yaml").write_text("resources: [pod.yaml]\nnamespace: team-b\n")
+    proc = mlguard("check", "--format", "json", str(tmp_path))
+    assert proc.returncode == 1, proc.stderr
+    data = json.loads(proc.stdout)
+    assert data["violations"][0]["resource"]["namespace"] == "team-b"  # kustomize's namespace applied
+
+
+def test_mlguard_test_runs_the_library() -> None:
+    proc = mlguard("test")
+    assert proc.returncode == 0, proc.stdout[-2000:]
+    assert " 0 failed" in proc.stdout.splitlines()[-1]
