@@ -52,12 +52,14 @@ def evaluate_object(obj: Mapping[str, Any], policyset: PolicySet, *, point: Enfo
     workload = extract(obj, gpu=gpu, default_namespace=default_namespace, resolve_claim=facts.resolve_claim,
                        resolve_object=facts.resolve_object)
     ctx = EvalContext(gpu=gpu, facts=facts, point=point, request=request, mutations=policyset.mutations,
-                      environment=environment, keys=keys)
+                      environment=environment, keys=keys, policyset=policyset)  # [eval-gate edit] policyset
     violations: list[Violation] = []
     notes: list[Note] = []
     errors: list[str] = []
     only_new: set[str] = set()
     registry = all_policies()
+    # a Rollout with workloadRef is checked through its Deployment: findings name the Deployment
+    owner = next((t.resource for t in workload.templates if t.resource is not None), resource)
     for policy_id in policyset.enabled_policies():
         resolved = policyset.resolve(policy_id, subject=subject, point=point)
         if resolved.action == "off":
@@ -75,7 +77,7 @@ def evaluate_object(obj: Mapping[str, Any], policyset: PolicySet, *, point: Enfo
                                         policy.runbook_path()))
             continue
         for f in findings:
-            target = f.resource or resource
+            target = f.resource or owner
             if f.note:
                 notes.append(Note(policy_id, target, f.path, f.message))
             else:
