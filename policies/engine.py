@@ -44,7 +44,8 @@ def evaluate_object(obj: Mapping[str, Any], policyset: PolicySet, *, point: Enfo
         return Evaluated(resource, [], [], exempt, frozenset(), [])
     ns_labels = facts.namespace_labels(resource.namespace) or {}
     environment = policyset.environment(resource.namespace, ns_labels)
-    meta = obj.get("metadata") if isinstance(obj.get("metadata"), Mapping) else {}
+    raw_meta = obj.get("metadata")
+    meta: Mapping[str, Any] = raw_meta if isinstance(raw_meta, Mapping) else {}
     subject = Subject(resource=resource, object_labels=meta.get("labels") or {}, namespace_labels=ns_labels,
                       environment=environment, request=request)
     if not policyset.selects(subject):
@@ -107,9 +108,9 @@ def evaluate(objects: Iterable[Mapping[str, Any]], policyset: PolicySet, *, poin
                 seen.add(key)
                 report.violations.append(v)
         for n in result.notes:
-            key = ("note", n.policy, n.resource, n.path, n.message)
-            if key not in seen:
-                seen.add(key)
+            note_key = ("note", n.policy, n.resource, n.path, n.message)
+            if note_key not in seen:
+                seen.add(note_key)
                 report.notes.append(n)
     return report
 

@@ -106,7 +106,8 @@ def mutate_pod(pod: Mapping[str, Any], *, mutations: Mapping[str, Any], gpu: Gpu
             spec["tolerations"] = tolerations
     node_class = mutations.get("defaultNodeClass")
     if node_class and selected_node_classes(spec, gpu.node_label) is None:
-        selector = spec.get("nodeSelector") if isinstance(spec.get("nodeSelector"), dict) else {}
+        current = spec.get("nodeSelector")
+        selector: dict[str, Any] = current if isinstance(current, dict) else {}
         selector[gpu.node_label] = node_class
         spec["nodeSelector"] = selector
     runtime = mutations.get("runtimeClassName")

@@ -37,7 +37,8 @@ class PolicySetError(ValueError):
 
 @cache
 def policyset_schema() -> dict[str, Any]:
-    return yaml.safe_load(SCHEMA_PATH.read_text())
+    schema: dict[str, Any] = yaml.safe_load(SCHEMA_PATH.read_text())
+    return schema
 
 
 @dataclass(frozen=True)
@@ -79,7 +80,8 @@ class PolicySet:
 
     @property
     def spec(self) -> Mapping[str, Any]:
-        return self.raw["spec"]
+        spec: Mapping[str, Any] = self.raw["spec"]
+        return spec
 
     @property
     def name(self) -> str:
@@ -180,7 +182,8 @@ def _validate(data: Any, source: str, root: yaml.Node | None) -> list[str]:
         for path, params in blocks:
             # overrides hold partial params: required keys are checked on the merged result only
             partial = {k: v for k, v in schema.items() if k != "required"}
-            for err in jsonschema.Draft202012Validator(partial).iter_errors(params):
+            checker = jsonschema.Draft202012Validator.FORMAT_CHECKER
+            for err in jsonschema.Draft202012Validator(partial, format_checker=checker).iter_errors(params):
                 errors.append(f"{where(path + list(err.absolute_path))}: {err.message}")
     return errors
 

@@ -41,7 +41,9 @@ class ContainerRef:
 
     @property
     def name(self) -> str:
-        return str(self.container.get("name", "<unnamed>"))
+        # KServe runs a predictor's `model`/framework spec as the container `kserve-container`
+        default = "kserve-container" if self.path.endswith(KSERVE_FRAMEWORKS) else "<unnamed>"
+        return str(self.container.get("name", default))
 
     @property
     def sidecar(self) -> bool:
@@ -219,15 +221,14 @@ def pod_templates(obj: Mapping[str, Any], *, resolve_object: ObjectResolver | No
     elif kind == "InferenceService":
         return [t for c in KSERVE_COMPONENTS if (t := _kserve_component(obj, c, spec)) is not None]
     elif kind == "LeaderWorkerSet":
-        lwt = spec.get("leaderWorkerTemplate") or {}
+        lwt = spec.get("leaderWorkerTemplate")
+        lwt = lwt if isinstance(lwt, Mapping) else {}
         size = _int(lwt.get("size"), 1) or 1
         base = "spec.leaderWorkerTemplate"
-        out = []
         worker = _template("worker", join(base, "workerTemplate"), lwt.get("workerTemplate"),
                            pods=replicas * (size - 1 if lwt.get("leaderTemplate") else size))
         leader = _template("leader", join(base, "leaderTemplate"), lwt.get("leaderTemplate"), pods=replicas)
-        out = [t for t in (leader, worker) if t is not None]
-        return out
+        return [t for t in (leader, worker) if t is not None]
     else:
         return []
     return [found] if found is not None else []
@@ -271,7 +272,8 @@ def extract(obj: Mapping[str, Any], *, gpu: GpuConfig, default_namespace: str = 
         for claim in claims:
             if not isinstance(claim, Mapping):
                 continue
-            source = claim.get("source") if isinstance(claim.get("source"), Mapping) else claim
+            nested = claim.get("source")
+            source: Mapping[str, Any] = nested if isinstance(nested, Mapping) else claim
             name = source.get("resourceClaimName") or source.get("resourceClaimTemplateName")
             if not isinstance(name, str) or resolve_claim is None:
                 continue
