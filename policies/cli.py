@@ -17,6 +17,7 @@ import yaml
 
 from policies.context import ManifestFacts
 from policies.engine import evaluate
+from policies.eval_cli import add_eval_parser
 from policies.manifests import ManifestError, load_paths
 from policies.model import Report, Resource
 from policies.output import RENDERERS
@@ -124,12 +125,7 @@ def build_parser() -> argparse.ArgumentParser:
     test.add_argument("dir", nargs="?", metavar="DIR", help="directory to search (default: the policy library)")
     test.set_defaults(func=cmd_test)
 
-    try:
-        from policies.eval_cli import add_eval_parser
-    except ModuleNotFoundError:  # pragma: no cover - during development only
-        pass
-    else:
-        add_eval_parser(sub)
+    add_eval_parser(sub)
 
     serve = sub.add_parser("serve", help="run the admission webhook or the analysis provider under gunicorn")
     serve.add_argument("component", choices=["webhook", "analysis"])

@@ -70,6 +70,7 @@ class EvalContext:
     mutations: Mapping[str, Any] = field(default_factory=dict)
     environment: str | None = None
     keys: Any = None  # eval-gate public keys, set by the caller that owns them
+    policyset: Any = None  # the PolicySet, so eval-gate can build its keyring from it
 
 
 class EmptyFacts:

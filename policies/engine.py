@@ -53,7 +53,7 @@ def evaluate_object(obj: Mapping[str, Any], policyset: PolicySet, *, point: Enfo
     workload = extract(obj, gpu=gpu, default_namespace=default_namespace, resolve_claim=facts.resolve_claim,
                        resolve_object=facts.resolve_object)
     ctx = EvalContext(gpu=gpu, facts=facts, point=point, request=request, mutations=policyset.mutations,
-                      environment=environment, keys=keys, policyset=policyset)  # [eval-gate edit] policyset
+                      environment=environment, keys=keys, policyset=policyset)
     violations: list[Violation] = []
     notes: list[Note] = []
     errors: list[str] = []

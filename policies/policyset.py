@@ -169,6 +169,11 @@ def _validate(data: Any, source: str, root: yaml.Node | None) -> list[str]:
         errors.append(f"{where(list(err.absolute_path))}: {detail}")
     if errors:
         return errors
+    inline_keys = (data["spec"].get("evalKeys") or {}).get("keys")
+    if inline_keys:  # key files are read where they are mounted; inline keys must be right at load
+        from policies.attestation import keyring_from_spec
+
+        errors.extend(keyring_from_spec({"keys": inline_keys}).problems)
     known = all_policies()
     for pid, config in (data["spec"].get("policies") or {}).items():
         base = ["spec", "policies", pid]

@@ -99,3 +99,15 @@ def test_kube_system_and_own_namespace_are_always_exempt() -> None:
     assert ps.exempt_namespace("kube-system")
     assert ps.exempt_namespace("mlguard-system", own_namespace="mlguard-system")
     assert ps.exempt_namespace("team-a") is None
+
+
+def test_inline_eval_keys_that_do_not_load_are_refused() -> None:
+    text = HEAD + """spec:
+  evalKeys:
+    keys:
+      - {keyId: abc, publicKey: "-----BEGIN PUBLIC KEY-----\\nnot a key\\n-----END PUBLIC KEY-----\\n"}
+  policies: {gpu-limits: {}}
+"""
+    with pytest.raises(PolicySetError) as err:
+        parse_policyset(text)
+    assert any(e.startswith("spec.evalKeys.keys[0].publicKey") for e in err.value.errors), err.value.errors
