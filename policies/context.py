@@ -112,7 +112,8 @@ class ManifestFacts(EmptyFacts):
         self._by_key: dict[tuple[str, str, str], Mapping[str, Any]] = {}
         self._quotas: dict[str, list[Mapping[str, Any]]] = {}
         self._rollout_refs: set[tuple[str, str, str]] = set()
-        self._usage_cache: dict[tuple[str, int], list[tuple[Resource, dict[str, Decimal]]]] = {}
+        self._usage_cache: dict[tuple[str, int], tuple[dict[str, Decimal], dict[Resource, dict[str, Decimal]]]] = {}
+        self._by_namespace: dict[str, list[tuple[Resource, Mapping[str, Any]]]] = {}
         for obj in self._objects:
             res = Resource.of(dict(obj), default_namespace=default_namespace)
             if obj.get("kind") == "Namespace":
@@ -141,29 +142,31 @@ class ManifestFacts(EmptyFacts):
     def referenced_by_rollout(self, namespace: str, kind: str, name: str) -> bool:
         return (namespace, kind, name) in self._rollout_refs
 
-    def _usage(self, namespace: str, gpu: GpuConfig) -> list[tuple[Resource, dict[str, Decimal]]]:
+    def _usage(self, namespace: str, gpu: GpuConfig) -> tuple[dict[str, Decimal], dict[Resource, dict[str, Decimal]]]:
+        """The namespace's total steady-state GPU need and each workload's own share (computed once)."""
         key = (namespace, id(gpu))
         if key not in self._usage_cache:
-            rows = []
-            for obj in self._objects:
-                res = Resource.of(dict(obj), default_namespace=self._default_ns)
-                if res.namespace != namespace:
-                    continue
+            if not self._by_namespace:
+                for obj in self._objects:
+                    res = Resource.of(dict(obj), default_namespace=self._default_ns)
+                    self._by_namespace.setdefault(res.namespace, []).append((res, obj))
+            total: dict[str, Decimal] = {}
+            own: dict[Resource, dict[str, Decimal]] = {}
+            for res, obj in self._by_namespace.get(namespace, []):
                 if self.referenced_by_rollout(res.namespace, res.kind, res.name):
                     continue  # counted through its Rollout
                 workload: Workload = extract(obj, gpu=gpu, default_namespace=self._default_ns,
                                              resolve_claim=self.resolve_claim, resolve_object=self.resolve_object)
-                need = {k: v for k, v in workload.full_size_gpus(gpu).items()}
+                # other workloads count at steady state: surge is only the reviewed workload's own
+                need = workload.full_size_gpus(gpu, surge=False)
                 if need:
-                    rows.append((res, need))
-            self._usage_cache[key] = rows
+                    own[res] = need
+                    for k, v in need.items():
+                        total[k] = total.get(k, Decimal(0)) + v
+            self._usage_cache[key] = (total, own)
         return self._usage_cache[key]
 
     def gpu_usage(self, namespace: str, *, exclude: Resource, gpu: GpuConfig) -> dict[str, Decimal]:
-        total: dict[str, Decimal] = {}
-        for res, need in self._usage(namespace, gpu):
-            if res == exclude:
-                continue
-            for k, v in need.items():
-                total[k] = total.get(k, Decimal(0)) + v
-        return total
+        total, own = self._usage(namespace, gpu)
+        mine = own.get(exclude, {})
+        return {k: v - mine.get(k, Decimal(0)) for k, v in total.items() if v - mine.get(k, Decimal(0)) > 0}

@@ -9,7 +9,7 @@ from decimal import Decimal
 from typing import Any
 
 from policies.context import ClusterFacts, EmptyFacts, EvalContext, RequestInfo
-from policies.model import EnforcementPoint, Finding, Note, Report, Resource, Violation
+from policies.model import EnforcementPoint, Finding, Note, Report, Resource, Violation, weakest
 from policies.policyset import PolicySet
 from policies.registry import all_policies
 from policies.selectors import Subject
@@ -82,8 +82,8 @@ def evaluate_object(obj: Mapping[str, Any], policyset: PolicySet, *, point: Enfo
             if f.note:
                 notes.append(Note(policy_id, target, f.path, f.message))
             else:
-                violations.append(Violation(policy_id, resolved.action, target, f.path, f.message,
-                                            policy.runbook_path()))
+                violations.append(Violation(policy_id, weakest(resolved.action, f.action), target, f.path,
+                                            f.message, policy.runbook_path()))
     return Evaluated(resource, violations, notes, None, frozenset(only_new), errors)
 
 

@@ -7,7 +7,12 @@ from typing import Any, Literal
 
 Action = Literal["deny", "warn", "audit", "off"]
 EnforcementPoint = Literal["ci", "admission"]
-ACTIONS: tuple[Action, ...] = ("deny", "warn", "audit", "off")
+ACTIONS: tuple[Action, ...] = ("deny", "warn", "audit", "off")  # strongest first
+
+
+def weakest(a: Action, b: Action | None) -> Action:
+    """The weaker of two actions (a finding's cap never makes a warn a deny)."""
+    return a if b is None or ACTIONS.index(a) >= ACTIONS.index(b) else b
 RUNBOOK_BASE = "runbooks/"
 
 
@@ -55,6 +60,7 @@ class Finding:
     message: str
     note: bool = False
     resource: Resource | None = None  # set when the finding belongs to another object (workloadRef)
+    action: Action | None = None  # a cap: e.g. "warn" for what cannot be seen offline; never raises the action
 
 
 @dataclass(frozen=True)

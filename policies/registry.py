@@ -26,6 +26,8 @@ class Policy:
     runbook: ClassVar[str] = ""
     params_schema: ClassVar[dict[str, Any]] = {"type": "object", "additionalProperties": False, "properties": {}}
     defaults: ClassVar[dict[str, Any]] = {}
+    # kinds the policy can deny at all (None: every workload kind); the sample-coverage test reads it
+    denies_kinds: ClassVar[frozenset[str] | None] = None
 
     def check(self, workload: Workload, params: Mapping[str, Any], ctx: EvalContext) -> Iterable[Finding]:
         raise NotImplementedError

@@ -128,12 +128,14 @@ class Workload:
             container_gpus(ref.container, gpu) for ref in self.templates[index].containers()
         )
 
-    def full_size_gpus(self, gpu: GpuConfig) -> dict[str, Decimal]:
-        """GPUs the workload needs at full size, rolling-update surge included."""
+    def full_size_gpus(self, gpu: GpuConfig, *, surge: bool = True) -> dict[str, Decimal]:
+        """GPUs the workload needs at full size, rolling-update surge included unless ``surge=False``
+        (the steady state: what it holds when it is not rolling)."""
         total: dict[str, Decimal] = {}
         for i, tpl in enumerate(self.templates):
+            pods = tpl.pods + (tpl.surge if surge else 0)
             for k, v in self.pod_gpus(i, gpu).items():
-                total[k] = total.get(k, Decimal(0)) + v * (tpl.pods + tpl.surge)
+                total[k] = total.get(k, Decimal(0)) + v * pods
         return total
 
     def is_model_serving(self) -> bool:

@@ -21,11 +21,16 @@ def test_case(result) -> None:
 def test_every_policy_has_allowed_and_denied_cases_for_pods_and_three_controllers(policy_id: str) -> None:
     mine = [r for r in RESULTS if r.policy == policy_id]
     assert mine, f"{policy_id} has no sample cases under {LIBRARY}"
+    deniable = all_policies()[policy_id].denies_kinds
     for expect in ("pass", "fail"):
         kinds = {k for r in mine if r.expect == expect for k in r.kinds}
         assert "Pod" in kinds, f"{policy_id}: no bare Pod case expecting {expect}"
-        assert len(kinds & CONTROLLERS) >= 3, f"{policy_id}: {expect} cases cover only {sorted(kinds)}"
         assert kinds & {"Rollout", "CronJob"}, f"{policy_id}: no Rollout or CronJob case expecting {expect}"
+        if expect == "fail" and deniable is not None:
+            # a policy that can deny only some kinds (gpu-job-deadline) has a denied case for each of them
+            assert deniable <= kinds, f"{policy_id}: no denied case for {sorted(deniable - kinds)}"
+        else:
+            assert len(kinds & CONTROLLERS) >= 3, f"{policy_id}: {expect} cases cover only {sorted(kinds)}"
 
 
 def test_a_wrong_expectation_is_reported(tmp_path) -> None:

@@ -1,0 +1,370 @@
+"""gpu-isolation: no GPU reaches a container except through a GPU request.
+
+The NVIDIA container toolkit hands a container the GPUs listed in ``NVIDIA_VISIBLE_DEVICES`` (or,
+with the volume-mounts strategy, in mounts under ``/var/run/nvidia-container-devices``), whatever
+the scheduler allocated. A container without a GPU request that sets either one uses GPUs that
+belong to other pods. Device nodes through hostPath and privileged containers next to GPUs break
+isolation the same way.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import dataclasses
+import fnmatch
+import posixpath
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from policies.context import EvalContext
+from policies.gpu import claim_devices, container_gpus
+from policies.model import Finding
+from policies.mutations import selected_node_classes, tolerates
+from policies.registry import Policy, register
+from policies.workload import ContainerRef, PodTemplate, Workload, join
+
+DEVICE_LIST_DIRS = ("/var/run/nvidia-container-devices", "/run/nvidia-container-devices")
+HARMLESS_VALUES = frozenset({"", "void", "none"})
+
+
+def warning(path: str, message: str) -> Finding:
+    """A finding that is at most a warning (what cannot be seen offline never denies)."""
+    return Finding(path, message, action="warn")
+
+
+def exposes_devices(value: str) -> bool:
+    """True when an ``NVIDIA_VISIBLE_DEVICES`` value hands the container GPUs
+    (``all``, indexes, UUIDs, MIG ids, the volume-mounts marker); ``void``, ``none`` and empty do not."""
+    return value.strip().lower() not in HARMLESS_VALUES
+
+
+def under(path: str, directory: str) -> bool:
+    """True when ``path`` is ``directory`` or inside it (after normalising ``..``, ``//``, a trailing ``/``)."""
+    norm = posixpath.normpath("/" + path.strip()) if path.strip() else ""
+    norm = norm.replace("//", "/")
+    return norm == directory or norm.startswith(directory.rstrip("/") + "/")
+
+
+def device_host_path(path: str, patterns: list[str]) -> str | None:
+    """The protected pattern a hostPath exposes: a path under it, or a directory that contains it
+    (``/dev`` holds ``/dev/nvidia0``; ``/`` holds everything). None when it exposes none."""
+    if not path.strip():
+        return None
+    norm = posixpath.normpath("/" + path.strip()).replace("//", "/")
+    for pattern in patterns:
+        if fnmatch.fnmatchcase(norm, pattern) or fnmatch.fnmatchcase(norm, pattern.rstrip("/") + "/*"):
+            return pattern
+        literal = pattern.split("*", 1)[0].split("?", 1)[0].split("[", 1)[0]
+        parent = literal if literal == pattern else posixpath.dirname(literal)
+        if norm == "/" or parent == norm or parent.startswith(norm + "/"):
+            return pattern
+    return None
+
+
+def _wildcard(tolerations: Any) -> bool:
+    return isinstance(tolerations, list) and any(
+        isinstance(t, Mapping) and t.get("operator") == "Exists" and not t.get("key") for t in tolerations)
+
+
+def shown(kind: str, value: str) -> str:
+    """A value as a message may show it: a Secret's value never appears in a log or a denial."""
+    return "<a device list, value hidden>" if kind == "Secret" else value
+
+
+def _decode_secret(obj: Mapping[str, Any], key: str) -> str | None:
+    string_data = obj.get("stringData") or {}
+    if isinstance(string_data, Mapping) and key in string_data:
+        return str(string_data[key])
+    data = obj.get("data") or {}
+    if isinstance(data, Mapping) and key in data:
+        try:
+            return base64.b64decode(str(data[key]), validate=True).decode("utf-8", "replace")
+        except (binascii.Error, ValueError):
+            return None
+    return None
+
+
+@dataclass(frozen=True)
+class _Voice:
+    """How the environment findings speak of a container with or without GPUs."""
+
+    gpu: bool
+
+    @property
+    def why(self) -> str:
+        if self.gpu:
+            return ("although the device plugin sets it to the GPUs the container was allocated (a value of its own "
+                    "can widen that to other pods' GPUs)")
+        return "without a GPU request, which hands it GPUs other pods were allocated"
+
+    @property
+    def reaches(self) -> str:
+        return "may reach GPUs beyond its allocation" if self.gpu else "reaches GPUs it did not request"
+
+    @property
+    def fix(self) -> str:
+        return "remove it and let the device plugin set it" if self.gpu else "remove it or set it to void"
+
+    @property
+    def unseen_fix(self) -> str:
+        return ("remove it and let the device plugin set it" if self.gpu
+                else "without a GPU request the value must be void, none or empty: set value: void instead")
+
+    def override(self, env_name: str) -> str:
+        return (f"make sure nothing sets {env_name} for this container" if self.gpu
+                else f"add env {env_name}=void to the container to override it")
+
+
+class _Source:
+    """Looks up ConfigMap / Secret values through the cluster facts."""
+
+    def __init__(self, namespace: str, ctx: EvalContext) -> None:
+        self.namespace = namespace
+        self.ctx = ctx
+
+    def object(self, kind: str, name: Any) -> Mapping[str, Any] | None:
+        if not isinstance(name, str) or not name:
+            return None
+        found = self.ctx.facts.resolve_object(self.namespace, kind, name)
+        return found if isinstance(found, Mapping) else None
+
+    def keys(self, kind: str, obj: Mapping[str, Any]) -> set[str]:
+        sections = ("data", "stringData") if kind == "Secret" else ("data", "binaryData")
+        return {str(k) for s in sections if isinstance(obj.get(s), Mapping) for k in obj[s]}
+
+    def value(self, kind: str, obj: Mapping[str, Any], key: str) -> str | None:
+        if kind == "Secret":
+            return _decode_secret(obj, key)
+        data = obj.get("data") or {}
+        return str(data[key]) if isinstance(data, Mapping) and key in data else None
+
+
+@register
+class GpuIsolation(Policy):
+    id = "gpu-isolation"
+    title = "GPUs reach a container only through a GPU request"
+    severity = "critical"
+    version = "1.0.0"
+    description = (
+        "A container without a GPU request (a zero quantity is none) must not set NVIDIA_VISIBLE_DEVICES to a value "
+        "that exposes devices (all, indexes, UUIDs, MIG ids; void, none and empty are harmless; gpuContainers "
+        "extends this to containers that do request GPUs), nor mount anything under "
+        "/var/run/nvidia-container-devices (the toolkit's volume-mount device list; a user mount there is refused "
+        "for GPU containers too, as it would hand them more GPUs than they were allocated). A value from a "
+        "ConfigMap, Secret or envFrom that is not in the manifest set / cluster facts cannot be seen: warn. No "
+        "hostPath volume under /dev/nvidia*, /dev/dri or /dev/kfd (or a directory that holds them, such as /dev); "
+        "no privileged container in a pod that uses a GPU or tolerates a GPU taint.")
+    params_schema = {
+        "type": "object",
+        "additionalProperties": False,
+        "properties": {
+            "envNames": {"type": "array", "minItems": 1, "items": {"type": "string", "minLength": 1},
+                         "description": "Variables that select devices for the container runtime."},
+            "deviceHostPaths": {"type": "array", "items": {"type": "string", "minLength": 1},
+                                "description": "Host paths (globs) of GPU device nodes."},
+            "gpuContainers": {"type": "boolean",
+                              "description": "Also refuse device-exposing values in containers that request GPUs "
+                                             "(with the toolkit's default accept-nvidia-visible-devices-envvar-"
+                                             "when-unprivileged=true a container's own value can widen its "
+                                             "allocation)."},
+            "warnUnresolved": {"enum": ["gpu-reachable", "always", "never"],
+                               "description": "When to warn about envFrom / valueFrom values that cannot be "
+                                              "seen: for pods that can reach GPU nodes (use a GPU, tolerate "
+                                              "a GPU taint or select the GPU node label), always, or never."},
+        },
+    }
+    defaults = {
+        "envNames": ["NVIDIA_VISIBLE_DEVICES"],
+        "deviceHostPaths": ["/dev/nvidia*", "/dev/dri", "/dev/kfd"],
+        "gpuContainers": False,
+        "warnUnresolved": "gpu-reachable",
+    }
+
+    def check(self, workload: Workload, params: Mapping[str, Any], ctx: EvalContext) -> Iterator[Finding]:
+        for i, tpl in enumerate(workload.templates):
+            for finding in self._template(workload, i, tpl, params, ctx):
+                # a Rollout's workloadRef template belongs to the Deployment: name it
+                yield dataclasses.replace(finding, resource=tpl.resource) if tpl.resource else finding
+
+    def _template(self, workload: Workload, i: int, tpl: PodTemplate, params: Mapping[str, Any],
+                  ctx: EvalContext) -> Iterator[Finding]:
+        source = _Source(workload.resource.namespace, ctx)
+        uses_gpu = workload.uses_gpu(i, ctx.gpu)
+        tolerated = [t for t in ctx.gpu.taints if tolerates(tpl.spec.get("tolerations"), t)]
+        reachable = uses_gpu or bool(tolerated) or selected_node_classes(tpl.spec, ctx.gpu.node_label) is not None
+        warn = params["warnUnresolved"] == "always" or (params["warnUnresolved"] == "gpu-reachable" and reachable)
+        gpu_claims = self._gpu_claims(tpl, workload.resource.namespace, ctx)
+        yield from self._host_paths(tpl, params)
+        for ref in tpl.containers():
+            has_gpu = self._container_has_gpu(ref, gpu_claims, ctx)
+            yield from self._mounts(ref, has_gpu)
+            if has_gpu is False or (has_gpu and params["gpuContainers"]):
+                voice = _Voice(gpu=bool(has_gpu))
+                for env_name in params["envNames"]:
+                    yield from self._env(ref, env_name, source, warn=warn, voice=voice)
+            if uses_gpu or tolerated:
+                yield from self._privileged(ref, uses_gpu=uses_gpu, tolerated=[t["key"] for t in tolerated],
+                                            wildcard=_wildcard(tpl.spec.get("tolerations")))
+
+    # -- GPU ownership ---------------------------------------------------------------------------
+    @staticmethod
+    def _gpu_claims(tpl: PodTemplate, namespace: str, ctx: EvalContext) -> dict[str, bool | None]:
+        """Pod claim name -> True (a GPU claim), False (no GPU), None (cannot be resolved)."""
+        out: dict[str, bool | None] = {}
+        for claim in tpl.spec.get("resourceClaims") or []:
+            if not isinstance(claim, Mapping) or not isinstance(claim.get("name"), str):
+                continue
+            nested = claim.get("source")
+            source: Mapping[str, Any] = nested if isinstance(nested, Mapping) else claim
+            name = source.get("resourceClaimName") or source.get("resourceClaimTemplateName")
+            if not isinstance(name, str):
+                out[claim["name"]] = None
+                continue
+            is_template = "resourceClaimTemplateName" in source
+            found = ctx.facts.resolve_claim(namespace, name, is_template)
+            if not isinstance(found, Mapping):
+                out[claim["name"]] = None
+                continue
+            spec = found.get("spec") or {}
+            if is_template:
+                spec = spec.get("spec") or {}
+            out[claim["name"]] = bool(claim_devices(spec, ctx.gpu))
+        return out
+
+    @staticmethod
+    def _container_has_gpu(ref: ContainerRef, gpu_claims: Mapping[str, bool | None],
+                           ctx: EvalContext) -> bool | None:
+        """True with a GPU resource or GPU claim, False without, None when a claim cannot be resolved
+        (the benefit of the doubt: no isolation finding on a container that may own GPUs)."""
+        if any(n > 0 for n in container_gpus(ref.container, ctx.gpu).values()):
+            return True  # `nvidia.com/gpu: 0` is no GPU request: with NVIDIA_VISIBLE_DEVICES=all it is the classic leak
+        unknown = False
+        for claim in ref.resources.get("claims") or []:
+            name = claim.get("name") if isinstance(claim, Mapping) else None
+            state = gpu_claims.get(name) if isinstance(name, str) else None
+            if state:
+                return True
+            unknown = unknown or state is None
+        return None if unknown else False
+
+    # -- environment -----------------------------------------------------------------------------
+    def _env(self, ref: ContainerRef, env_name: str, source: _Source, *, warn: bool,
+             voice: _Voice) -> Iterator[Finding]:
+        env = ref.container.get("env") or []
+        last: tuple[int, Mapping[str, Any]] | None = None
+        for j, item in enumerate(env if isinstance(env, list) else []):
+            if isinstance(item, Mapping) and item.get("name") == env_name:
+                last = (j, item)  # the last definition wins
+        if last is not None:
+            yield from self._env_entry(ref, env_name, last[0], last[1], source, warn=warn, voice=voice)
+            return  # an explicit env entry overrides whatever envFrom brings
+        env_from = ref.container.get("envFrom") or []
+        for j, item in reversed(list(enumerate(env_from if isinstance(env_from, list) else []))):
+            if not isinstance(item, Mapping):
+                continue
+            prefix = str(item.get("prefix") or "")
+            if not env_name.startswith(prefix):
+                continue
+            key = env_name[len(prefix):]
+            path = join(join(ref.path, "envFrom"), j)
+            for ref_key, kind in (("configMapRef", "ConfigMap"), ("secretRef", "Secret")):
+                target = item.get(ref_key)
+                if not isinstance(target, Mapping):
+                    continue
+                obj = source.object(kind, target.get("name"))
+                if obj is None:
+                    if warn:
+                        yield warning(path, f"container `{ref.name}` takes its environment from {kind} "
+                                      f"`{target.get('name')}` (envFrom), which cannot be seen here; if it sets "
+                                      f"{env_name} the container {voice.reaches}: make sure it does not, or "
+                                      f"{voice.override(env_name)}")
+                    return
+                if key in source.keys(kind, obj):
+                    value = source.value(kind, obj, key)
+                    if value is not None and exposes_devices(value):
+                        yield Finding(path, f"container `{ref.name}` gets {env_name}={shown(kind, value)} from "
+                                      f"{kind} `{target.get('name')}` (envFrom) {voice.why}; remove the key from "
+                                      f"the {kind}, or {voice.override(env_name)}")
+                    return  # the last source that defines the key wins
+
+    def _env_entry(self, ref: ContainerRef, env_name: str, j: int, item: Mapping[str, Any], source: _Source,
+                   *, warn: bool, voice: _Voice) -> Iterator[Finding]:
+        base = join(join(ref.path, "env"), j)
+        value_from = item.get("valueFrom")
+        if not isinstance(value_from, Mapping):
+            value = item.get("value")
+            value = "" if value is None else str(value)
+            if exposes_devices(value):
+                yield Finding(join(base, "value"), f"container `{ref.name}` sets {env_name}={value} {voice.why}; "
+                                                   f"{voice.fix}")
+            return
+        for ref_key, kind in (("configMapKeyRef", "ConfigMap"), ("secretKeyRef", "Secret")):
+            target = value_from.get(ref_key)
+            if not isinstance(target, Mapping):
+                continue
+            obj = source.object(kind, target.get("name"))
+            key = str(target.get("key", ""))
+            if obj is None:
+                if warn:
+                    yield warning(join(base, "valueFrom"),
+                                  f"container `{ref.name}` takes {env_name} from {kind} `{target.get('name')}` "
+                                  f"key `{key}`, which cannot be seen here; if it lists devices the container "
+                                  f"{voice.reaches}: {voice.unseen_fix}")
+                return
+            value = source.value(kind, obj, key)
+            if value is not None and exposes_devices(value):
+                yield Finding(join(base, "valueFrom"),
+                              f"container `{ref.name}` sets {env_name}={shown(kind, value)} (from {kind} "
+                              f"`{target.get('name')}` key `{key}`) {voice.why}; {voice.fix}")
+            return
+        if warn:  # fieldRef / resourceFieldRef: decided by the API server at run time
+            yield warning(join(base, "valueFrom"), f"container `{ref.name}` sets {env_name} from a field reference, "
+                          f"which cannot be seen here; if it lists devices the container {voice.reaches}: "
+                          f"{voice.unseen_fix}")
+
+    # -- mounts, host paths, privilege -----------------------------------------------------------
+    @staticmethod
+    def _mounts(ref: ContainerRef, has_gpu: bool | None) -> Iterator[Finding]:
+        mounts = ref.container.get("volumeMounts") or []
+        for j, mount in enumerate(mounts if isinstance(mounts, list) else []):
+            if not isinstance(mount, Mapping) or not isinstance(mount.get("mountPath"), str):
+                continue
+            hit = next((d for d in DEVICE_LIST_DIRS if under(mount["mountPath"], d)), None)
+            if hit is None:
+                continue
+            why = ("the device plugin mounts the list itself; a mount of your own there hands the container GPUs "
+                   "beyond its allocation") if has_gpu else "it has no GPU request, and the mount hands it GPUs"
+            yield Finding(join(join(join(ref.path, "volumeMounts"), j), "mountPath"),
+                          f"container `{ref.name}` mounts volume `{mount.get('name')}` at {mount['mountPath']}, "
+                          f"under {hit} (the NVIDIA toolkit reads the devices a container gets from there); "
+                          f"{why}: remove the mount")
+
+    @staticmethod
+    def _host_paths(tpl: PodTemplate, params: Mapping[str, Any]) -> Iterator[Finding]:
+        volumes = tpl.spec.get("volumes") or []
+        for j, volume in enumerate(volumes if isinstance(volumes, list) else []):
+            host = volume.get("hostPath") if isinstance(volume, Mapping) else None
+            if not isinstance(host, Mapping) or not isinstance(host.get("path"), str):
+                continue
+            pattern = device_host_path(host["path"], list(params["deviceHostPaths"]))
+            if pattern is None:
+                continue
+            yield Finding(join(join(join(join(tpl.spec_path, "volumes"), j), "hostPath"), "path"),
+                          f"volume `{volume.get('name')}` mounts host path {host['path']}, which exposes GPU device "
+                          f"nodes ({pattern}) outside the scheduler's allocation; remove the hostPath volume and "
+                          f"request GPUs through resources.limits (or a DRA claim)")
+
+    @staticmethod
+    def _privileged(ref: ContainerRef, *, uses_gpu: bool, tolerated: list[str], wildcard: bool) -> Iterator[Finding]:
+        security = ref.container.get("securityContext")
+        if not isinstance(security, Mapping) or security.get("privileged") is not True:
+            return
+        taints = ", ".join(sorted(set(tolerated)))
+        why = "uses a GPU" if uses_gpu else (
+            f"tolerates every taint (operator Exists without a key), the GPU taint {taints} included" if wildcard
+            else f"tolerates the GPU taint {taints}")
+        yield Finding(join(join(ref.path, "securityContext"), "privileged"),
+                      f"container `{ref.name}` is privileged in a pod that {why}; a privileged container sees "
+                      f"every GPU on the node: remove securityContext.privileged (or set it to false)")

@@ -1,0 +1,112 @@
+"""gpu-job-deadline: GPU batch jobs end, and are cleaned up, on their own.
+
+A GPU Job (or a CronJob's job template) sets ``activeDeadlineSeconds`` (at most a configured
+maximum) and ``ttlSecondsAfterFinished``, so a stuck batch job cannot hold GPUs idle for days.
+A bare GPU pod that runs to completion (restartPolicy Never / OnFailure) is a batch job too: it
+sets the pod's ``activeDeadlineSeconds``. Pods owned by a controller are left to the controller.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+from policies.context import EvalContext
+from policies.model import Finding
+from policies.registry import Policy, register
+from policies.workload import Workload, join
+
+JOB_SPEC_PATHS = {"Job": ("spec",), "CronJob": ("spec", "jobTemplate", "spec")}
+BATCH_RESTART_POLICIES = ("Never", "OnFailure")
+
+
+def human_duration(seconds: int) -> str:
+    """``90000`` -> ``1d1h``: how a person reads a number of seconds."""
+    out = []
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60), ("s", 1)):
+        if seconds >= size:
+            out.append(f"{seconds // size}{unit}")
+            seconds %= size
+    return "".join(out) or "0s"
+
+
+def _is_count(value: Any, *, minimum: int) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= minimum
+
+
+def _owned(obj: Mapping[str, Any]) -> bool:
+    refs = (obj.get("metadata") or {}).get("ownerReferences") or []
+    return any(isinstance(r, Mapping) and r.get("controller") for r in refs)
+
+
+@register
+class GpuJobDeadline(Policy):
+    id = "gpu-job-deadline"
+    denies_kinds = frozenset({"Pod", "Job", "CronJob"})  # everything else restarts forever: no deadline applies
+    title = "GPU jobs have a deadline and a TTL"
+    severity = "medium"
+    version = "1.0.0"
+    description = (
+        "A GPU Job (or a CronJob's job template) sets activeDeadlineSeconds, at most maxActiveDeadlineSeconds, "
+        "and ttlSecondsAfterFinished, so a stuck batch job cannot hold GPUs idle for days. A bare GPU pod with "
+        "restartPolicy Never or OnFailure (a batch pod not owned by a controller) sets spec.activeDeadlineSeconds "
+        "within the same maximum (checkBarePods).")
+    params_schema = {
+        "type": "object",
+        "additionalProperties": False,
+        "properties": {
+            "maxActiveDeadlineSeconds": {"type": "integer", "minimum": 1},
+            "requireTtlSecondsAfterFinished": {"type": "boolean"},
+            "checkBarePods": {"type": "boolean"},
+        },
+    }
+    defaults = {"maxActiveDeadlineSeconds": 86400, "requireTtlSecondsAfterFinished": True, "checkBarePods": True}
+
+    def check(self, workload: Workload, params: Mapping[str, Any], ctx: EvalContext) -> Iterator[Finding]:
+        kind = workload.resource.kind
+        if not any(workload.uses_gpu(i, ctx.gpu) for i in range(len(workload.templates))):
+            return
+        label = f"{kind} `{workload.resource.name}`"
+        if kind in JOB_SPEC_PATHS:
+            spec: Any = workload.obj
+            for key in JOB_SPEC_PATHS[kind]:
+                spec = spec.get(key) if isinstance(spec, Mapping) else None
+            spec = spec if isinstance(spec, Mapping) else {}
+            base = ".".join(JOB_SPEC_PATHS[kind])
+            yield from self._deadline(label, spec, base, params, what="the job")
+            if params["requireTtlSecondsAfterFinished"]:
+                yield from self._ttl(label, spec, base)
+        elif kind == "Pod" and params["checkBarePods"] and not _owned(workload.obj):
+            spec = workload.templates[0].spec
+            restart = spec.get("restartPolicy", "Always")
+            if restart in BATCH_RESTART_POLICIES:
+                yield from self._deadline(f"{label} (restartPolicy {restart}, a batch pod)", spec, "spec", params,
+                                          what="the pod", hint=" (or run it as a Job with activeDeadlineSeconds "
+                                                               "and ttlSecondsAfterFinished)")
+
+    @staticmethod
+    def _deadline(label: str, spec: Mapping[str, Any], base: str, params: Mapping[str, Any], *, what: str,
+                  hint: str = "") -> Iterator[Finding]:
+        limit = int(params["maxActiveDeadlineSeconds"])
+        path = join(base, "activeDeadlineSeconds")
+        value = spec.get("activeDeadlineSeconds")
+        if value is None:
+            yield Finding(path, f"{label} uses GPUs but sets no {path}; a stuck run would hold its GPUs until "
+                                f"someone notices: set {path} to at most {limit} ({human_duration(limit)}){hint}")
+        elif not _is_count(value, minimum=1):
+            yield Finding(path, f"{label} sets {path}: {value!r}; use a whole number of seconds between 1 and "
+                                f"{limit} ({human_duration(limit)})")
+        elif value > limit:
+            yield Finding(path, f"{label} sets {path}: {value} ({human_duration(value)}), more than the {limit} "
+                                f"({human_duration(limit)}) allowed for GPU work; lower it to at most {limit}, so "
+                                f"{what} cannot hold GPUs idle for longer")
+
+    @staticmethod
+    def _ttl(label: str, spec: Mapping[str, Any], base: str) -> Iterator[Finding]:
+        path = join(base, "ttlSecondsAfterFinished")
+        value = spec.get("ttlSecondsAfterFinished")
+        if value is None:
+            yield Finding(path, f"{label} uses GPUs but sets no {path}; set it (e.g. 3600) so the finished job "
+                                f"and its pods are cleaned up")
+        elif not _is_count(value, minimum=0):
+            yield Finding(path, f"{label} sets {path}: {value!r}; use a whole number of seconds (e.g. 3600)")
