@@ -37,13 +37,12 @@ def parse_documents(text: str, source: str) -> list[Located]:
     """Every object of a (multi-document) YAML or JSON text; `kind: List` is flattened."""
     out: list[Located] = []
     try:
-        nodes = list(yaml.compose_all(text))
-        docs = list(yaml.safe_load_all(text))
+        pairs = _compose_and_construct(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         raise ManifestError(source, f"not valid YAML: {getattr(exc, 'problem', None) or exc}",
                             mark.line + 1 if mark else None) from exc
-    for node, doc in zip(nodes, docs, strict=True):
+    for node, doc in pairs:
         if doc is None:
             continue
         line = node.start_mark.line + 1 if node is not None else 1
@@ -60,6 +59,22 @@ def parse_documents(text: str, source: str) -> list[Located]:
             continue
         out.append(Located(doc, source, line))
     return out
+
+
+_Loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # libyaml when present: ~10x faster
+
+
+def _compose_and_construct(text: str) -> list[tuple[yaml.Node, Any]]:
+    """Parse once, keeping each document's node (for line numbers) and its value."""
+    loader = _Loader(text)
+    try:
+        out = []
+        while loader.check_node():
+            node = loader.get_node()
+            out.append((node, loader.construct_document(node)))
+        return out
+    finally:
+        loader.dispose()
 
 
 def _items_nodes(node: yaml.Node) -> list[yaml.Node]:

@@ -10,8 +10,8 @@ extras=""
 debs=()
 for arg in "$@"; do
   case "$arg" in
-    --test) extras="[test]"; debs+=(prometheus) ;;
-    --bench) extras="[test]"; debs+=(prometheus wrk) ;;
+    --test) extras="[test]"; debs+=(prometheus jq) ;;
+    --bench) extras="[test]"; debs+=(prometheus jq wrk) ;;
   esac
 done
 missing=()

@@ -20,9 +20,33 @@ spec:
 """
 
 
-def mlguard(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "policies.cli", *args], input=stdin, capture_output=True,
-                          text=True, cwd=ROOT, timeout=120, check=False)
+LIMITS_ONLY = ROOT / "tests/policies/data/limits-only.yaml"
+GOOD_STACK = """apiVersion: v1
+kind: ResourceQuota
+metadata: {name: gpus, namespace: team-a}
+spec: {hard: {requests.nvidia.com/gpu: "4"}}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: ok, namespace: team-a, labels: {team: ml, cost-center: cc-7}}
+spec:
+  priorityClassName: inference-high
+  nodeSelector: {nvidia.com/gpu.product: NVIDIA-L4}
+  tolerations: [{key: nvidia.com/gpu, operator: Exists, effect: NoSchedule}]
+  containers:
+    - name: s
+      image: s
+      resources: {requests: {cpu: "2", memory: 8Gi}, limits: {memory: 8Gi, nvidia.com/gpu: 1}}
+"""
+
+
+def mlguard(*args: str, stdin: str | None = None, policyset: Path | None = LIMITS_ONLY
+            ) -> subprocess.CompletedProcess[str]:
+    """Run the CLI; by default with a PolicySet of gpu-limits alone, so counts are exact."""
+    extra = ["--policyset", str(policyset)] if policyset and args and args[0] == "check" and "--policyset" \
+        not in args else []
+    return subprocess.run([sys.executable, "-m", "policies.cli", *args[:1], *extra, *args[1:]], input=stdin,
+                          capture_output=True, text=True, cwd=ROOT, timeout=120, check=False)
 
 
 def test_denied_manifests_exit_1_with_readable_text() -> None:
@@ -37,6 +61,18 @@ def test_denied_manifests_exit_1_with_readable_text() -> None:
 def test_stdin_and_exit_0() -> None:
     proc = mlguard("check", "-", stdin=ALLOWED_POD)
     assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_the_baseline_catalog_admits_a_well_formed_gpu_pod_and_denies_a_bad_one() -> None:
+    good = mlguard("check", "-", stdin=GOOD_STACK, policyset=None)
+    assert good.returncode == 0, good.stdout + good.stderr
+    assert "0 denied, 0 warnings" in good.stdout
+    bad = mlguard("check", "-", stdin=GOOD_STACK.replace("limits: {memory: 8Gi, nvidia.com/gpu: 1}",
+                                                         "limits: {memory: 8Gi}").replace(
+        "requests: {cpu: \"2\", memory: 8Gi}", "requests: {cpu: \"2\", memory: 8Gi, nvidia.com/gpu: 1}"),
+        policyset=None)
+    assert bad.returncode == 1
+    assert "DENY  gpu-limits  Pod/team-a/ok" in bad.stdout
 
 
 def test_json_format_shape() -> None:
