@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
 import sys
@@ -37,6 +38,15 @@ def parse_documents(text: str, source: str) -> list[Located]:
     """Every object of a (multi-document) YAML or JSON text; `kind: List` is flattened."""
     out: list[Located] = []
     try:
+        fast = _fast_documents(text)
+        if fast is not None:
+            for line, doc in fast:
+                if not isinstance(doc, dict) or not doc.get("kind") or not doc.get("apiVersion"):
+                    break
+                out.append(Located(doc, source, line))
+            else:
+                return out
+            out = []
         pairs = _compose_and_construct(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
@@ -62,6 +72,41 @@ def parse_documents(text: str, source: str) -> list[Located]:
 
 
 _Loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # libyaml when present: ~10x faster
+
+
+_MARKER = re.compile(r"^---(?:[ \t]|$)")
+
+
+def _fast_documents(text: str) -> list[tuple[int, Any]] | None:
+    """Documents with their first line, parsed by libyaml in one pass; None when the marker scan
+    does not line up with what the parser saw (then the slower node-by-node path decides)."""
+    docs = list(yaml.load_all(text, Loader=_Loader))
+    starts: list[int] = []
+    pending: int | None = None
+    seen_content = False
+    for number, line in enumerate(text.splitlines(), start=1):
+        if _MARKER.match(line):
+            if pending is not None or seen_content:
+                starts.append(pending or number)
+            pending, seen_content = None, True
+            rest = line[3:].strip()
+            if rest and not rest.startswith("#"):
+                pending = number
+            continue
+        stripped = line.strip()
+        if stripped and not stripped.startswith("#") and not stripped.startswith("%") and pending is None:
+            pending = number
+        if stripped:
+            seen_content = True
+    if pending is not None:
+        starts.append(pending)
+    real = [d for d in docs if d is not None]
+    if len(starts) < len(real) or any(isinstance(d, dict) and str(d.get("kind", "")).endswith("List") for d in real):
+        return None
+    # empty documents have no content line: pair the non-empty ones in order
+    if len(starts) != len(real):
+        return None
+    return list(zip(starts, real, strict=True))
 
 
 def _compose_and_construct(text: str) -> list[tuple[yaml.Node, Any]]:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 import fnmatch
 import hashlib
 import json
@@ -140,7 +139,7 @@ class PolicySet:
             action = (envs.get("defaults") or {}).get(subject.environment)
         if action is None:
             action = self.spec.get("defaultAction", "deny")
-        params = {**copy.deepcopy(policy.defaults), **(config.get("params") or {})}
+        params = {**policy.defaults, **(config.get("params") or {})}  # read-only: policies never mutate params
         for override in config.get("overrides") or []:
             if matches(override["match"], None, subject):
                 if "action" in override:

@@ -107,6 +107,7 @@ class Workload:
     obj: Mapping[str, Any]
     templates: list[PodTemplate]
     claim_gpus: dict[int, dict[str, Decimal]] = field(default_factory=dict)  # template index -> DRA GPUs
+    _memo: dict[tuple[str, int, int], Any] = field(default_factory=dict, repr=False, compare=False)
 
     @property
     def labels(self) -> Mapping[str, str]:
@@ -117,16 +118,22 @@ class Workload:
         return (self.obj.get("metadata") or {}).get("annotations") or {}
 
     def pod_gpus(self, index: int, gpu: GpuConfig) -> dict[str, Decimal]:
-        """GPUs one pod of template ``index`` holds: resources plus DRA claims."""
-        out = dict(self.templates[index].container_gpus(gpu))
-        for k, v in self.claim_gpus.get(index, {}).items():
-            out[k] = out.get(k, Decimal(0)) + v
-        return {k: v for k, v in out.items() if v > 0}
+        """GPUs one pod of template ``index`` holds: resources plus DRA claims (computed once)."""
+        key = ("pod_gpus", index, id(gpu))
+        if key not in self._memo:
+            out = dict(self.templates[index].container_gpus(gpu))
+            for k, v in self.claim_gpus.get(index, {}).items():
+                out[k] = out.get(k, Decimal(0)) + v
+            self._memo[key] = {k: v for k, v in out.items() if v > 0}
+        return dict(self._memo[key])
 
     def uses_gpu(self, index: int, gpu: GpuConfig) -> bool:
-        return bool(self.pod_gpus(index, gpu)) or bool(self.claim_gpus.get(index)) or any(
-            container_gpus(ref.container, gpu) for ref in self.templates[index].containers()
-        )
+        """True when any container (ephemeral ones included) or DRA claim of the template asks for a GPU."""
+        key = ("uses_gpu", index, id(gpu))
+        if key not in self._memo:
+            self._memo[key] = bool(self.pod_gpus(index, gpu)) or bool(self.claim_gpus.get(index)) or any(
+                container_gpus(ref.container, gpu) for ref in self.templates[index].containers())
+        return bool(self._memo[key])
 
     def full_size_gpus(self, gpu: GpuConfig, *, surge: bool = True) -> dict[str, Decimal]:
         """GPUs the workload needs at full size, rolling-update surge included unless ``surge=False``
