@@ -1,0 +1,172 @@
+"""Maximum mean discrepancy between two sets of vectors (embeddings), with a permutation p-value.
+
+RBF kernel ``k(a, b) = exp(-|a - b|^2 / (2 sigma^2))`` with the median heuristic
+(``sigma^2`` = median squared distance over distinct pairs of the pooled sample); the statistic is
+the unbiased estimate of MMD^2. The permutation test computes ONE kernel matrix and then every
+permutation at once: with ``s`` the 0/1 indicator of the rows labelled "reference" and ``K`` the kernel
+matrix with a zero diagonal, the three block sums are ``q = s'Ks``, ``s'K1 - q`` and ``1'K1 - 2 s'K1 + q``,
+so all permutations need one matrix product ``K @ S`` (``S``: indicator columns) plus a few vector ops.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from rollouts.stats.result import TestResult, as_sample
+from rollouts.stats.sampling import subsample
+
+# Permutations are processed in blocks of columns to bound memory (N x block float64).
+_BLOCK = 512
+# The median heuristic looks at the pairs of at most this many pooled rows (~500,000 pairs).
+MEDIAN_ROWS = 1000
+
+
+def squared_distances(z: np.ndarray) -> np.ndarray:
+    """Pairwise squared Euclidean distances of the rows of ``z`` (one Gram matrix), diagonal exactly 0."""
+    sq = np.einsum("ij,ij->i", z, z)
+    d2: np.ndarray = z @ z.T
+    d2 *= -2.0
+    d2 += sq[:, None]
+    d2 += sq[None, :]
+    np.maximum(d2, 0.0, out=d2)
+    np.fill_diagonal(d2, 0.0)
+    return d2
+
+
+def median_pairwise(d2: np.ndarray) -> float:
+    """Median of the squared distances over distinct pairs, read off the full symmetric matrix.
+
+    The flattened matrix holds N zeros (the diagonal) and every pair twice, so the ``i``-th smallest
+    pair sits at position ``N + 2 i`` of its sorted order: one partial sort, no triangle copy.
+    """
+    n = d2.shape[0]
+    pairs = n * (n - 1) // 2
+    flat = d2.reshape(-1)
+    if pairs % 2:
+        k = n + 2 * (pairs // 2)
+        return float(np.partition(flat, k)[k])
+    lo, hi = n + 2 * (pairs // 2 - 1), n + 2 * (pairs // 2)
+    part = np.partition(flat, (lo, hi))
+    return float((part[lo] + part[hi]) / 2.0)
+
+
+def rbf_kernel(z: np.ndarray, *, seed: int = 0) -> tuple[np.ndarray, float]:
+    """The RBF kernel matrix of the pooled rows with a zero diagonal, and the bandwidth ``sigma``.
+
+    The median runs over all pairs, or over the pairs of ``MEDIAN_ROWS`` pooled rows drawn with
+    ``seed`` when there are more (the bandwidth ignores the labels, so the test stays exact).
+    """
+    k = squared_distances(z)
+    if k.shape[0] > MEDIAN_ROWS:
+        rows = np.sort(np.random.default_rng(seed).choice(k.shape[0], size=MEDIAN_ROWS, replace=False))
+        med = median_pairwise(k[np.ix_(rows, rows)])
+    else:
+        med = median_pairwise(k)
+    if med <= 0.0:
+        raise ValueError("mmd: more than half of all pairs of vectors are identical; the median heuristic "
+                         "gives no bandwidth (are the embeddings constant?)")
+    k *= -1.0 / (2.0 * med)
+    np.exp(k, out=k)
+    np.fill_diagonal(k, 0.0)
+    return k, float(np.sqrt(med))
+
+
+def permutation_indices(n_total: int, permutations: int, *, seed: int) -> np.ndarray:
+    """``permutations`` x ``n_total`` row orders from ``seed`` (row ``p``: permutation ``p``)."""
+    rng = np.random.default_rng(seed)
+    return rng.permuted(np.tile(np.arange(n_total), (permutations, 1)), axis=1)
+
+
+def mmd2_from_sums(q: np.ndarray | float, r: np.ndarray | float, total: float, *,
+                   n: int, m: int) -> np.ndarray:
+    """Unbiased MMD^2 from ``q = s'Ks``, ``r = s'K1`` (``K`` zero-diagonal, ``s``: n reference rows)."""
+    kxx = q
+    kxy = np.subtract(r, q)
+    kyy = total - 2.0 * np.asarray(r) + q
+    return kxx / (n * (n - 1)) + kyy / (m * (m - 1)) - 2.0 * kxy / (n * m)
+
+
+def permutation_statistics(kernel: np.ndarray, perms: np.ndarray, *, n: int) -> np.ndarray:
+    """Unbiased MMD^2 for every permutation (first ``n`` of each row = reference), as matrix products."""
+    n_total = kernel.shape[0]
+    m = n_total - n
+    rowsum = kernel.sum(axis=1)
+    total = float(rowsum.sum())
+    out = np.empty(perms.shape[0])
+    for start in range(0, perms.shape[0], _BLOCK):
+        block = perms[start:start + _BLOCK, :n]
+        cols = block.shape[0]
+        s = np.zeros((n_total, cols))
+        s[block.T, np.arange(cols)[None, :]] = 1.0
+        ks = kernel @ s
+        q = np.einsum("ij,ij->j", s, ks)
+        r = rowsum @ s
+        out[start:start + cols] = mmd2_from_sums(q, r, total, n=n, m=m)
+    return out
+
+
+def permutation_statistics_loop(kernel: np.ndarray, perms: np.ndarray, *, n: int) -> np.ndarray:
+    """The same statistics one permutation at a time (block sums of sub-matrices): the slow reference
+    implementation that tests and ``tests/benchmarks/bench_drift.py`` compare the matrix products with."""
+    m = kernel.shape[0] - n
+    out = np.empty(perms.shape[0])
+    for i, perm in enumerate(perms):
+        x, y = perm[:n], perm[n:]
+        kxx = kernel[np.ix_(x, x)].sum()
+        kyy = kernel[np.ix_(y, y)].sum()
+        kxy = kernel[np.ix_(x, y)].sum()
+        out[i] = kxx / (n * (n - 1)) + kyy / (m * (m - 1)) - 2.0 * kxy / (n * m)
+    return out
+
+
+def mmd_test(reference: np.ndarray, candidate: np.ndarray, *, permutations: int = 500,
+             seed: int = 0, max_samples: int | None = None, vectorised: bool = True) -> TestResult:
+    """Two-sample MMD test with an RBF kernel (median heuristic) and a permutation p-value.
+
+    Rows are samples (a 1-D input is one feature). With ``max_samples`` each side is first capped
+    to that many rows (seeded subsample; ``details.subsampled_from`` keeps the original sizes).
+    ``p = (1 + #{permuted MMD^2 >= observed}) / (1 + permutations)``. ``vectorised=False`` runs the
+    same permutations one at a time (the slow reference; same p-value), for tests and benchmarks.
+    """
+    ref = as_sample(reference, name="reference", ndim=2, min_size=2)
+    cand = as_sample(candidate, name="candidate", ndim=2, min_size=2)
+    if ref.shape[1] != cand.shape[1]:
+        raise ValueError(f"mmd: reference rows have {ref.shape[1]} columns, candidate rows {cand.shape[1]}")
+    if isinstance(permutations, bool) or not isinstance(permutations, int | np.integer) or permutations < 1:
+        raise ValueError(f"mmd: permutations must be a whole number >= 1, got {permutations!r}")
+    details: dict[str, object] = {}
+    if max_samples is not None:
+        if isinstance(max_samples, bool) or not isinstance(max_samples, int | np.integer) or max_samples < 2:
+            raise ValueError(f"mmd: max_samples must be a whole number >= 2, got {max_samples!r}")
+        original = [int(ref.shape[0]), int(cand.shape[0])]
+        ref, ref_capped = subsample(ref, max_samples=int(max_samples), seed=seed)
+        cand, cand_capped = subsample(cand, max_samples=int(max_samples), seed=seed + 1)
+        if ref_capped or cand_capped:
+            details["subsampled_from"] = {"reference": original[0], "candidate": original[1]}
+    n, m = ref.shape[0], cand.shape[0]
+    kernel, sigma = rbf_kernel(np.vstack([ref, cand]), seed=seed)
+    rowsum = kernel.sum(axis=1)
+    total = float(rowsum.sum())
+    q_obs = float(kernel[:n, :n].sum())
+    observed = float(mmd2_from_sums(q_obs, float(rowsum[:n].sum()), total, n=n, m=m))
+    perms = permutation_indices(n + m, int(permutations), seed=seed)
+    engine = permutation_statistics if vectorised else permutation_statistics_loop
+    null = engine(kernel, perms, n=n)
+    # A relative tolerance so that sums taken in another order (a loop) count the same ties.
+    tol = 1e-12 * max(1.0, abs(observed))
+    exceed = int(np.count_nonzero(null >= observed - tol))
+    p_value = (1 + exceed) / (1 + int(permutations))
+    details.update(
+        kernel="rbf",
+        bandwidth=sigma,
+        bandwidth_rule="median pairwise distance of the pooled sample"
+        + (f" (pairs of {MEDIAN_ROWS} random rows)" if n + m > MEDIAN_ROWS else ""),
+        permutations=int(permutations),
+        seed=int(seed),
+        estimator="unbiased MMD^2",
+        engine="matrix products" if vectorised else "loop",
+        null_mean=float(null.mean()),
+        null_q95=float(np.quantile(null, 0.95)),
+        dimensions=int(ref.shape[1]),
+    )
+    return TestResult("mmd", observed, p_value, n, m, details)
