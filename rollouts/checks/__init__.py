@@ -1,0 +1,232 @@
+"""The checks, their shared wiring and the registry.
+
+Each check is a module with ``PARAMS`` (the parameters it accepts besides the common ones) and
+``run(params, ctx) -> Verdict``. Sources are injected through :class:`CheckContext`; the
+statistics come from :mod:`rollouts.stats` (pure functions of arrays); the verdict is built by
+:mod:`rollouts.verdict`.
+
+Modes (issue 6): ``mode=anytime`` (default) keeps the false-alarm rate at or below ``alpha`` however
+often Argo looks: Prometheus-fed checks run sequential tests on the cumulative window since the
+canary started; sample-store checks, whose objects are snapshots, split ``alpha`` across at most
+``max_looks`` looks (Bonferroni over looks, valid for any dependence between looks).
+``mode=fixed`` runs the classical fixed-sample test at ``alpha`` on each look.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from types import ModuleType
+from typing import Any
+
+from rollouts.config import AnalysisConfig
+from rollouts.errors import AnalysisError, ParamError, UnknownCheckError
+from rollouts.params import Params
+from rollouts.presets import MODEL_LABEL, PRESETS, ROLES, all_preset_queries, preset_query_name
+from rollouts.sources import Deadline
+from rollouts.sources.prometheus import LABEL_NAME_RE, LABEL_VALUE_RE, PrometheusSource, build_selector, render
+from rollouts.sources.samples import Samples, SampleStore
+from rollouts.verdict import Mode, Verdict
+
+COMMON_PARAMS = frozenset({"mode", "alpha", "max_looks", "caller"})
+PROMETHEUS_PARAMS = frozenset(
+    {"stable", "canary", "hash_label", "namespace", "model", "selector", "preset", "window", "step"}
+    | {f"{role}_query" for role in ROLES}
+    | {f"promql_{role}" for role in ROLES}
+)
+SAMPLE_PARAMS = frozenset({"store", "baseline", "canary"})
+HASH_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}")
+STORE_RE = re.compile(r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?")
+MAX_INTERVALS = 1000
+
+
+@dataclass(frozen=True)
+class Selectors:
+    stable: str
+    canary: str
+    model: str  # ",<label>=\"<model>\"" or "": rendered into ${model}
+
+
+@dataclass
+class CheckContext:
+    """What a check may use: configuration, sources and the time budget of this answer."""
+
+    config: AnalysisConfig
+    prometheus: PrometheusSource | None
+    stores: dict[str, SampleStore]
+    deadline: Deadline
+    now: Callable[[], dt.datetime] = field(default=lambda: dt.datetime.now(dt.UTC))
+
+    # ---- common parameters -------------------------------------------------------------------
+    def mode(self, params: Params) -> Mode:
+        return params.choice("mode", ("anytime", "fixed"), self.config.mode)  # type: ignore[return-value]
+
+    def alpha(self, params: Params) -> float:
+        return params.number("alpha", self.config.alpha, low=0.0, high=0.5, low_inclusive=False)
+
+    def max_looks(self, params: Params) -> int:
+        return params.integer("max_looks", self.config.max_looks, low=1, high=1000)
+
+    def look_alpha(self, params: Params, mode: Mode) -> tuple[float, dict[str, Any]]:
+        """Alpha for one look of a snapshot (fixed-sample) test, and how it was derived."""
+        alpha = self.alpha(params)
+        if mode == "fixed":
+            return alpha, {"alpha": alpha}
+        looks = self.max_looks(params)
+        return alpha / looks, {
+            "alpha": alpha,
+            "max_looks": looks,
+            "look_correction": f"Bonferroni over at most {looks} looks: alpha {alpha:g} / {looks}",
+        }
+
+    # ---- sample stores -----------------------------------------------------------------------
+    def store(self, params: Params) -> SampleStore:
+        name = params.text("store", pattern=STORE_RE)
+        if name not in self.stores:
+            known = ", ".join(sorted(self.stores)) or "none configured"
+            raise ParamError(f"unknown sample store {name!r} (known: {known})")
+        return self.stores[name]
+
+    def load_pair(self, params: Params) -> tuple[Samples, Samples]:
+        store = self.store(params)
+        baseline = store.load(params.text("baseline"), param="baseline", deadline=self.deadline)
+        canary = store.load(params.text("canary"), param="canary", deadline=self.deadline)
+        return baseline, canary
+
+    # ---- Prometheus --------------------------------------------------------------------------
+    def require_prometheus(self) -> PrometheusSource:
+        if self.prometheus is None:
+            raise AnalysisError("no Prometheus configured (set --prometheus or prometheus.url)")
+        return self.prometheus
+
+    def preset(self, params: Params) -> str | None:
+        if params.has("preset"):
+            return params.choice("preset", sorted(PRESETS))
+        return self.config.default_preset
+
+    def selectors(self, params: Params) -> Selectors:
+        """Label matchers (without braces) for the stable and the canary series."""
+        hash_label = params.text("hash_label", self.config.hash_label, pattern=LABEL_NAME_RE)
+        stable = params.text("stable", pattern=HASH_RE)
+        canary = params.text("canary", pattern=HASH_RE)
+        if stable == canary:
+            raise ParamError("parameters 'stable' and 'canary' name the same pod template hash")
+        extra: dict[str, str] = {}
+        model = ""
+        if params.has("namespace"):
+            extra["namespace"] = params.text("namespace", pattern=LABEL_VALUE_RE)
+        if params.has("model"):
+            preset = self.preset(params)
+            label = MODEL_LABEL.get(preset or "")
+            if label is None:
+                raise ParamError(
+                    "parameter 'model' needs a preset that labels series with the model "
+                    f"({', '.join(sorted(MODEL_LABEL))}); use selector=LABEL=VALUE instead"
+                )
+            model = "," + build_selector({label: params.text("model", pattern=LABEL_VALUE_RE)})
+        if params.has("selector"):
+            for item in params.text("selector").split(","):
+                name, sep, value = item.strip().partition("=")
+                if not sep:
+                    raise ParamError(f"parameter 'selector': {item!r} is not LABEL=VALUE")
+                if name == hash_label:
+                    raise ParamError(f"parameter 'selector' must not set {hash_label!r}; use stable/canary")
+                if not LABEL_NAME_RE.fullmatch(name) or not LABEL_VALUE_RE.fullmatch(value):
+                    raise ParamError(
+                        f"parameter 'selector': {item!r} must be LABEL=VALUE with a label name matching "
+                        f"{LABEL_NAME_RE.pattern} and a value matching {LABEL_VALUE_RE.pattern}"
+                    )
+                extra[name] = value
+        return Selectors(
+            stable=build_selector({hash_label: stable, **extra}),
+            canary=build_selector({hash_label: canary, **extra}),
+            model=model,
+        )
+
+    def query_template(self, params: Params, role: str) -> tuple[str, str]:
+        """(name, template) for a role: raw PromQL if allowed, a named query, or the preset's."""
+        raw_param = f"promql_{role}"
+        if params.has(raw_param):
+            if not self.config.allow_raw_queries:
+                raise ParamError(
+                    f"parameter {raw_param!r}: raw PromQL is disabled; name a query template "
+                    f"with {role}_query or set allowRawQueries: true in the config"
+                )
+            return raw_param, params.text(raw_param)
+        available = {**all_preset_queries(), **self.config.queries}
+        if params.has(f"{role}_query"):
+            name = params.text(f"{role}_query", pattern=re.compile(r"[a-z][a-z0-9_]{0,62}"))
+            if name not in available:
+                raise ParamError(f"unknown query template {name!r} (known: {', '.join(sorted(available))})")
+            return name, available[name]
+        preset = self.preset(params)
+        if preset is None:
+            raise ParamError(f"no query for {role!r}: pass preset=..., {role}_query=NAME or set a default preset")
+        name = preset_query_name(preset, role)
+        if name not in available:
+            raise ParamError(f"preset {preset!r} has no {role!r} query (its server does not export one)")
+        return name, available[name]
+
+    def window(self, params: Params, *, mode: Mode) -> int:
+        # Anytime mode tests the cumulative window since the canary started: a long default
+        # window covers the whole canary (its pods only exist since it started).
+        return params.duration("window", "6h" if mode == "anytime" else "30m")
+
+    def step(self, params: Params, *, window: int) -> tuple[int, dict[str, Any]]:
+        step = params.duration("step", "1m")
+        if step > window:
+            raise ParamError("parameter 'step' is longer than 'window'")
+        info: dict[str, Any] = {}
+        if window // step > MAX_INTERVALS:
+            new_step = -(-window // MAX_INTERVALS)
+            info["step_capped"] = f"step raised from {step}s to {new_step}s to cap intervals at {MAX_INTERVALS}"
+            step = new_step
+        return step, info
+
+    def range_values(
+        self, template: tuple[str, str], selector: str, *, model: str, window: int, step: int,
+        quantile: float = 0.95,
+    ) -> list[float]:
+        prom = self.require_prometheus()
+        query = render(template[1], name=template[0], selector=selector, interval=f"{step}s", quantile=quantile,
+                       model=model)
+        end = self.now()
+        start = end - dt.timedelta(seconds=window)
+        return prom.series(query, start=start, end=end, step_seconds=step, deadline=self.deadline)
+
+    def instant_value(
+        self, template: tuple[str, str], selector: str, *, model: str, window: int, quantile: float = 0.95,
+    ) -> float | None:
+        prom = self.require_prometheus()
+        query = render(template[1], name=template[0], selector=selector, interval=f"{window}s", quantile=quantile,
+                       model=model)
+        return prom.instant(query, deadline=self.deadline)
+
+
+def _registry() -> dict[str, ModuleType]:
+    from rollouts.checks import error_rate, eval_score, input_drift, latency, output_drift
+
+    return {
+        "input-drift": input_drift,
+        "output-drift": output_drift,
+        "latency": latency,
+        "error-rate": error_rate,
+        "eval-score": eval_score,
+    }
+
+
+def check_names() -> list[str]:
+    return sorted(_registry())
+
+
+def run_check(name: str, params: Params, ctx: CheckContext) -> Verdict:
+    """Validate the parameters for ``name`` and run it."""
+    registry = _registry()
+    if name not in registry:
+        raise UnknownCheckError(f"unknown check {name!r} (known: {', '.join(sorted(registry))})")
+    module = registry[name]
+    module_params = module.allowed_params(params) if hasattr(module, "allowed_params") else module.PARAMS
+    params.check_known(COMMON_PARAMS | module_params, check=name)
+    return module.run(params, ctx)

@@ -1,0 +1,64 @@
+"""gunicorn settings for the analysis provider (``python -m rollouts serve`` uses this file).
+
+Plain HTTP on ``MLGUARD_ANALYSIS_BIND`` (default ``0.0.0.0:8080``). Works on a read-only root
+filesystem: the worker heartbeat files and the prometheus_client multiprocess directory live in
+``/dev/shm`` when it is writable, else in ``$TMPDIR``.
+"""
+
+import os
+import shutil
+import tempfile
+
+# prometheus_client is imported only inside the hooks: it picks its multiprocess value class at
+# import time, so PROMETHEUS_MULTIPROC_DIR must be set (below) before any worker imports it.
+
+
+def _writable_tmp() -> str:
+    if os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK):
+        return "/dev/shm"
+    return tempfile.gettempdir()
+
+
+bind = os.environ.get("MLGUARD_ANALYSIS_BIND", "0.0.0.0:8080")
+workers = int(os.environ.get("MLGUARD_ANALYSIS_WORKERS", "2"))
+worker_class = "gthread"
+threads = int(os.environ.get("MLGUARD_ANALYSIS_THREADS", "4"))
+# Each analysis has a 7 s budget (Argo gives up at 10 s); a worker stuck beyond this is replaced.
+timeout = 20
+graceful_timeout = 10
+keepalive = 5
+worker_tmp_dir = _writable_tmp()
+limit_request_line = 8190
+limit_request_fields = 100
+accesslog = "-"
+access_log_format = 'remote=%(h)s method=%(m)s path=%(U)s status=%(s)s bytes=%(B)s duration_us=%(D)s agent="%(a)s"'
+
+logconfig_dict = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {"json": {"()": "rollouts.logs.JsonFormatter"}},
+    "handlers": {
+        "error_console": {"class": "logging.StreamHandler", "formatter": "json", "stream": "ext://sys.stderr"},
+        "console": {"class": "logging.StreamHandler", "formatter": "json", "stream": "ext://sys.stdout"},
+    },
+    "loggers": {
+        "gunicorn.error": {"level": "INFO", "handlers": ["error_console"], "propagate": False},
+        "gunicorn.access": {"level": "INFO", "handlers": ["console"], "propagate": False},
+    },
+}
+
+_created_metrics_dir = None
+if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+    _created_metrics_dir = tempfile.mkdtemp(prefix="mlguard-analysis-metrics-", dir=worker_tmp_dir)
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = _created_metrics_dir
+
+
+def child_exit(server, worker):
+    from prometheus_client import multiprocess
+
+    multiprocess.mark_process_dead(worker.pid)
+
+
+def on_exit(server):
+    if _created_metrics_dir:
+        shutil.rmtree(_created_metrics_dir, ignore_errors=True)

@@ -1,0 +1,186 @@
+"""End to end over HTTP through gunicorn against a real Prometheus: latency, error-rate, presets."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+import requests
+
+pytestmark = pytest.mark.integration
+
+
+def metric_value(text: str, name: str, labels: dict[str, str]) -> float:
+    for line in text.splitlines():
+        if not line.startswith(name + "{"):
+            continue
+        found = dict(re.findall(r'(\w+)="([^"]*)"', line.split("}")[0]))
+        if all(found.get(k) == v for k, v in labels.items()):
+            return float(line.rsplit(" ", 1)[1])
+    return 0.0
+
+
+def test_latency_pass_when_canary_like_stable(server, lib):
+    body = lib.analysis(server.url, "latency", lib.vllm_params(lib.VLLM_GOOD)).json()
+    assert body["verdict"] == "pass", body
+    assert body["mode"] == "anytime"
+    assert body["samples"]["canary"] >= 60 and body["samples"]["baseline"] >= 60
+    assert abs(body["details"]["relative_increase"]) < 0.15
+
+
+@pytest.mark.parametrize("mode", ["anytime", "fixed"])
+def test_latency_fail_when_canary_slower(server, lib, mode):
+    body = lib.analysis(server.url, "latency", lib.vllm_params(lib.VLLM_SLOW, mode=mode)).json()
+    assert body["verdict"] == "fail", body
+    assert body["mode"] == mode
+    assert body["p_value"] < 0.01
+    assert body["details"]["relative_increase"] > 0.3
+    assert body["runbook"] == "runbooks/model-rollback-via-canary.md"
+    assert "runbooks/model-rollback-via-canary.md" in body["reason"]
+
+
+def test_latency_relative_threshold_is_honoured(server, lib):
+    body = lib.analysis(server.url, "latency", lib.vllm_params(lib.VLLM_SLOW, max_increase="2.0")).json()
+    assert body["verdict"] == "pass", body
+
+
+def test_latency_half_filled_window_is_inconclusive(server, lib):
+    body = lib.analysis(server.url, "latency", lib.vllm_params(lib.VLLM_NEW)).json()
+    assert body["verdict"] == "inconclusive", body
+    assert 0 < body["samples"]["canary"] < 10
+    assert "window still filling" in body["reason"]
+
+
+def test_empty_result_never_passes(server, lib):
+    for check in ("latency", "error-rate"):
+        body = lib.analysis(server.url, check, lib.vllm_params((lib.VLLM_GOOD[0], "0dead0beef"))).json()
+        assert body["verdict"] == "inconclusive", body
+        assert body["samples"]["canary"] == 0
+
+
+def test_error_rate_pass(server, lib):
+    body = lib.analysis(server.url, "error-rate", lib.vllm_params(lib.VLLM_GOOD)).json()
+    assert body["verdict"] == "pass", body
+    # 90 minutes at 5 req/s: the /health handler is not counted.
+    assert 15000 < body["samples"]["canary"] < 21000
+    assert body["details"]["canary_ratio"] < 0.01
+
+
+def test_error_rate_fail_above_ceiling(server, lib):
+    body = lib.analysis(server.url, "error-rate", lib.vllm_params(lib.VLLM_ERRORS)).json()
+    assert body["verdict"] == "fail", body
+    assert "ceiling" in body["reason"]
+    assert 0.04 < body["details"]["canary_ratio"] < 0.06
+
+
+@pytest.mark.parametrize("mode", ["anytime", "fixed"])
+def test_error_rate_fail_significantly_above_stable(server, lib, mode):
+    body = lib.analysis(server.url, "error-rate", lib.vllm_params(lib.VLLM_SLOW, mode=mode)).json()
+    assert body["verdict"] == "fail", body
+    assert body["details"]["canary_ratio"] < 0.01 < body["details"]["ceiling"] + 1
+    assert "significantly above stable" in body["reason"]
+    assert body["p_value"] < 0.01
+
+
+def test_post_json_body_same_answer_as_get(server, lib):
+    get = lib.analysis(server.url, "error-rate", lib.vllm_params(lib.VLLM_ERRORS)).json()
+    post = lib.analysis(server.url, "error-rate", lib.vllm_params(lib.VLLM_ERRORS), method="POST").json()
+    assert get["verdict"] == post["verdict"] == "fail"
+    # the window ends at "now", so a second later it may have slid past a few samples
+    for arm in ("canary", "baseline"):
+        if arm in get["samples"]:
+            assert post["samples"][arm] == pytest.approx(get["samples"][arm], rel=0.05)
+    assert get["method"] == post["method"] and get["threshold"] == post["threshold"]
+
+
+@pytest.mark.parametrize("preset", ["tgi", "triton", "kserve"])
+def test_presets_against_their_own_series(server, lib, preset):
+    stable, canary = lib.PRESET_HASHES[preset]
+    params = {"preset": preset, "stable": stable, "canary": canary, "namespace": lib.NAMESPACE,
+              "window": "1h", "step": "1m"}
+    lat = lib.analysis(server.url, "latency", params).json()
+    assert lat["verdict"] == "fail", lat  # the canary of every preset scenario is 1.6x slower
+    assert lat["details"]["query"] == f"{preset}_latency"
+    assert 0.4 < lat["details"]["relative_increase"] < 0.9
+    err = lib.analysis(server.url, "error-rate", params).json()
+    assert err["verdict"] == "pass", err
+    assert err["samples"]["canary"] > 15000 and err["details"]["queries"] == [f"{preset}_errors", f"{preset}_requests"]
+
+
+def test_vllm_preset_with_model_label(server, lib):
+    body = lib.analysis(server.url, "latency", lib.vllm_params(lib.VLLM_SLOW)).json()
+    assert body["verdict"] == "fail"
+    wrong_model = lib.analysis(server.url, "latency", lib.vllm_params(lib.VLLM_SLOW, model="other-model")).json()
+    assert wrong_model["verdict"] == "inconclusive" and wrong_model["samples"]["canary"] == 0
+
+
+def test_output_drift_from_generated_tokens(server, lib):
+    params = lib.vllm_params(lib.VLLM_GOOD, source="prometheus")
+    body = lib.analysis(server.url, "output-drift", params).json()
+    assert body["verdict"] == "pass", body
+    assert 150 < body["details"]["canary_mean_tokens"] < 260
+    triton = {"source": "prometheus", "preset": "triton", "stable": "a1", "canary": "b2"}
+    resp = lib.analysis(server.url, "output-drift", triton)
+    assert resp.status_code == 400 and "output_tokens" in resp.json()["error"]["message"]
+
+
+def test_named_query_template_from_config(server, lib):
+    body = lib.analysis(server.url, "latency", lib.vllm_params(lib.VLLM_SLOW, latency_query="vllm_ttft")).json()
+    assert body["verdict"] == "fail" and body["details"]["query"] == "vllm_ttft"
+
+
+def test_query_error_is_502(server, lib):
+    resp = lib.analysis(server.url, "latency", lib.vllm_params(lib.VLLM_GOOD, latency_query="broken_latency"))
+    assert resp.status_code == 502
+    assert resp.json()["error"]["type"] == "source_query_error"
+    assert resp.json()["runbook"] == "runbooks/analysis-provider-errors.md"
+
+
+def test_raw_promql_refused_by_default(server, lib):
+    resp = lib.analysis(server.url, "latency", lib.vllm_params(lib.VLLM_GOOD, promql_latency="up"))
+    assert resp.status_code == 400 and "allowRawQueries" in resp.json()["error"]["message"]
+
+
+@pytest.mark.parametrize(
+    ("param", "value"),
+    [("canary", 'abc"}or vector(1)#'), ("namespace", "ml\nserving"), ("model", "x{y}"),
+     ("selector", 'pod=a",b="c'), ("hash_label", "rollouts-pod-template-hash"), ("window", "1y"),
+     ("step", "0m"), ("alpha", "2"), ("mode", "sometimes"), ("preset", "sglang"), ("bogus", "1")],
+)
+def test_bad_parameters_are_400(server, lib, param, value):
+    resp = lib.analysis(server.url, "latency", lib.vllm_params(lib.VLLM_GOOD, **{param: value}))
+    assert resp.status_code == 400, resp.text
+    assert param in resp.json()["error"]["message"] or param == "canary"
+
+
+def test_prometheus_down_is_503_never_a_verdict(dead_prometheus_server, lib):
+    resp = lib.analysis(dead_prometheus_server.url, "latency", lib.vllm_params(lib.VLLM_GOOD))
+    assert resp.status_code == 503
+    assert resp.json()["error"]["type"] == "source_unavailable"
+    metrics = requests.get(f"{dead_prometheus_server.url}/metrics", timeout=5).text
+    assert metric_value(metrics, "mlguard_analysis_source_errors_total", {"source": "prometheus"}) >= 1
+
+
+def test_metrics_count_argo_calls(server, lib):
+    labels = {"check": "error-rate", "verdict": "fail", "caller": "argo"}
+    before = metric_value(requests.get(f"{server.url}/metrics", timeout=5).text,
+                          "mlguard_analysis_requests_total", labels)
+    for _ in range(3):
+        lib.analysis(server.url, "error-rate", lib.vllm_params(lib.VLLM_ERRORS), headers={"User-Agent": lib.ARGO_UA})
+    text = requests.get(f"{server.url}/metrics", timeout=5).text
+    assert metric_value(text, "mlguard_analysis_requests_total", labels) == before + 3
+    assert "# HELP mlguard_analysis_duration_seconds" in text
+    assert metric_value(text, "mlguard_analysis_duration_seconds_count", {"check": "error-rate"}) >= 3
+    lib.analysis(server.url, "error-rate", lib.vllm_params(lib.VLLM_ERRORS, caller="argo"))
+    text = requests.get(f"{server.url}/metrics", timeout=5).text
+    assert metric_value(text, "mlguard_analysis_requests_total", labels) == before + 4
+
+
+def test_triton_canary_without_failure_series(server, lib):
+    params = {"preset": "triton", "stable": lib.PRESET_HASHES["triton"][0], "canary": lib.TRITON_NO_FAILURES,
+              "window": "1h", "model": "llama-8b-trtllm"}
+    err = lib.analysis(server.url, "error-rate", params).json()
+    assert err["verdict"] == "pass", err
+    assert err["samples"]["canary"] > 15000 and err["details"]["canary_errors"] == 0
+    lat = lib.analysis(server.url, "latency", params).json()
+    assert lat["verdict"] == "pass" and lat["samples"]["canary"] >= 50, lat
