@@ -18,6 +18,8 @@ def label_selector_matches(selector: Mapping[str, Any], labels: Mapping[str, str
             return False
     for expr in selector.get("matchExpressions") or []:
         key, op, values = expr["key"], expr["operator"], expr.get("values") or []
+        if op not in ("In", "NotIn", "Exists", "DoesNotExist"):
+            raise ValueError(f"unknown label selector operator {op!r}")
         present = key in labels
         if (op == "In" and (not present or labels[key] not in values)) or (
                 op == "NotIn" and present and labels[key] in values) or (

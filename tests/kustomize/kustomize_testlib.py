@@ -20,6 +20,8 @@ import jsonschema
 import kubernetes_validate
 import yaml
 
+from policies.selectors import label_selector_matches
+
 REPO = Path(__file__).resolve().parents[2]
 KUSTOMIZE = REPO / "kustomize"
 CATALOG = REPO / "policies" / "catalog"
@@ -97,26 +99,8 @@ def one(objs: list[Obj], kind: str, name: str) -> Obj:
 
 
 def labels_match(selector: Mapping[str, Any] | None, labels: Mapping[str, str]) -> bool:
-    """Kubernetes LabelSelector semantics (matchLabels AND matchExpressions)."""
-    if selector is None:
-        return False
-    for key, value in (selector.get("matchLabels") or {}).items():
-        if labels.get(key) != value:
-            return False
-    for expr in selector.get("matchExpressions") or []:
-        key, op, values = expr["key"], expr["operator"], expr.get("values") or []
-        present = key in labels
-        if op == "In" and not (present and labels[key] in values):
-            return False
-        if op == "NotIn" and present and labels[key] in values:
-            return False
-        if op == "Exists" and not present:
-            return False
-        if op == "DoesNotExist" and present:
-            return False
-        if op not in ("In", "NotIn", "Exists", "DoesNotExist"):
-            raise ValueError(f"unknown selector operator {op!r}")
-    return True
+    """Kubernetes LabelSelector semantics (the policy library's own implementation); None selects nothing."""
+    return selector is not None and label_selector_matches(selector, labels)
 
 
 # --------------------------------------------------------------------------------------------
