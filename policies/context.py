@@ -117,13 +117,17 @@ class ManifestFacts(EmptyFacts):
         for obj in self._objects:
             res = Resource.of(dict(obj), default_namespace=default_namespace)
             if obj.get("kind") == "Namespace":
-                self._labels.setdefault(res.name, {}).update((obj.get("metadata") or {}).get("labels") or {})
+                meta = obj.get("metadata")
+                labels = meta.get("labels") if isinstance(meta, Mapping) else None
+                if isinstance(labels, Mapping):
+                    self._labels.setdefault(res.name, {}).update({str(k): str(v) for k, v in labels.items()})
                 continue
             self._by_key[(res.namespace, res.kind, res.name)] = obj
             if res.kind == "ResourceQuota":
                 self._quotas.setdefault(res.namespace, []).append(obj)
             if res.kind == "Rollout":
-                ref = (obj.get("spec") or {}).get("workloadRef")
+                spec = obj.get("spec")
+                ref = spec.get("workloadRef") if isinstance(spec, Mapping) else None
                 if isinstance(ref, Mapping):
                     self._rollout_refs.add((res.namespace, str(ref.get("kind", "Deployment")), str(ref.get("name"))))
 

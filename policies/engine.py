@@ -46,7 +46,9 @@ def evaluate_object(obj: Mapping[str, Any], policyset: PolicySet, *, point: Enfo
     environment = policyset.environment(resource.namespace, ns_labels)
     raw_meta = obj.get("metadata")
     meta: Mapping[str, Any] = raw_meta if isinstance(raw_meta, Mapping) else {}
-    subject = Subject(resource=resource, object_labels=meta.get("labels") or {}, namespace_labels=ns_labels,
+    labels = meta.get("labels")
+    subject = Subject(resource=resource, object_labels=labels if isinstance(labels, Mapping) else {},
+                      namespace_labels=ns_labels,
                       environment=environment, request=request)
     if not policyset.selects(subject):
         return Evaluated(resource, [], [], "not selected by the PolicySet's match/exclude", frozenset(), [])

@@ -58,7 +58,9 @@ def container_gpus(container: Mapping[str, Any], gpu: GpuConfig) -> dict[str, De
 
     Unparseable quantities are left out here; `gpu-limits` reports them.
     """
-    resources = container.get("resources") or {}
+    resources = container.get("resources")
+    if not isinstance(resources, Mapping):
+        return {}
     out: dict[str, Decimal] = {}
     for section in ("requests", "limits"):
         values = resources.get(section) or {}

@@ -152,6 +152,32 @@ class PolicySet:
         return Resolved(action, params, bool(config.get("onlyNewViolations", False)))
 
 
+def _yaml11_off(data: Any) -> None:
+    """`action: off` unquoted is the boolean False in YAML 1.1 (PyYAML): read it as the action "off"."""
+    spec = data.get("spec") if isinstance(data, dict) else None
+    if not isinstance(spec, dict):
+        return
+
+    def fix(holder: Any, key: str) -> None:
+        if not isinstance(holder, dict):
+            return
+        if holder.get(key) is False:
+            holder[key] = "off"
+        elif isinstance(holder.get(key), dict):  # per enforcement point, or per environment
+            for point, value in holder[key].items():
+                if value is False:
+                    holder[key][point] = "off"
+
+    fix(spec, "defaultAction")
+    fix(spec.get("environments"), "defaults")
+    policies = spec.get("policies")
+    for config in policies.values() if isinstance(policies, dict) else []:
+        fix(config, "action")
+        overrides = config.get("overrides") if isinstance(config, dict) else None
+        for override in overrides if isinstance(overrides, list) else []:
+            fix(override, "action")
+
+
 def _validate(data: Any, source: str, root: yaml.Node | None) -> list[str]:
     def where(parts: Sequence[Any]) -> str:
         line = _line_of(root, parts)
@@ -203,6 +229,7 @@ def parse_policyset(text: str, *, source: str = "<memory>") -> PolicySet:
         raise PolicySetError(source, [f"not valid YAML{where}: {getattr(exc, 'problem', exc)}"]) from exc
     except yaml.composer.ComposerError as exc:  # pragma: no cover - several documents
         raise PolicySetError(source, [f"a PolicySet is one YAML document: {exc}"]) from exc
+    _yaml11_off(data)
     errors = _validate(data, source, root)
     if errors:
         raise PolicySetError(source, errors)

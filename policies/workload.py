@@ -111,11 +111,11 @@ class Workload:
 
     @property
     def labels(self) -> Mapping[str, str]:
-        return (self.obj.get("metadata") or {}).get("labels") or {}
+        return _map(_map(self.obj.get("metadata")).get("labels"))
 
     @property
     def annotations(self) -> Mapping[str, str]:
-        return (self.obj.get("metadata") or {}).get("annotations") or {}
+        return _map(_map(self.obj.get("metadata")).get("annotations"))
 
     def pod_gpus(self, index: int, gpu: GpuConfig) -> dict[str, Decimal]:
         """GPUs one pod of template ``index`` holds: resources plus DRA claims (computed once)."""
@@ -147,6 +147,11 @@ class Workload:
 
     def is_model_serving(self) -> bool:
         return any(MODEL_LABEL in tpl.labels for tpl in self.templates) or MODEL_LABEL in self.labels
+
+
+def _map(value: Any) -> Mapping[str, Any]:
+    """A mapping, or an empty one for anything else (objects arrive in every shape)."""
+    return value if isinstance(value, Mapping) else {}
 
 
 def _int(value: Any, default: int) -> int:
@@ -188,8 +193,8 @@ def _kserve_component(obj: Mapping[str, Any], comp: str, spec: Mapping[str, Any]
     if not isinstance(part, Mapping):
         return None
     path = join("spec", comp)
-    labels = {**_meta(obj, "labels"), **(part.get("labels") or {})}
-    annotations = {**_meta(obj, "annotations"), **(part.get("annotations") or {})}
+    labels = {**_meta(obj, "labels"), **_map(part.get("labels"))}
+    annotations = {**_meta(obj, "annotations"), **_map(part.get("annotations"))}
     replicas = _int(part.get("maxReplicas"), _int(part.get("minReplicas"), 1)) or 1
     tpl = PodTemplate(name=comp, spec_path=path, metadata_path="metadata", spec=part, labels=labels,
                       annotations=annotations, pods=replicas)
@@ -210,9 +215,9 @@ def pod_templates(obj: Mapping[str, Any], *, resolve_object: ObjectResolver | No
                             labels=_meta(obj, "labels"), annotations=_meta(obj, "annotations"))]
     replicas = _int(spec.get("replicas"), 1)
     if kind == "Deployment":
-        strategy = spec.get("strategy") or {}
+        strategy = _map(spec.get("strategy"))
         surge = 0 if strategy.get("type") == "Recreate" else _surge(
-            (strategy.get("rollingUpdate") or {}).get("maxSurge"), replicas)
+            _map(strategy.get("rollingUpdate")).get("maxSurge"), replicas)
         found = _template("template", "spec.template", spec.get("template"), pods=replicas, surge=surge)
     elif kind in ("ReplicaSet", "StatefulSet"):
         found = _template("template", "spec.template", spec.get("template"), pods=replicas)
@@ -222,7 +227,7 @@ def pod_templates(obj: Mapping[str, Any], *, resolve_object: ObjectResolver | No
         found = _template("template", "spec.template", spec.get("template"),
                           pods=_int(spec.get("parallelism"), 1))
     elif kind == "CronJob":
-        job = (spec.get("jobTemplate") or {}).get("spec") or {}
+        job = _map(_map(spec.get("jobTemplate")).get("spec"))
         found = _template("template", "spec.jobTemplate.spec.template", job.get("template"),
                           pods=_int(job.get("parallelism"), 1))
     elif kind == "Rollout":
@@ -230,8 +235,7 @@ def pod_templates(obj: Mapping[str, Any], *, resolve_object: ObjectResolver | No
     elif kind == "InferenceService":
         return [t for c in KSERVE_COMPONENTS if (t := _kserve_component(obj, c, spec)) is not None]
     elif kind == "LeaderWorkerSet":
-        lwt = spec.get("leaderWorkerTemplate")
-        lwt = lwt if isinstance(lwt, Mapping) else {}
+        lwt = _map(spec.get("leaderWorkerTemplate"))
         size = _int(lwt.get("size"), 1) or 1
         base = "spec.leaderWorkerTemplate"
         worker = _template("worker", join(base, "workerTemplate"), lwt.get("workerTemplate"),
@@ -245,7 +249,7 @@ def pod_templates(obj: Mapping[str, Any], *, resolve_object: ObjectResolver | No
 
 def _rollout_templates(obj: Mapping[str, Any], spec: Mapping[str, Any], replicas: int,
                        resolve_object: ObjectResolver | None) -> list[PodTemplate]:
-    strategy = spec.get("strategy") or {}
+    strategy = _map(spec.get("strategy"))
     canary = strategy.get("canary") if isinstance(strategy.get("canary"), Mapping) else None
     surge = _surge(canary.get("maxSurge"), replicas) if canary is not None else replicas  # blueGreen: 2x
     ref = spec.get("workloadRef")
@@ -256,7 +260,7 @@ def _rollout_templates(obj: Mapping[str, Any], spec: Mapping[str, Any], replicas
         target = resolve_object(namespace, str(ref.get("kind", "Deployment")), str(ref.get("name", "")))
         if not isinstance(target, Mapping):
             return []
-        tpl = _template("workloadRef", "spec.template", (target.get("spec") or {}).get("template"),
+        tpl = _template("workloadRef", "spec.template", _map(target.get("spec")).get("template"),
                         pods=replicas, surge=surge)
         if tpl is None:
             return []
@@ -290,9 +294,9 @@ def extract(obj: Mapping[str, Any], *, gpu: GpuConfig, default_namespace: str = 
             found = resolve_claim(resource.namespace, name, is_template)
             if not isinstance(found, Mapping):
                 continue
-            claim_spec = found.get("spec") or {}
+            claim_spec = _map(found.get("spec"))
             if is_template:
-                claim_spec = claim_spec.get("spec") or {}
+                claim_spec = _map(claim_spec.get("spec"))
             for k, v in claim_devices(claim_spec, gpu).items():
                 devices[k] = devices.get(k, Decimal(0)) + v
         if devices:

@@ -111,3 +111,12 @@ def test_inline_eval_keys_that_do_not_load_are_refused() -> None:
     with pytest.raises(PolicySetError) as err:
         parse_policyset(text)
     assert any(e.startswith("spec.evalKeys.keys[0].publicKey") for e in err.value.errors), err.value.errors
+
+
+def test_unquoted_off_is_the_action_off_not_a_boolean() -> None:
+    ps = parse_policyset(HEAD + "spec:\n  environments: {defaults: {dev: off}}\n  policies:\n"
+                         "    gpu-limits: {action: off}\n    gpu-tolerations: {action: {ci: deny, admission: off}}\n"
+                         "    gpu-isolation: {}\n")
+    assert ps.resolve("gpu-limits", subject=subject(), point="ci").action == "off"
+    assert ps.resolve("gpu-tolerations", subject=subject(), point="admission").action == "off"
+    assert ps.resolve("gpu-isolation", subject=subject(env="dev"), point="ci").action == "off"

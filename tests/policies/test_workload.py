@@ -159,3 +159,10 @@ def test_non_objects_are_bad_input_with_a_line() -> None:
         parse_documents("apiVersion: v1\nkind: Pod\n---\njust: data\n", "x.yaml")
     with pytest.raises(ManifestError, match=r"x.yaml:2: not valid YAML"):
         parse_documents("a: b\n  c: : d\n", "x.yaml")
+
+
+@pytest.mark.parametrize("resources", [None, "4 GPUs", ["nvidia.com/gpu"], {"limits": "nvidia.com/gpu"}])
+def test_wrong_shaped_resources_are_no_gpus_not_a_crash(resources) -> None:
+    obj = {"kind": "Pod", "metadata": {"name": "p"}, "spec": {"containers": [{"name": "s", "resources": resources}]}}
+    workload = extract(obj, gpu=GPU)
+    assert workload.pod_gpus(0, GPU) == {} and not workload.uses_gpu(0, GPU)
