@@ -1,0 +1,164 @@
+"""The cluster cache with the REAL kubernetes client against a local HTTP server that serves the
+API's list and watch JSON (tests/webhook/webhook_fakeapi.py): list, then a chunked watch stream
+of ``{"type": ..., "object": ...}`` lines; a watch connection that DROPS mid-stream and must be
+resumed from the last resourceVersion seen (no re-list); a resume that gets 410 Gone and must
+re-list; an API that does not serve resource.k8s.io; a list that fails (not synced: /readyz 503).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from decimal import Decimal
+from pathlib import Path
+
+import pytest
+from webhook_fakeapi import FakeApi, kubeconfig_text
+from webhook_testlib import TEST_POLICYSET, gpu_pod
+
+from policies.gpu import GpuConfig
+from policies.model import Resource
+from webhook.app import create_app
+from webhook.cluster import ClusterCache, api_client
+
+GPU = GpuConfig()
+ANYONE = Resource("v1", "Pod", "team-a", "nobody")
+
+
+def eventually(check: Callable[[], bool], timeout: float = 5.0) -> bool:
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if check():
+            return True
+        time.sleep(0.02)
+    return check()
+
+
+@pytest.fixture()
+def api() -> Iterator[FakeApi]:
+    fake = FakeApi()
+    fake.start()
+    fake.add("namespaces", {"metadata": {"name": "team-a", "labels": {"mlguard.io/environment": "prod"}}})
+    fake.add("resourcequotas", {"metadata": {"name": "gpus", "namespace": "team-a"},
+                                "spec": {"hard": {"requests.nvidia.com/gpu": "8"}}})
+    fake.add("pods", gpu_pod("web-6b-1", "team-a", gpus=2, owner=("ReplicaSet", "web-6b")))
+    fake.add("pods", gpu_pod("done-1", "team-a", gpus=4, owner=("Job", "done"), phase="Failed"))
+    yield fake
+    fake.stop()
+
+
+def kubeconfig_for(api: FakeApi, tmp_path: Path) -> str:
+    assert api.server is not None
+    path = tmp_path / "kubeconfig"
+    path.write_text(kubeconfig_text(f"http://127.0.0.1:{api.server.server_address[1]}"))
+    return str(path)
+
+
+@pytest.fixture()
+def cache(api: FakeApi, tmp_path: Path) -> Iterator[ClusterCache]:
+    c = ClusterCache(api_client(kubeconfig=kubeconfig_for(api, tmp_path)), watch_timeout=5, backoff=0.05)
+    c.start()
+    assert c.wait_synced(10)
+    yield c
+    c.stop()
+
+
+def test_list_fills_the_cache(cache: ClusterCache) -> None:
+    assert cache.namespace_labels("team-a") == {"mlguard.io/environment": "prod"}
+    assert cache.namespace_labels("nowhere") is None
+    assert [q["metadata"]["name"] for q in cache.quotas("team-a")] == ["gpus"]
+    assert cache.quotas("team-a")[0]["kind"] == "ResourceQuota"  # list items get their kind back
+    # the Failed pod holds nothing; the pods of the workload under review are not counted
+    assert cache.gpu_usage("team-a", exclude=ANYONE, gpu=GPU) == {"nvidia.com/gpu": Decimal(2)}
+    web = Resource("apps/v1", "Deployment", "team-a", "web")
+    assert cache.gpu_usage("team-a", exclude=web, gpu=GPU) == {}
+
+
+def test_watch_events_update_the_cache(api: FakeApi, cache: ClusterCache) -> None:
+    added = api.add("pods", gpu_pod("other-0", "team-a", gpus=3, owner=("StatefulSet", "other")))
+    assert eventually(lambda: cache.gpu_usage("team-a", exclude=ANYONE, gpu=GPU) == {"nvidia.com/gpu": 5})
+    added["status"]["phase"] = "Succeeded"
+    api.modify("pods", added)
+    assert eventually(lambda: cache.gpu_usage("team-a", exclude=ANYONE, gpu=GPU) == {"nvidia.com/gpu": 2})
+    api.modify("namespaces", {"metadata": {"name": "team-a", "labels": {"mlguard.io/environment": "dev"}}})
+    assert eventually(lambda: cache.namespace_labels("team-a") == {"mlguard.io/environment": "dev"})
+    api.delete("resourcequotas", {"metadata": {"name": "gpus", "namespace": "team-a"}})
+    assert eventually(lambda: cache.quotas("team-a") == [])
+
+
+def test_dropped_watch_resumes_from_the_last_resource_version(api: FakeApi, cache: ClusterCache) -> None:
+    """The watch connection is cut mid-stream (no terminating chunk): the informer resumes with
+    ``resourceVersion`` = the last version it saw and does NOT list again; events made while it
+    was away are delivered by the resumed watch."""
+    api.add("pods", gpu_pod("a-1", "team-a", gpus=1, owner=("ReplicaSet", "a-1x")))
+    assert eventually(lambda: "a-1" in cache.pods.in_namespace("team-a"))
+    seen = cache.pods.resource_version
+    lists_before = len(api.list_requests("pods"))
+    api.drop_watches()
+    api.add("pods", gpu_pod("b-1", "team-a", gpus=1, owner=("ReplicaSet", "b-1x")))  # while dropped
+    assert eventually(lambda: "b-1" in cache.pods.in_namespace("team-a"))
+    assert eventually(lambda: len(api.watch_requests("pods")) >= 2)
+    resumed = api.watch_requests("pods")[-1]
+    assert resumed["resourceVersion"] == seen, api.watch_requests("pods")
+    assert len(api.list_requests("pods")) == lists_before
+    assert cache.pods.resumes >= 1
+    assert cache.gpu_usage("team-a", exclude=ANYONE, gpu=GPU) == {"nvidia.com/gpu": 4}
+
+
+def test_410_gone_relists(api: FakeApi, cache: ClusterCache) -> None:
+    """After a compaction the resume gets the API server's ERROR event with a 410 Status: list again."""
+    lists_before = len(api.list_requests("pods"))
+    api.compact()
+    api.drop_watches()
+    api.add("pods", gpu_pod("c-1", "team-a", gpus=1, owner=("ReplicaSet", "c-1x")))
+    assert eventually(lambda: len(api.list_requests("pods")) > lists_before)
+    assert eventually(lambda: "c-1" in cache.pods.in_namespace("team-a"))
+    assert cache.pods.relists_410 >= 1
+    assert cache.synced
+
+
+def test_api_without_dra_is_synced_and_absent(tmp_path: Path) -> None:
+    fake = FakeApi(with_dra=False)
+    fake.start()
+    try:
+        c = ClusterCache(api_client(kubeconfig=kubeconfig_for(fake, tmp_path)), watch_timeout=5, backoff=0.05)
+        c.start()
+        try:
+            assert c.wait_synced(10)
+            assert c.claims.absent and c.claim_templates.absent
+            assert c.resolve_claim("team-a", "x", False) is None
+        finally:
+            c.stop()
+    finally:
+        fake.stop()
+
+
+def test_dra_claim_templates_count_as_gpus(api: FakeApi, cache: ClusterCache) -> None:
+    api.add("resourceclaimtemplates", {"metadata": {"name": "one-gpu", "namespace": "team-a"}, "spec": {"spec": {
+        "devices": {"requests": [{"name": "gpu", "exactly": {"deviceClassName": "gpu.nvidia.com", "count": 2}}]}}}})
+    assert eventually(lambda: cache.resolve_claim("team-a", "one-gpu", True) is not None)
+    api.add("pods", {"metadata": {"name": "dra-0", "namespace": "team-a"}, "spec": {
+        "containers": [{"name": "c", "image": "i", "resources": {"claims": [{"name": "gpu"}]}}],
+        "resourceClaims": [{"name": "gpu", "resourceClaimTemplateName": "one-gpu"}]}, "status": {"phase": "Pending"}})
+    key = "gpu.nvidia.com.deviceclass.resource.k8s.io/devices"
+    assert eventually(lambda: cache.gpu_usage("team-a", exclude=ANYONE, gpu=GPU).get(key) == 2)
+
+
+def test_not_synced_means_not_ready(api: FakeApi, tmp_path: Path) -> None:
+    api.fail_lists.add("pods")
+    app = create_app({"POLICYSET": str(TEST_POLICYSET), "CLUSTER_CACHE": "true",
+                      "KUBECONFIG": kubeconfig_for(api, tmp_path)})
+    state = app.extensions["mlguard"]
+    try:
+        client = app.test_client()
+        time.sleep(0.3)
+        resp = client.get("/readyz")
+        assert resp.status_code == 503
+        detail = resp.get_json()
+        assert detail["ready"] is False
+        assert detail["cache"]["resources"]["pods"]["synced"] is False
+        assert detail["policyset"]["name"] == "webhook-test"
+        api.fail_lists.discard("pods")
+        assert eventually(lambda: client.get("/readyz").status_code == 200, timeout=10)
+    finally:
+        state.stop()

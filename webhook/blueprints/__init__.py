@@ -1,0 +1,1 @@
+"""One blueprint per concern: admission (/validate, /mutate) and operations (/healthz, /readyz, /metrics)."""

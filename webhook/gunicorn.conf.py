@@ -1,0 +1,89 @@
+"""gunicorn settings for the admission webhook (``python -m webhook serve`` uses this file).
+
+Sizing for 2 cores: 2 gthread workers x 4 threads. Policy evaluation is CPU-bound Python, so one
+process per core is what buys throughput; threads cover the short waits on TLS and sockets.
+With several workers, prometheus_client runs in multiprocess mode: ``PROMETHEUS_MULTIPROC_DIR``
+is set here, before any worker imports prometheus_client, and cleaned at start.
+(``tests/benchmarks/bench_webhook.py --workers 1`` measures the one-worker alternative.)
+
+TLS: ``MLGUARD_WEBHOOK_CERT`` / ``MLGUARD_WEBHOOK_KEY``; TLS 1.2 minimum; a rotated certificate is
+picked up by new connections without a restart (see webhook/tls.py). Keep-alive 75 s: the API
+server reuses its connections to webhooks (its idle timeout is 90 s).
+"""
+
+import os
+import shutil
+import tempfile
+from typing import Any
+
+bind = os.environ.get("MLGUARD_WEBHOOK_BIND", "0.0.0.0:8443")
+workers = int(os.environ.get("MLGUARD_WEBHOOK_WORKERS", "2"))
+worker_class = "gthread"
+threads = int(os.environ.get("MLGUARD_WEBHOOK_THREADS", "4"))
+keepalive = 75
+timeout = 30               # a worker silent this long is replaced (validate's own budget is 4 s)
+graceful_timeout = 20      # in-flight reviews finish on SIGTERM (terminationGracePeriodSeconds is 30)
+wsgi_app = "webhook.app:create_app()"
+certfile = os.environ.get("MLGUARD_WEBHOOK_CERT")
+keyfile = os.environ.get("MLGUARD_WEBHOOK_KEY")
+limit_request_line = 8190
+limit_request_fields = 100
+worker_tmp_dir = "/dev/shm" if os.access("/dev/shm", os.W_OK) else tempfile.gettempdir()
+accesslog = None           # one structured decision line per review is logged by the app
+
+_created_metrics_dir = not os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+if _created_metrics_dir:
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="mlguard-webhook-metrics-")
+_metrics_dir = os.environ["PROMETHEUS_MULTIPROC_DIR"]
+
+logconfig_dict = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {"json": {"()": "webhook.logging.JsonFormatter"}},
+    "handlers": {  # "console" and "error_console" are the names gunicorn's defaults refer to
+        "console": {"class": "logging.StreamHandler", "formatter": "json", "stream": "ext://sys.stderr"},
+        "error_console": {"class": "logging.StreamHandler", "formatter": "json", "stream": "ext://sys.stderr"},
+    },
+    "loggers": {
+        "gunicorn.error": {"level": "INFO", "handlers": ["error_console"], "propagate": False},
+        # off: the app logs one structured line per decision (and probes would flood an access log)
+        "gunicorn.access": {"level": "CRITICAL", "handlers": ["error_console"], "propagate": False},
+    },
+}
+
+
+def ssl_context(conf: Any, default_ssl_context_factory: Any) -> Any:
+    from webhook.tls import rotating_ssl_context
+
+    return rotating_ssl_context(conf, default_ssl_context_factory)
+
+
+def post_worker_init(worker: Any) -> None:
+    # build the TLS context now, while the files are known good: a rotation caught half-way later
+    # then falls back to it instead of failing a handshake
+    from gunicorn.sock import ssl_context as build
+
+    if worker.cfg.is_ssl:
+        build(worker.cfg)
+
+
+def on_starting(server: Any) -> None:
+    # stale samples from a previous run would be merged into /metrics
+    os.makedirs(_metrics_dir, exist_ok=True)
+    for entry in os.listdir(_metrics_dir):
+        path = os.path.join(_metrics_dir, entry)
+        if os.path.isdir(path):
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            os.unlink(path)
+
+
+def child_exit(server: Any, worker: Any) -> None:
+    from prometheus_client import multiprocess
+
+    multiprocess.mark_process_dead(worker.pid, _metrics_dir)
+
+
+def on_exit(server: Any) -> None:
+    if _created_metrics_dir:
+        shutil.rmtree(_metrics_dir, ignore_errors=True)

@@ -1,0 +1,188 @@
+"""AdmissionReview ``admission.k8s.io/v1``: parsed once at the edge, answered by one pure function.
+
+Two error channels, kept apart: a malformed review is the caller's mistake (`ReviewError`, an HTTP
+4xx with a JSON body); a bad object is the user's mistake (a `Decision` with ``allowed: false``).
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal, NotRequired, TypedDict, cast
+
+API_VERSION = "admission.k8s.io/v1"
+KIND = "AdmissionReview"
+Operation = Literal["CREATE", "UPDATE", "DELETE", "CONNECT"]
+OPERATIONS: tuple[str, ...] = ("CREATE", "UPDATE", "DELETE", "CONNECT")
+WARNING_MAX_CHARS = 256
+
+
+class GroupVersionKind(TypedDict):
+    group: str
+    version: str
+    kind: str
+
+
+class GroupVersionResource(TypedDict):
+    group: str
+    version: str
+    resource: str
+
+
+class UserInfo(TypedDict, total=False):
+    username: str
+    uid: str
+    groups: list[str]
+    extra: dict[str, list[str]]
+
+
+class AdmissionRequest(TypedDict):
+    uid: str
+    kind: GroupVersionKind
+    resource: GroupVersionResource
+    operation: Operation
+    userInfo: UserInfo
+    namespace: NotRequired[str]
+    name: NotRequired[str]
+    subResource: NotRequired[str]
+    object: NotRequired[dict[str, Any] | None]
+    oldObject: NotRequired[dict[str, Any] | None]
+    dryRun: NotRequired[bool]
+    options: NotRequired[dict[str, Any] | None]
+
+
+class Status(TypedDict, total=False):
+    code: int
+    message: str
+
+
+class AdmissionResponse(TypedDict, total=False):
+    uid: str
+    allowed: bool
+    status: Status
+    warnings: list[str]
+    auditAnnotations: dict[str, str]
+    patchType: Literal["JSONPatch"]
+    patch: str
+
+
+class ReviewError(Exception):
+    """A review the webhook cannot answer: HTTP ``status`` with a JSON ``{"error": message}`` body."""
+
+    def __init__(self, message: str, *, status: int = 400, uid: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.status = status
+        self.uid = uid
+
+
+def _require(cond: bool, message: str, uid: str | None = None) -> None:
+    if not cond:
+        raise ReviewError(message, uid=uid)
+
+
+def _is_str(value: Any) -> bool:
+    return isinstance(value, str)
+
+
+def _check_object(value: Any, field_name: str, uid: str) -> None:
+    if value is None:
+        return
+    _require(isinstance(value, dict), f"request.{field_name} must be an object, got {type(value).__name__}", uid)
+    for key in ("apiVersion", "kind"):
+        if key in value:
+            _require(_is_str(value[key]), f"request.{field_name}.{key} must be a string", uid)
+    meta = value.get("metadata")
+    _require(meta is None or isinstance(meta, dict), f"request.{field_name}.metadata must be an object", uid)
+    if isinstance(meta, dict):
+        for key in ("name", "namespace", "generateName"):
+            _require(meta.get(key) is None or _is_str(meta[key]),
+                     f"request.{field_name}.metadata.{key} must be a string", uid)
+        for key in ("labels", "annotations"):
+            block = meta.get(key)
+            _require(block is None or (isinstance(block, dict) and all(_is_str(v) for v in block.values())),
+                     f"request.{field_name}.metadata.{key} must map strings to strings", uid)
+    spec = value.get("spec")
+    _require(spec is None or isinstance(spec, dict), f"request.{field_name}.spec must be an object", uid)
+
+
+def parse_review(body: bytes) -> AdmissionRequest:
+    """Parse and check an AdmissionReview body; raise `ReviewError` on anything malformed."""
+    try:
+        review = json.loads(body)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ReviewError(f"body is not JSON: {exc}") from exc
+    _require(isinstance(review, dict), "body must be a JSON object (an AdmissionReview)")
+    _require(review.get("apiVersion") == API_VERSION,
+             f"apiVersion must be {API_VERSION!r}, got {review.get('apiVersion')!r}")
+    _require(review.get("kind") == KIND, f"kind must be {KIND!r}, got {review.get('kind')!r}")
+    request = review.get("request")
+    _require(isinstance(request, dict), "request is missing or not an object")
+    uid = request.get("uid")
+    _require(_is_str(uid) and bool(uid), "request.uid is missing or not a non-empty string")
+    uid = cast(str, uid)
+    gvk = request.get("kind")
+    _require(isinstance(gvk, dict) and all(_is_str(gvk.get(k)) for k in ("group", "version", "kind")),
+             "request.kind must be {group, version, kind} strings", uid)
+    gvr = request.get("resource")
+    _require(isinstance(gvr, dict) and all(_is_str(gvr.get(k)) for k in ("group", "version", "resource")),
+             "request.resource must be {group, version, resource} strings", uid)
+    _require(request.get("operation") in OPERATIONS,
+             f"request.operation must be one of {', '.join(OPERATIONS)}, got {request.get('operation')!r}", uid)
+    user = request.get("userInfo", {})
+    _require(isinstance(user, dict), "request.userInfo must be an object", uid)
+    _require(user.get("username") is None or _is_str(user["username"]),
+             "request.userInfo.username must be a string", uid)
+    groups = user.get("groups")
+    _require(groups is None or (isinstance(groups, list) and all(_is_str(g) for g in groups)),
+             "request.userInfo.groups must be a list of strings", uid)
+    for key in ("namespace", "name", "subResource"):
+        _require(request.get(key) is None or _is_str(request[key]), f"request.{key} must be a string", uid)
+    _require(request.get("dryRun") is None or isinstance(request["dryRun"], bool),
+             "request.dryRun must be a boolean", uid)
+    _check_object(request.get("object"), "object", uid)
+    _check_object(request.get("oldObject"), "oldObject", uid)
+    if request["operation"] in ("CREATE", "UPDATE"):
+        _require(isinstance(request.get("object"), dict), f"request.object is required for {request['operation']}",
+                 uid)
+    request.setdefault("userInfo", {})
+    return cast(AdmissionRequest, request)
+
+
+@dataclass(frozen=True)
+class Decision:
+    """What the webhook decided; `build_response` turns it into the wire format."""
+
+    allowed: bool
+    code: int | None = None
+    message: str = ""
+    warnings: tuple[str, ...] = ()
+    audit_annotations: Mapping[str, str] = field(default_factory=dict)
+    patch: list[dict[str, Any]] | None = None
+
+
+def clip_warning(text: str) -> str:
+    """A warning the API server forwards as-is: one line, at most 256 characters."""
+    text = " ".join(text.split())
+    return text if len(text) <= WARNING_MAX_CHARS else text[: WARNING_MAX_CHARS - 1] + "…"
+
+
+def build_response(uid: str, decision: Decision) -> dict[str, Any]:
+    """The AdmissionReview answer: echo ``uid``, set ``allowed``, status, warnings, audit
+    annotations and the base64 JSONPatch (only when non-empty)."""
+    response: AdmissionResponse = {"uid": uid, "allowed": decision.allowed}
+    if not decision.allowed or decision.code is not None:
+        status: Status = {"code": decision.code or 403}
+        if decision.message:
+            status["message"] = decision.message
+        response["status"] = status
+    if decision.warnings:
+        response["warnings"] = list(decision.warnings)
+    if decision.audit_annotations:
+        response["auditAnnotations"] = dict(decision.audit_annotations)
+    if decision.patch:
+        response["patchType"] = "JSONPatch"
+        response["patch"] = base64.b64encode(json.dumps(decision.patch, separators=(",", ":")).encode()).decode()
+    return {"apiVersion": API_VERSION, "kind": KIND, "response": response}
