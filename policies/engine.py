@@ -79,7 +79,7 @@ def evaluate_object(obj: Mapping[str, Any], policyset: PolicySet, *, point: Enfo
             violations.append(Violation(policy_id, "deny", resource, "", f"policy {policy_id} failed: {exc!r}",
                                         policy.runbook_path()))
             continue
-        for f in findings:
+        for f in dict.fromkeys(findings):  # two templates (KServe components) may report the same field once
             target = f.resource or owner
             if f.note:
                 notes.append(Note(policy_id, target, f.path, f.message))

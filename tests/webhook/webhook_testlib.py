@@ -29,7 +29,9 @@ GVR = {  # kind -> (group, version, resource)
     "StatefulSet": ("apps", "v1", "statefulsets"), "ReplicaSet": ("apps", "v1", "replicasets"),
     "Job": ("batch", "v1", "jobs"), "CronJob": ("batch", "v1", "cronjobs"),
     "Rollout": ("argoproj.io", "v1alpha1", "rollouts"), "ResourceQuota": ("", "v1", "resourcequotas"),
-    "Scale": ("autoscaling", "v1", "scale"),
+    "Scale": ("autoscaling", "v1", "scale"), "DaemonSet": ("apps", "v1", "daemonsets"),
+    "InferenceService": ("serving.kserve.io", "v1beta1", "inferenceservices"),
+    "LeaderWorkerSet": ("leaderworkerset.x-k8s.io", "v1", "leaderworkersets"),
 }
 
 
