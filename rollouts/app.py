@@ -95,6 +95,9 @@ def create_app(config: AnalysisConfig | Mapping[str, Any] | None = None) -> Flas
     app.config["MAX_CONTENT_LENGTH"] = cfg.max_body_bytes
     app.json.sort_keys = False  # type: ignore[attr-defined]
     app.extensions["mlguard_analysis"] = AnalysisService(cfg)
+    from rollouts.checks import check_names
+
+    check_names()  # import every check (and scipy) now, not on each worker's first analysis
     app.register_blueprint(probes)
     app.register_blueprint(analyses)
     from rollouts.flagger import flagger

@@ -250,28 +250,23 @@ def main(argv: list[str] | None = None) -> int:
                          "--cert", str(cert), "--key", str(key), "--policyset", args.policyset], webhook_log,
                         env={"MLGUARD_WEBHOOK_FACTS_FILE": str(facts), "MLGUARD_WEBHOOK_WORKERS": "1"})
         procs.append(webhook)
-        analysis = analysis_url = None
         analysis_log = work / "analysis.log"
-        if (REPO / "rollouts" / "__main__.py").exists():
-            aport = args.analysis_port if port_free(args.analysis_port) else free_port()
-            analysis = start([sys.executable, "-m", "rollouts", "serve", "--host", "127.0.0.1", "--port", str(aport)],
-                             analysis_log)
-            procs.append(analysis)
-            analysis_url = f"http://127.0.0.1:{aport}"
+        store = write_golden_set(work / "samples")
+        aport = args.analysis_port if port_free(args.analysis_port) else free_port()
+        analysis = start([sys.executable, "-m", "rollouts", "serve", "--host", "127.0.0.1", "--port", str(aport),
+                          "--sample-store", f"golden={store}"], analysis_log)
+        procs.append(analysis)
+        analysis_url = f"http://127.0.0.1:{aport}"
         base = f"https://127.0.0.1:{port}"
         wait_ready(session, base + "/readyz", webhook, webhook_log)
         ready = session.get(base + "/readyz", timeout=5).json()
         print(f"webhook:  {base}  (gunicorn, TLS; PolicySet {ready['policyset']['name']} "
               f"sha256:{ready['policyset']['digest'][:12]}; log {webhook_log})")
-        if analysis is not None and analysis_url is not None:
-            plain = requests.Session()
-            plain.trust_env = False
-            wait_ready(plain, analysis_url + "/healthz", analysis, analysis_log)
-            print(f"analysis: {analysis_url}  (Argo Rollouts web metric provider: GET {analysis_url}/v1/analyses/"
-                  f"<check>; log {analysis_log})")
-        else:
-            print(f"analysis: {YELLOW}NOT STARTED — the analysis provider (rollouts/__main__.py, "
-                  f"`python -m rollouts serve`) is not in this checkout yet{RESET}")
+        plain = requests.Session()
+        plain.trust_env = False
+        wait_ready(plain, analysis_url + "/healthz", analysis, analysis_log)
+        print(f"analysis: {analysis_url}  (Argo Rollouts web metric provider: GET {analysis_url}/v1/analyses/"
+              f"<check>; log {analysis_log})")
 
         denied = exchange(session, base + "/validate", review(denied_deployment()),
                           "1. a Deployment asking for a GPU in requests only -> /validate")
@@ -279,8 +274,13 @@ def main(argv: list[str] | None = None) -> int:
                            "2. a Pod with GPU limits, requests and probes -> /validate")
         mutated = exchange(session, base + "/mutate", review(allowed_pod()),
                            "3. the same Pod -> /mutate (adds what the PolicySet's mutations turn on)")
-        ok = denied.get("allowed") is False and allowed.get("allowed") is True and mutated.get("allowed") is True
-        print(f"\ntry it yourself:\n  curl --cacert {ca} {base}/readyz\n  curl --cacert {ca} {base}/metrics")
+        golden = {"store": "golden", "baseline": "stable.jsonl", "canary": "canary.jsonl", "min_accuracy": "0.85"}
+        verdict = analyse(plain, f"{analysis_url}/v1/analyses/eval-score", golden,
+                          "4. the analysis provider judges a canary on the golden set (what Argo Rollouts asks)")
+        ok = (denied.get("allowed") is False and allowed.get("allowed") is True and mutated.get("allowed") is True
+              and verdict.get("verdict") == "fail")
+        print(f"\ntry it yourself:\n  curl --cacert {ca} {base}/readyz\n  curl --cacert {ca} {base}/metrics\n"
+              f"  curl '{analysis_url}/v1/analyses/eval-score?store=golden&baseline=stable.jsonl&canary=stable.jsonl'")
         if args.exit_after_demo:
             print("demo " + ("OK" if ok else "FAILED: a verdict was not the expected one"))
             return 0 if ok else 1
@@ -293,6 +293,40 @@ def main(argv: list[str] | None = None) -> int:
         for proc in procs:
             stop(proc)
         shutil.rmtree(work, ignore_errors=True)
+
+
+def write_golden_set(directory: Path) -> Path:
+    """Per-item correctness of the stable model and of a quantized canary that lost quality on the same
+    600-item golden set (seeded: the same files every run)."""
+    import json
+    import random
+
+    rng = random.Random(20261123)
+    directory.mkdir(parents=True, exist_ok=True)
+    stable, canary = [], []
+    for i in range(600):
+        ok = rng.random() < 0.90
+        stable.append({"id": f"q{i}", "correct": ok})
+        canary.append({"id": f"q{i}", "correct": (ok and rng.random() > 0.12) or (not ok and rng.random() < 0.05)})
+    for name, rows in (("stable.jsonl", stable), ("canary.jsonl", canary)):
+        (directory / name).write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return directory
+
+
+def analyse(session: requests.Session, url: str, params: dict[str, str], title: str) -> dict:
+    print(f"\n{BOLD}## {title}{RESET}")
+    print(f"> GET {url}?" + "&".join(f"{k}={v}" for k, v in params.items()))
+    start_time = time.monotonic()
+    resp = session.get(url, params=params, timeout=15)
+    print(f"< HTTP {resp.status_code} {resp.reason}  ({(time.monotonic() - start_time) * 1000:.1f} ms)")
+    body = resp.json()
+    for key in ("verdict", "method", "statistic", "p_value", "threshold", "samples", "reason"):
+        if key in body:
+            value = body[key]
+            shown = f"{value:.4g}" if isinstance(value, float) else value
+            print(f"  {key + ':':<10} {RED if body.get('verdict') == 'fail' and key == 'verdict' else ''}{shown}"
+                  f"{RESET if key == 'verdict' else ''}")
+    return body
 
 
 if __name__ == "__main__":

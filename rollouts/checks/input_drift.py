@@ -17,7 +17,7 @@ from typing import Any, Literal
 import numpy as np
 
 from rollouts.checks import SAMPLE_PARAMS, CheckContext
-from rollouts.checks.columns import FIELD_RE, column, embeddings, kind_of, scalar_fields
+from rollouts.checks.columns import FIELD_RE, column, count, embeddings, kind_between, numbers, scalar_fields
 from rollouts.errors import ParamError
 from rollouts.params import Params
 from rollouts.stats import adjust_p_values, chi2_test, ks_test, mmd_test, psi, subsample
@@ -58,13 +58,13 @@ def run(params: Params, ctx: CheckContext) -> Verdict:
     samples = {"baseline": baseline.count, "canary": canary.count}
     base_details: dict[str, Any] = {"correction": CORRECTION_NAMES[correction], **alpha_info}
 
-    columns: dict[str, tuple[list[Any], list[Any]]] = {}
+    counts: dict[str, tuple[int, int]] = {}
     short: list[str] = []
     for feature in features:
-        ref, cand = column(baseline, feature), column(canary, feature)
-        columns[feature] = (ref, cand)
-        if len(ref) < min_samples or len(cand) < min_samples:
-            short.append(f"{feature} ({len(ref)}/{len(cand)})")
+        n_ref, n_cand = count(baseline, feature), count(canary, feature)
+        counts[feature] = (n_ref, n_cand)
+        if n_ref < min_samples or n_cand < min_samples:
+            short.append(f"{feature} ({n_ref}/{n_cand})")
     emb: tuple[np.ndarray, np.ndarray] | None = None
     if embedding:
         emb = (embeddings(baseline, embedding), embeddings(canary, embedding))
@@ -81,21 +81,22 @@ def run(params: Params, ctx: CheckContext) -> Verdict:
 
     tests: list[dict[str, Any]] = []
     psi_results: dict[str, dict[str, Any]] = {}
-    for feature, (ref, cand) in columns.items():
-        kind = kind_of(ref + cand, field=feature)
+    for feature, (n_ref, n_cand) in counts.items():
+        kind = kind_between(baseline, canary, field=feature)
         entry: dict[str, Any] = {"feature": feature, "kind": kind}
         if kind == "numeric":
-            ref_a, ref_capped = subsample(np.asarray(ref, dtype=np.float64), max_samples=max_samples, seed=0)
-            cand_a, cand_capped = subsample(np.asarray(cand, dtype=np.float64), max_samples=max_samples, seed=1)
+            ref_a, ref_capped = subsample(numbers(baseline, feature), max_samples=max_samples, seed=0)
+            cand_a, cand_capped = subsample(numbers(canary, feature), max_samples=max_samples, seed=1)
             result = ks_test(ref_a, cand_a)
             if ref_capped or cand_capped:
-                entry["subsampled"] = {"from": [len(ref), len(cand)], "to": [len(ref_a), len(cand_a)]}
+                entry["subsampled"] = {"from": [n_ref, n_cand], "to": [len(ref_a), len(cand_a)]}
             if use_psi:
                 pr = psi(ref_a, cand_a, bins=psi_bins)
                 level = "fail" if pr.statistic >= psi_fail else "warn" if pr.statistic >= psi_warn else "ok"
                 psi_results[feature] = {"psi": pr.statistic, "level": level, **pr.details}
         else:
-            result = chi2_test([str(v) for v in ref], [str(v) for v in cand])
+            result = chi2_test([str(v) for v in column(baseline, feature)],
+                               [str(v) for v in column(canary, feature)])
         entry.update(method=result.method, statistic=result.statistic, p_value=result.p_value,
                      n_reference=result.n_reference, n_candidate=result.n_candidate)
         tests.append(entry)

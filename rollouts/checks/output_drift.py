@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from rollouts.checks import PROMETHEUS_PARAMS, SAMPLE_PARAMS, CheckContext
-from rollouts.checks.columns import FIELD_RE, booleans, column, kind_of
+from rollouts.checks.columns import FIELD_RE, booleans, column, kind_between, numbers
 from rollouts.errors import ParamError
 from rollouts.params import Params
 from rollouts.stats import adjust_p_values, ks_test, sequential_mean_test, sequential_proportion_test, subsample
@@ -62,10 +62,10 @@ def _run_samples(params: Params, ctx: CheckContext) -> Verdict:
             check=CHECK, method="ks+two-proportion", samples=samples, mode=mode, threshold=alpha,
             details=details, reason=f"too few samples (baseline/canary) for {', '.join(short)}; need {min_samples}",
         )
-    if kind_of(ref_len + cand_len, field=length_field) != "numeric":
+    if kind_between(baseline, canary, field=length_field) != "numeric":
         raise ParamError(f"field {length_field!r} must hold numbers (response lengths)")
-    ref_a, capped_r = subsample(np.asarray(ref_len, dtype=np.float64), max_samples=max_samples, seed=0)
-    cand_a, capped_c = subsample(np.asarray(cand_len, dtype=np.float64), max_samples=max_samples, seed=1)
+    ref_a, capped_r = subsample(numbers(baseline, length_field), max_samples=max_samples, seed=0)
+    cand_a, capped_c = subsample(numbers(canary, length_field), max_samples=max_samples, seed=1)
     ks = ks_test(ref_a, cand_a)
     x_c, n_c, x_r, n_r = sum(cand_ref), len(cand_ref), sum(ref_ref), len(ref_ref)
     if mode == "anytime":

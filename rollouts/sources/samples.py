@@ -9,7 +9,8 @@ the analysis deadline.
 Formats by extension:
 
 - ``.jsonl``: one JSON object per line, ``{"feature": value, ...}``; an embedding is a list of
-  numbers under a named field.
+  numbers under a named field. Read with the standard library's rules (``NaN`` and integers of
+  any size are accepted); orjson does the parsing wherever its answer is the same.
 - ``.npy``: a 2-D float array (rows are samples), loaded with ``allow_pickle=False``.
 """
 
@@ -19,12 +20,16 @@ import io
 import json
 import os
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass
+from itertools import chain
+from operator import itemgetter
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
 import numpy as np
+import orjson
 import requests
 
 from rollouts.errors import (
@@ -41,6 +46,12 @@ from rollouts.sources import Deadline
 SOURCE_NAME = "sample-store"
 KEY_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._/-]{0,511}")
 EXTENSIONS = (".jsonl", ".npy")
+NUMBER_TYPES = frozenset({int, float})  # bool is not a number here: type(True) is bool
+# orjson reads integer literals outside the 64-bit range as floats (the standard library keeps them
+# exact). Such a literal has 19 or more digits after a character that can precede a JSON number;
+# mapped through this table (digits -> "0", those characters -> "#"), it contains _LONG_INTEGER.
+_DIGITS_AND_STARTS = bytes.maketrans(b"0123456789" + b":,[ \t\r\n-", b"0" * 10 + b"#" * 8)
+_LONG_INTEGER = b"#" + b"0" * 19
 
 
 def validate_key(key: str, *, param: str) -> str:
@@ -69,20 +80,53 @@ class Samples:
 
     def fields(self) -> list[str]:
         """Field names in first-seen order (records may differ in their fields)."""
-        seen: dict[str, None] = {}
-        for record in self.records or []:
-            if len(seen) > 0 and record.keys() <= seen.keys():
-                continue
-            seen.update(dict.fromkeys(record))
-        return list(seen)
+        return list(self._table())
 
     def column(self, name: str) -> list[Any]:
-        """Non-missing values of one field (cached)."""
-        cache: dict[str, list[Any]] = self.__dict__.setdefault("_columns", {})
-        if name not in cache:
-            values = [record.get(name) for record in self.records or []]
-            cache[name] = [v for v in values if v is not None]
-        return cache[name]
+        """Non-missing (not null) values of one field, in record order."""
+        entry = self._table().get(name)
+        if entry is None:
+            return []
+        if entry.values is None:  # the float-matrix path skipped the list: every record holds a float here
+            entry.values = list(map(itemgetter(name), self.records or []))
+        return entry.values
+
+    def size(self, name: str) -> int:
+        """``len(self.column(name))``."""
+        entry = self._table().get(name)
+        return entry.size if entry is not None else 0
+
+    def first(self, name: str) -> Any:
+        """``self.column(name)[0]``, or ``None`` when the field has no values."""
+        entry = self._table().get(name)
+        return entry.first if entry is not None else None
+
+    def types(self, name: str) -> frozenset[type]:
+        """``frozenset(map(type, self.column(name)))``."""
+        entry = self._table().get(name)
+        return entry.types if entry is not None else frozenset()
+
+    def numbers(self, name: str) -> np.ndarray | None:
+        """``np.asarray(self.column(name), dtype=np.float64)`` when the values are all ints and floats
+        (booleans are not numbers here), else ``None``. Converted once."""
+        entry = self._table().get(name)
+        if entry is None:
+            return np.empty(0, dtype=np.float64)
+        if not entry.types <= NUMBER_TYPES:
+            return None
+        if entry.numbers is None:
+            values = self.column(name)
+            entry.numbers = (np.fromiter(values, dtype=np.float64, count=len(values)) if entry.types == {float}
+                             else np.asarray(values, dtype=np.float64))
+        return entry.numbers
+
+    def _table(self) -> dict[str, _Column]:
+        """Every field's column, built for all fields on first use."""
+        table: dict[str, _Column] | None = self.__dict__.get("_columns")
+        if table is None:
+            table = _columns(self.records or [])
+            self.__dict__["_columns"] = table
+        return table
 
     @property
     def count(self) -> int:
@@ -90,6 +134,76 @@ class Samples:
             return len(self.records)
         assert self.array is not None
         return int(self.array.shape[0])
+
+
+@dataclass
+class _Column:
+    """One field of a jsonl object: its non-missing values, their types, and (numeric) a float64 array."""
+
+    types: frozenset[type]
+    size: int
+    first: Any
+    values: list[Any] | None = None  # None: not built yet (float-matrix path)
+    numbers: np.ndarray | None = None  # None: not converted yet
+
+
+def _columns(records: list[dict[str, Any]]) -> dict[str, _Column]:
+    """Field name -> its column, fields in first-seen order."""
+    if not records:
+        return {}
+    names = list(records[0])
+    if names and set(map(len, records)) == {len(names)}:
+        matrix = _float_matrix(records, names)
+        if matrix is not None:
+            return matrix
+    table: dict[str, _Column] = {}
+    everywhere = True
+    for name in names:
+        table[name], found = _column(records, name)
+        everywhere = everywhere and found
+    if everywhere and set(map(len, records)) == {len(names)}:
+        return table  # every record has exactly the first record's fields
+    seen: dict[str, None] = {}
+    for record in records:
+        if len(seen) > 0 and record.keys() <= seen.keys():
+            continue
+        seen.update(dict.fromkeys(record))
+    return {name: table[name] if name in table else _column(records, name)[0] for name in seen}
+
+
+def _float_matrix(records: list[dict[str, Any]], names: list[str]) -> dict[str, _Column] | None:
+    """The usual feature file, every record holding floats under the same ``names``: all columns at
+    once through one float64 matrix, without per-field lists. ``None`` when the records are otherwise."""
+    getter = itemgetter(*names)
+
+    def values() -> Iterator[Any]:
+        rows = map(getter, records)
+        return chain.from_iterable(rows) if len(names) > 1 else rows  # one name: the value, not a tuple
+
+    try:
+        if set(map(type, values())) != {float}:
+            return None
+    except KeyError:  # a record has other fields (each record has len(names) of them)
+        return None
+    n, d = len(records), len(names)
+    by_field = np.fromiter(values(), dtype=np.float64, count=n * d).reshape(n, d).T.copy()
+    kinds = frozenset({float})
+    return {name: _Column(kinds, n, records[0][name], numbers=by_field[j]) for j, name in enumerate(names)}
+
+
+def _column(records: list[dict[str, Any]], name: str) -> tuple[_Column, bool]:
+    """The field's column, and whether every record has the field (even if null)."""
+    everywhere = True
+    try:
+        values = list(map(itemgetter(name), records))  # C-level loop; KeyError if a record lacks the field
+    except KeyError:
+        values = [record.get(name) for record in records]
+        everywhere = False
+    types = set(map(type, values))
+    if type(None) in types:
+        values = [v for v in values if v is not None]
+        types.discard(type(None))
+    return _Column(frozenset(types), len(values), values[0] if values else None, values), everywhere
 
 
 class SampleStore:
@@ -195,20 +309,12 @@ class SampleStore:
         lines = [line for line in data.splitlines() if line.strip()]
         if len(lines) > self.max_rows:
             raise ObjectTooLargeError(f"object {key!r} has more than {self.max_rows} rows", limit=self.max_rows)
-        try:
-            # One C-level parse of all lines (several times faster than a loads() per line).
-            records = json.loads(b"[" + b",".join(lines) + b"]")
-        except (json.JSONDecodeError, UnicodeDecodeError):
-            records = None
-        if records is None or any(type(r) is not dict for r in records):
-            for lineno, line in enumerate(lines, start=1):  # slow path: find the bad line
-                try:
-                    obj = json.loads(line)
-                except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-                    raise SampleFormatError(f"{key!r} record {lineno}: not JSON ({exc})") from None
-                if not isinstance(obj, dict):
-                    raise SampleFormatError(f"{key!r} record {lineno}: expected a JSON object")
-            raise SampleFormatError(f"{key!r}: cannot parse as JSON lines")
+        records = _orjson_records(data, lines)
+        if records is None:  # something orjson refuses or reads differently: the standard library decides
+            return _stdlib_records(key, lines)
+        for lineno, record in enumerate(records, start=1):
+            if type(record) is not dict:
+                raise SampleFormatError(f"{key!r} record {lineno}: expected a JSON object")
         return records
 
     def _parse_npy(self, key: str, data: bytes) -> np.ndarray:
@@ -226,6 +332,41 @@ class SampleStore:
         if not np.all(np.isfinite(array)):
             raise SampleFormatError(f"{key!r} contains NaN or infinite values")
         return array
+
+
+def _orjson_records(data: bytes, lines: list[bytes]) -> list[Any] | None:
+    """Each line parsed by orjson, or ``None`` where its answer could differ from ``json.loads``.
+
+    orjson refuses some of what the standard library accepts beyond strict JSON (NaN, Infinity,
+    numbers that overflow a float, lone surrogates) and reads integers outside the 64-bit range as
+    floats: such objects are left to :func:`_stdlib_records`. Everything else parses to equal values.
+    """
+    if _LONG_INTEGER in data.translate(_DIGITS_AND_STARTS):
+        return None
+    try:
+        return list(map(orjson.loads, lines))
+    except orjson.JSONDecodeError:
+        return None
+
+
+def _stdlib_records(key: str, lines: list[bytes]) -> list[dict[str, Any]]:
+    """``json.loads`` semantics; the first line that is not a JSON object is refused with its number."""
+    try:
+        # One C-level parse of all lines (several times faster than a loads() per line).
+        records = json.loads(b"[" + b",".join(lines) + b"]")
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        records = None
+    # A line holding two objects ("{...},{...}") also parses as part of the array: the count catches it.
+    if records is None or len(records) != len(lines) or any(type(r) is not dict for r in records):
+        for lineno, line in enumerate(lines, start=1):  # slow path: find the bad line
+            try:
+                obj = json.loads(line)
+            except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+                raise SampleFormatError(f"{key!r} record {lineno}: not JSON ({exc})") from None
+            if not isinstance(obj, dict):
+                raise SampleFormatError(f"{key!r} record {lineno}: expected a JSON object")
+        raise SampleFormatError(f"{key!r}: cannot parse as JSON lines")
+    return records  # type: ignore[no-any-return]
 
 
 def build_stores(

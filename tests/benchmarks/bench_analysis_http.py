@@ -6,6 +6,11 @@ Sizes: input-drift on 100,000 x 20 numeric features (jsonl and npy, KS + PSI) an
 (npy, MMD, permutations raised to reach the anytime look alpha), output-drift on 100,000 responses,
 eval-score on 20,000 golden items, latency and error-rate against a real Prometheus (90 minutes of
 vLLM series). Prints seconds per answer (median and max of 3) and checks each is under 8 s.
+
+Each gunicorn worker imports the checks (scipy.stats among them) on its first analysis, which adds
+close to a second to that one answer. So the cost does not land on whichever case runs first, the
+script first sends cheap eval-score requests until every worker has answered one (a worker's first
+answer is the slow one), prints those first answers, then times the cases on warm workers.
 """
 
 from __future__ import annotations
@@ -25,6 +30,8 @@ import requests
 
 REPO = Path(__file__).resolve().parents[2]
 BUDGET = 8.0
+WORKERS = 2
+COLD = 0.3  # seconds: a first answer (imports) takes longer than this, a warm eval-score answer far less
 
 
 def load_conftest():  # the test fixtures' data generator and server helpers
@@ -81,9 +88,21 @@ def main() -> int:
         config = tmp / "config.yaml"
         config.write_text("sampleLimits: {maxBytes: 134217728, maxRows: 200000}\n")
         srv = cf.start_server(["--prometheus", f"http://127.0.0.1:{port}", "--config", str(config),
-                               "--sample-store", f"bench={tmp / 'samples'}", "--workers", "2"], tmp=tmp)
+                               "--sample-store", f"bench={tmp / 'samples'}", "--workers", str(WORKERS)],
+                              tmp=tmp)
         procs.append(srv.proc)
         pair = {"store": "bench"}
+        warm = {**pair, "baseline": "eval-baseline.jsonl", "canary": "eval-canary.jsonl"}
+        first: list[float] = []
+        for _ in range(40):  # bounded: stop once every worker has given its (slow) first answer
+            t = time.perf_counter()
+            requests.get(f"{srv.url}/v1/analyses/eval-score", params=warm, timeout=30).raise_for_status()
+            if (elapsed := time.perf_counter() - t) > COLD:
+                first.append(elapsed)
+            if len(first) == WORKERS:
+                break
+        print(f"warm-up: first answer of each worker {', '.join(f'{x:.2f}s' for x in first)} "
+              f"(imports; {len(first)} of {WORKERS} workers seen)")
         cases = {
             "input-drift (100k x 20, KS+PSI)": ("input-drift", {**pair, "baseline": "inputs-baseline.jsonl",
                                                               "canary": "inputs-canary.jsonl", "psi": "true"}),
