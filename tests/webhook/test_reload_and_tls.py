@@ -3,6 +3,7 @@ and TLS (certificate rotation without restart, TLS 1.2 minimum)."""
 
 from __future__ import annotations
 
+import os
 import shutil
 import socket
 import ssl
@@ -16,6 +17,14 @@ from webhook_testlib import TEST_POLICYSET, WebhookServer, container, metric, po
 
 pytestmark = pytest.mark.integration
 BAD = pod("bad", spec=pod_spec(container("a", gpus=None, requests_gpus=1)), namespace="team-c")
+
+
+def swap(path: Path, text: str) -> None:
+    """Replace a file in one step, as the kubelet swaps a ConfigMap's files (a plain write_text could be
+    read half-written by a worker's reload thread)."""
+    tmp = path.with_name(path.name + ".new")
+    tmp.write_text(text)
+    os.replace(tmp, path)
 
 
 def steadily(check: Callable[[], bool], *, times: int = 6, timeout: float = 10.0) -> bool:
@@ -58,14 +67,14 @@ def test_hot_reload_valid_then_invalid_then_fixed(own) -> None:
     relaxed = original.replace("    gpu-limits:\n      action: deny", "    gpu-limits:\n      action: warn").replace(
         "    gpu-quota:\n      action: deny", "    gpu-quota:\n      action: audit")
     assert relaxed != original
-    policyset.write_text(relaxed)
+    swap(policyset, relaxed)
     assert steadily(lambda: not _denied(srv))
     ready = srv.session.get(srv.url + "/readyz").json()
     assert ready["policyset"]["digest"] != first and "refused" not in ready
     relaxed_digest = ready["policyset"]["digest"]
 
     # 2. an invalid change is refused: the last good set keeps serving, visibly
-    policyset.write_text(relaxed.replace("action: warn", "action: block"))
+    swap(policyset, relaxed.replace("action: warn", "action: block"))
     assert steadily(lambda: "refused" in srv.session.get(srv.url + "/readyz").json())
     resp = srv.session.get(srv.url + "/readyz")
     assert resp.status_code == 200
@@ -79,7 +88,7 @@ def test_hot_reload_valid_then_invalid_then_fixed(own) -> None:
     assert any(line.get("event") == "policyset_refused" for line in srv.log_lines())
 
     # 3. fixed: back to the original, deny again, refusal cleared
-    policyset.write_text(original)
+    swap(policyset, original)
     assert steadily(lambda: _denied(srv))
     assert steadily(lambda: "refused" not in srv.session.get(srv.url + "/readyz").json())
     assert srv.session.get(srv.url + "/readyz").json()["policyset"]["digest"] == first
