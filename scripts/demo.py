@@ -232,6 +232,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--policyset", default=str(REPO / "policies" / "catalog" / "baseline.yaml"))
     parser.add_argument("--exit-after-demo", action="store_true", help="stop after the demo instead of serving")
     args = parser.parse_args(argv)
+    # SIGTERM/SIGHUP (a closed terminal, `timeout`, a supervisor) stop the servers too, like Ctrl-C does:
+    # they run in their own sessions, so only this process's cleanup can stop them.
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, lambda signum, frame: sys.exit(128 + signum))
 
     work = Path(tempfile.mkdtemp(prefix="mlguard-demo-"))
     procs: list[subprocess.Popen] = []
