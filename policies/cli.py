@@ -62,10 +62,7 @@ def cmd_check(args: argparse.Namespace) -> int:
     try:
         policyset = load_policyset(args.policyset or default_policyset_path())
         report, locations = run_check(args.paths, policyset, namespace_labels=_namespace_labels(args.namespace_labels))
-    except PolicySetError as exc:
-        _err(str(exc))
-        return EXIT_BAD_INPUT
-    except ManifestError as exc:
+    except (PolicySetError, ManifestError) as exc:
         _err(str(exc))
         return EXIT_BAD_INPUT
     out = RENDERERS[args.format](report, locations)

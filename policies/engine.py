@@ -10,6 +10,7 @@ from typing import Any
 
 from policies.context import ClusterFacts, EmptyFacts, EvalContext, RequestInfo
 from policies.model import EnforcementPoint, Finding, Note, Report, Resource, Violation, weakest
+from policies.mutations import planned_mutations
 from policies.policyset import PolicySet
 from policies.registry import all_policies
 from policies.selectors import Subject
@@ -86,6 +87,12 @@ def evaluate_object(obj: Mapping[str, Any], policyset: PolicySet, *, point: Enfo
             else:
                 violations.append(Violation(policy_id, weakest(resolved.action, f.action), target, f.path,
                                             f.message, policy.runbook_path()))
+    if point == "ci" and policyset.mutations:
+        # what the mutating webhook will add to the Pods, whether or not a policy mentioned it
+        said = {(n.resource, n.message) for n in notes}
+        for m in planned_mutations(workload, mutations=policyset.mutations, gpu=gpu):
+            if (owner, m.message) not in said:
+                notes.append(Note("mutation", owner, m.path, m.message))
     return Evaluated(resource, violations, notes, None, frozenset(only_new), errors)
 
 

@@ -102,3 +102,16 @@ def test_workload_ref_findings_name_the_deployment_once() -> None:
     ps = parse_policyset(HEAD + "spec:\n  policies:\n    gpu-limits: {}\n")
     report = evaluate([deployment, rollout], ps, point="ci", facts=ManifestFacts([deployment, rollout]))
     assert [str(v.resource) for v in report.violations] == ["Deployment/ml/web"]
+
+
+def test_check_notes_every_mutation_admission_will_apply() -> None:
+    ps = parse_policyset(HEAD + "spec:\n  mutations: {tolerations: true, defaultNodeClass: NVIDIA-L4, "
+                         "runtimeClassName: nvidia}\n  policies:\n    gpu-tolerations: {}\n")
+    report = evaluate([pod(gpu_limits=1)], ps, point="ci")
+    assert not report.violations
+    assert sorted((n.policy, n.message) for n in report.notes) == [
+        ("gpu-tolerations", "toleration for nvidia.com/gpu:NoSchedule will be added at admission"),
+        ("mutation", "nodeSelector nvidia.com/gpu.product=NVIDIA-L4 will be added at admission"),
+        ("mutation", "runtimeClassName nvidia will be set at admission"),
+    ]
+    assert not evaluate([pod()], ps, point="ci").notes  # no GPU: nothing is mutated
