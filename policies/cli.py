@@ -50,7 +50,7 @@ def run_check(paths: Sequence[str], policyset: PolicySet, *, namespace_labels: d
     objects = [item.obj for item in located]
     facts = ManifestFacts(objects, extra_labels=namespace_labels)
     report = evaluate(objects, policyset, point="ci", facts=facts)
-    locations = {}
+    locations: dict[Resource, tuple[str, int]] = {}
     for item, resource in zip(located, report.resources, strict=True):
         locations.setdefault(resource, (item.source, item.line))
     for item in located:  # workloadRef findings name the Deployment: locate every object

@@ -113,10 +113,11 @@ def _compose_and_construct(text: str) -> list[tuple[yaml.Node, Any]]:
     """Parse once, keeping each document's node (for line numbers) and its value."""
     loader = _Loader(text)
     try:
-        out = []
+        out: list[tuple[yaml.Node, Any]] = []
         while loader.check_node():
             node = loader.get_node()
-            out.append((node, loader.construct_document(node)))
+            if node is not None:
+                out.append((node, loader.construct_document(node)))
         return out
     finally:
         loader.dispose()

@@ -49,7 +49,7 @@ def find_suites(root: Path) -> list[Path]:
 
 
 def _load_objects(path: Path) -> list[dict[str, Any]]:
-    out = []
+    out: list[dict[str, Any]] = []
     for doc in yaml.safe_load_all(path.read_text()):
         if isinstance(doc, dict) and doc.get("kind") == "List":
             out.extend(i for i in doc.get("items") or [] if isinstance(i, dict))
