@@ -12,6 +12,7 @@ run: setup
 lint:
 	$(PYTHON) -m ruff check .
 	lint-imports
+	$(PYTHON) -m mypy policies webhook rollouts
 
 # Sets up (pip packages, Debian prometheus) and passes the tests.
 test:

@@ -32,7 +32,8 @@ probes = Blueprint("probes", __name__)
 
 
 def service() -> AnalysisService:
-    return current_app.extensions["mlguard_analysis"]
+    svc: AnalysisService = current_app.extensions["mlguard_analysis"]
+    return svc
 
 
 def request_params() -> dict[str, Any]:

@@ -8,6 +8,7 @@ filesystem: the worker heartbeat files and the prometheus_client multiprocess di
 import os
 import shutil
 import tempfile
+from typing import Any
 
 # prometheus_client is imported only inside the hooks: it picks its multiprocess value class at
 # import time, so PROMETHEUS_MULTIPROC_DIR must be set (below) before any worker imports it.
@@ -53,12 +54,12 @@ if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = _created_metrics_dir
 
 
-def child_exit(server, worker):
+def child_exit(server: Any, worker: Any) -> None:
     from prometheus_client import multiprocess
 
-    multiprocess.mark_process_dead(worker.pid)
+    multiprocess.mark_process_dead(worker.pid)  # type: ignore[no-untyped-call]  # untyped upstream
 
 
-def on_exit(server):
+def on_exit(server: Any) -> None:
     if _created_metrics_dir:
         shutil.rmtree(_created_metrics_dir, ignore_errors=True)

@@ -57,7 +57,7 @@ class Verdict:
         reason = self.reason
         if self.verdict != "pass" and self.runbook not in reason:
             reason = f"{reason}; see {self.runbook}"
-        return json_safe(
+        out: dict[str, Any] = json_safe(
             {
                 "check": self.check,
                 "verdict": self.verdict,
@@ -72,6 +72,7 @@ class Verdict:
                 "mode": self.mode,
             }
         )
+        return out
 
 
 def inconclusive(

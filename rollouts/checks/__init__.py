@@ -229,4 +229,5 @@ def run_check(name: str, params: Params, ctx: CheckContext) -> Verdict:
     module = registry[name]
     module_params = module.allowed_params(params) if hasattr(module, "allowed_params") else module.PARAMS
     params.check_known(COMMON_PARAMS | module_params, check=name)
-    return module.run(params, ctx)
+    verdict: Verdict = module.run(params, ctx)
+    return verdict

@@ -57,7 +57,8 @@ def _npy_index(array: np.ndarray, key: str, field: str) -> int:
 def column(samples: Samples, field: str) -> list[Any]:
     """Non-missing values of ``field`` (``colN`` for .npy columns). NaN/inf are refused by the statistics."""
     if samples.array is not None:
-        return samples.array[:, _npy_index(samples.array, samples.key, field)].tolist()
+        values: list[Any] = samples.array[:, _npy_index(samples.array, samples.key, field)].tolist()
+        return values
     return samples.column(field)
 
 
