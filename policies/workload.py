@@ -107,6 +107,8 @@ class Workload:
     obj: Mapping[str, Any]
     templates: list[PodTemplate]
     claim_gpus: dict[int, dict[str, Decimal]] = field(default_factory=dict)  # template index -> DRA GPUs
+    # the part of claim_gpus from named ResourceClaims: one claim shared by every pod of the template
+    shared_claim_gpus: dict[int, dict[str, Decimal]] = field(default_factory=dict)
     _memo: dict[tuple[str, int, int], Any] = field(default_factory=dict, repr=False, compare=False)
 
     @property
@@ -141,8 +143,10 @@ class Workload:
         total: dict[str, Decimal] = {}
         for i, tpl in enumerate(self.templates):
             pods = tpl.pods + (tpl.surge if surge else 0)
+            shared = self.shared_claim_gpus.get(i, {})
             for k, v in self.pod_gpus(i, gpu).items():
-                total[k] = total.get(k, Decimal(0)) + v * pods
+                once = shared.get(k, Decimal(0))  # a named claim's devices are held once, however many pods
+                total[k] = total.get(k, Decimal(0)) + (v - once) * pods + once
         return total
 
     def is_model_serving(self) -> bool:
@@ -282,6 +286,7 @@ def extract(obj: Mapping[str, Any], *, gpu: GpuConfig, default_namespace: str = 
         if not isinstance(claims, list):
             continue
         devices: dict[str, Decimal] = {}
+        shared: dict[str, Decimal] = {}
         for claim in claims:
             if not isinstance(claim, Mapping):
                 continue
@@ -299,6 +304,10 @@ def extract(obj: Mapping[str, Any], *, gpu: GpuConfig, default_namespace: str = 
                 claim_spec = _map(claim_spec.get("spec"))
             for k, v in claim_devices(claim_spec, gpu).items():
                 devices[k] = devices.get(k, Decimal(0)) + v
+                if not is_template:
+                    shared[k] = shared.get(k, Decimal(0)) + v
         if devices:
             workload.claim_gpus[i] = devices
+        if shared:
+            workload.shared_claim_gpus[i] = shared
     return workload

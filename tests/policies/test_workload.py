@@ -166,3 +166,33 @@ def test_wrong_shaped_resources_are_no_gpus_not_a_crash(resources) -> None:
     obj = {"kind": "Pod", "metadata": {"name": "p"}, "spec": {"containers": [{"name": "s", "resources": resources}]}}
     workload = extract(obj, gpu=GPU)
     assert workload.pod_gpus(0, GPU) == {} and not workload.uses_gpu(0, GPU)
+
+
+def test_a_named_resource_claim_is_held_once_a_template_claim_once_per_pod() -> None:
+    objs = list(yaml.safe_load_all("""
+apiVersion: resource.k8s.io/v1
+kind: ResourceClaim
+metadata: {name: shared, namespace: ml}
+spec: {devices: {requests: [{name: g, exactly: {deviceClassName: gpu.nvidia.com, count: 2}}]}}
+---
+apiVersion: resource.k8s.io/v1
+kind: ResourceClaimTemplate
+metadata: {name: per-pod, namespace: ml}
+spec: {spec: {devices: {requests: [{name: g, exactly: {deviceClassName: gpu.nvidia.com}}]}}}
+---
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: d, namespace: ml}
+spec:
+  replicas: 3
+  strategy: {type: Recreate}
+  template:
+    spec:
+      resourceClaims: [{name: a, resourceClaimName: shared}, {name: b, resourceClaimTemplateName: per-pod}]
+      containers: [{name: s, image: s}]
+"""))
+    facts = ManifestFacts(objs)
+    workload = extract(objs[-1], gpu=GPU, resolve_claim=facts.resolve_claim)
+    key = "gpu.nvidia.com.deviceclass.resource.k8s.io/devices"
+    assert workload.pod_gpus(0, GPU) == {key: Decimal(3)}          # each pod sees both claims
+    assert workload.full_size_gpus(GPU) == {key: Decimal(2 + 3)}   # the shared 2 once, 1 per pod x 3
