@@ -64,6 +64,9 @@ def evaluate_object(obj: Mapping[str, Any], policyset: PolicySet, *, point: Enfo
     registry = all_policies()
     # a Rollout with workloadRef is checked through its Deployment: findings name the Deployment
     owner = next((t.resource for t in workload.templates if t.resource is not None), resource)
+    # objects without pod templates are skipped, but a Rollout whose workloadRef could not be resolved
+    # still has a strategy to check (canary-required)
+    checkable = bool(workload.templates) or resource.kind == "Rollout"
     for policy_id in policyset.enabled_policies():
         resolved = policyset.resolve(policy_id, subject=subject, point=point)
         if resolved.action == "off":
@@ -72,8 +75,7 @@ def evaluate_object(obj: Mapping[str, Any], policyset: PolicySet, *, point: Enfo
             only_new.add(policy_id)
         policy = registry[policy_id]
         try:
-            findings: list[Finding] = list(policy.check(workload, resolved.params, ctx)) if workload.templates \
-                else []
+            findings: list[Finding] = list(policy.check(workload, resolved.params, ctx)) if checkable else []
         except Exception as exc:  # fail closed, keep the others running
             log.exception("policy %s failed on %s", policy_id, resource)
             errors.append(policy_id)

@@ -84,3 +84,16 @@ def test_workloads_that_serve_no_model_are_never_judged() -> None:
     deployment = copy.deepcopy(_objects("denied.yaml")[("Deployment", "vllm")])
     del deployment["spec"]["template"]["metadata"]["labels"]["mlguard.io/model"]
     assert not _denied(deployment)
+
+
+def test_a_rollout_whose_workload_ref_cannot_be_resolved_still_has_its_strategy_checked() -> None:
+    from policies.engine import evaluate as run
+    from policies.policyset import parse_policyset as parse
+
+    rollout = {"apiVersion": "argoproj.io/v1alpha1", "kind": "Rollout",
+               "metadata": {"name": "chat", "namespace": "ml", "labels": {"mlguard.io/model": "llama"}},
+               "spec": {"workloadRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": "not-here"},
+                        "strategy": {"blueGreen": {"activeService": "a"}}}}
+    ps = parse("apiVersion: mlguard.io/v1alpha1\nkind: PolicySet\nspec:\n  policies:\n    canary-required: {}\n")
+    report = run([rollout], ps, point="admission")
+    assert [v.path for v in report.violations] == ["spec.strategy.blueGreen"]
