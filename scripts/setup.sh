@@ -10,8 +10,8 @@ extras=""
 debs=()
 for arg in "$@"; do
   case "$arg" in
-    --test) extras="[test]"; debs+=(prometheus jq) ;;
-    --bench) extras="[test]"; debs+=(prometheus jq wrk) ;;
+    --test) extras="[test]"; debs+=(prometheus jq openssl) ;;
+    --bench) extras="[test]"; debs+=(prometheus jq openssl wrk) ;;
   esac
 done
 missing=()

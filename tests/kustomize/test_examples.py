@@ -5,7 +5,6 @@ from __future__ import annotations
 import re
 from urllib.parse import urlparse
 
-import pytest
 import yaml
 from kustomize_testlib import KUSTOMIZE, OVERLAYS, REPO, Obj, Renders, find, one
 
@@ -116,11 +115,8 @@ def test_time_slicing_config_is_a_valid_device_plugin_config(renders: Renders) -
 # ---------------------------------------------------------------------------------------------
 # Canary Rollout example (written by the analysis-provider engineer; checked here once it exists)
 
-needs_canary = pytest.mark.skipif(not (CANARY_DIR / "kustomization.yaml").is_file(),
-                                  reason="kustomize/examples/canary-rollout has not landed yet")
 
 
-@needs_canary
 def test_canary_analysis_calls_go_to_the_analysis_service(renders: Renders) -> None:
     objs = renders("kustomize/examples/canary-rollout")
     templates = find(objs, "AnalysisTemplate") + find(objs, "ClusterAnalysisTemplate")
@@ -141,7 +137,6 @@ def test_canary_analysis_calls_go_to_the_analysis_service(renders: Renders) -> N
         assert re.match(r"^/v1/(analyses|flagger)/[a-z-]+", parsed.path), url
 
 
-@needs_canary
 def test_canary_rollout_references_existing_templates(renders: Renders) -> None:
     objs = renders("kustomize/examples/canary-rollout")
     names = {t["metadata"]["name"] for t in find(objs, "AnalysisTemplate")}
@@ -157,7 +152,6 @@ def test_canary_rollout_references_existing_templates(renders: Renders) -> None:
     assert referenced <= names, referenced - names
 
 
-@needs_canary
 def test_canary_runs_in_an_example_team_namespace(renders: Renders) -> None:
     teams = {ns["metadata"]["name"] for ns in find(renders("kustomize/examples/gpu-platform"), "Namespace")}
     for rollout in find(renders("kustomize/examples/canary-rollout"), "Rollout"):

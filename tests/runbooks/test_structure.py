@@ -171,8 +171,7 @@ def test_admission_denied_covers_reading_denials_break_glass_and_dry_run() -> No
 
 
 def _alerts() -> list[dict]:
-    if not PROMETHEUS_RULE.is_file():
-        pytest.skip(f"{PROMETHEUS_RULE.relative_to(ROOT)} is not in this checkout")
+    assert PROMETHEUS_RULE.is_file(), f"{PROMETHEUS_RULE.relative_to(ROOT)} is missing"
     rule = yaml.safe_load(PROMETHEUS_RULE.read_text())
     return [r for g in rule["spec"]["groups"] for r in g["rules"] if "alert" in r]
 
