@@ -13,7 +13,6 @@ ACTIONS: tuple[Action, ...] = ("deny", "warn", "audit", "off")  # strongest firs
 def weakest(a: Action, b: Action | None) -> Action:
     """The weaker of two actions (a finding's cap never makes a warn a deny)."""
     return a if b is None or ACTIONS.index(a) >= ACTIONS.index(b) else b
-RUNBOOK_BASE = "runbooks/"
 
 
 @dataclass(frozen=True, order=True)

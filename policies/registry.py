@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Iterable, Mapping
+from types import MappingProxyType
 from typing import Any, ClassVar, Literal
 
 from policies.context import EvalContext
@@ -53,8 +55,12 @@ def register(cls: type[Policy]) -> type[Policy]:
     return cls
 
 
-def all_policies() -> dict[str, Policy]:
-    """Every registered policy, by id (the library is imported on first use)."""
-    import policies.library  # noqa: F401  (registers the policies)
+_VIEW: Mapping[str, Policy] = MappingProxyType(_REGISTRY)
 
-    return dict(_REGISTRY)
+
+def all_policies() -> Mapping[str, Policy]:
+    """Every registered policy, by id: a read-only view, no copy (this is on every admission request's
+    path). The library registers itself on first use."""
+    if "policies.library" not in sys.modules:
+        import policies.library  # noqa: F401  (registers the policies)
+    return _VIEW
