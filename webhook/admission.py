@@ -154,7 +154,7 @@ class Admission:
             if v.action == "deny" and dry_run:
                 effective.append(Violation(v.policy, "warn", v.resource, v.path, v.message, v.runbook))
                 effective.append(Violation(v.policy, "audit", v.resource, v.path, v.message, v.runbook))
-            elif v.action in ("deny", "warn", "audit"):  # "off" (and YAML's off-as-false) never reach here
+            elif v.action in ("deny", "warn", "audit"):
                 effective.append(v)
         denies = [v for v in effective if v.action == "deny"]
         warns = [v for v in effective if v.action == "warn"]
