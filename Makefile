@@ -1,4 +1,6 @@
-PYTHON ?= python3
+# Everything runs in .venv, made by scripts/setup.sh with the system's python3 (never installed into).
+VENV ?= .venv
+PYTHON := $(VENV)/bin/python
 .PHONY: setup run test lint bench
 
 setup:
@@ -11,10 +13,10 @@ run: setup
 
 lint:
 	$(PYTHON) -m ruff check .
-	lint-imports
+	$(VENV)/bin/lint-imports
 	$(PYTHON) -m mypy policies webhook rollouts
 
-# Sets up (pip packages, Debian prometheus) and passes the tests.
+# Sets up (venv, pip packages, Debian prometheus) and passes the tests.
 test:
 	scripts/setup.sh --test
 	$(MAKE) lint

@@ -1,32 +1,58 @@
 #!/usr/bin/env bash
-# Installs what mlguard and its tests need on a fresh Debian machine (idempotent).
+# Sets up mlguard on a fresh Debian machine (idempotent), in a virtual environment `.venv` made with
+# the system's python3: nothing is ever installed into the system interpreter (PEP 668).
 #   scripts/setup.sh          runtime: the package and its Python dependencies
-#   scripts/setup.sh --test   plus test tools and Debian's prometheus (promtool) for the real-Prometheus tests
-#   scripts/setup.sh --bench  plus wrk for the webhook load test
+#   scripts/setup.sh --test   plus test tools and Debian's prometheus (promtool), jq, openssl
+#   scripts/setup.sh --bench  plus wrk and nginx for the load tests
+# pip runs only on first use, or when pyproject.toml or the extras asked for change
+# (the stamp .venv/.mlguard-setup holds their digest).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-PY=${PYTHON:-python3}
+PY=${MLGUARD_PYTHON:-python3}
+VENV=${MLGUARD_VENV:-.venv}
 extras=""
 debs=()
 for arg in "$@"; do
   case "$arg" in
     --test) extras="[test]"; debs+=(prometheus jq openssl) ;;
-    --bench) extras="[test]"; debs+=(prometheus jq openssl wrk) ;;
+    --bench) extras="[test]"; debs+=(prometheus jq openssl wrk nginx) ;;
+    *) echo "setup.sh: unknown option $arg" >&2; exit 2 ;;
   esac
 done
+
+SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
+apt_install() {
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "$@"
+}
+
 missing=()
+"$PY" -c 'import venv, ensurepip' 2>/dev/null || missing+=(python3-venv)
 for deb in "${debs[@]}"; do
   case "$deb" in
     prometheus) command -v prometheus >/dev/null && command -v promtool >/dev/null || missing+=(prometheus) ;;
+    nginx) [ -x /usr/sbin/nginx ] || missing+=(nginx-light) ;;
     *) command -v "$deb" >/dev/null || missing+=("$deb") ;;
   esac
 done
 if [ "${#missing[@]}" -gt 0 ]; then
-  SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
-  $SUDO apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}"
-  # Debian's package may start a prometheus service on :9090; the tests start their own on free ports.
-  (command -v systemctl >/dev/null && $SUDO systemctl disable --now prometheus >/dev/null 2>&1) || true
+  apt_install "${missing[@]}"
+  # Debian's packages may start services (prometheus on :9090, nginx on :80); the tests start their own.
+  if command -v systemctl >/dev/null; then
+    $SUDO systemctl disable --now prometheus nginx >/dev/null 2>&1 || true
+  fi
 fi
-command -v kubectl >/dev/null || echo "warning: kubectl not found: kustomize rendering tests need it" >&2
-"$PY" -m pip install --quiet --disable-pip-version-check -e ".${extras}"
+command -v kubectl >/dev/null || echo "warning: kubectl not found: kustomize rendering needs it" >&2
+
+if [ ! -x "$VENV/bin/python" ]; then
+  "$PY" -m venv "$VENV"
+fi
+stamp="$VENV/.mlguard-setup"
+want="$(sha256sum pyproject.toml | cut -c1-64) ${extras:-[runtime]}"
+have="$(cat "$stamp" 2>/dev/null || true)"
+# a stamp made with [test] also covers a runtime-only set-up
+if [ "$have" != "$want" ] && ! { [ -z "$extras" ] && [ "${have% *}" = "${want% *}" ]; }; then
+  "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check --upgrade pip
+  "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check -e ".${extras}"
+  echo "$want" > "$stamp"
+fi

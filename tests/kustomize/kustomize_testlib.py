@@ -119,7 +119,13 @@ def _strict_schema(node: Any) -> Any:
         return [_strict_schema(item) for item in node]
     if not isinstance(node, dict):
         return node
-    out = {key: _strict_schema(value) for key, value in node.items()}
+    out = {}
+    for key, value in node.items():
+        if key in ("properties", "patternProperties", "definitions") and isinstance(value, dict):
+            # a map of names to schemas, not a schema: a property may itself be named "properties"
+            out[key] = {name: _strict_schema(sub) for name, sub in value.items()}
+        else:
+            out[key] = _strict_schema(value)
     if out.get("nullable") is True and isinstance(out.get("type"), str):
         out["type"] = [out["type"], "null"]
     pattern = out.get("pattern")
