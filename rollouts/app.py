@@ -22,9 +22,10 @@ from werkzeug.exceptions import HTTPException
 
 from rollouts import logs
 from rollouts.config import AnalysisConfig, load_config
-from rollouts.errors import ERROR_RUNBOOK, AnalysisError, ParamError
+from rollouts.errors import ERROR_RUNBOOK, AnalysisError, BusyError, ParamError
 from rollouts.metrics import caller_of
 from rollouts.service import AnalysisService
+from rollouts.worker import arrived_at
 
 log = logging.getLogger("rollouts.app")
 analyses = Blueprint("analyses", __name__)
@@ -59,7 +60,7 @@ def analysis(check: str) -> Response:
     if isinstance(caller_param, list):
         caller_param = caller_param[0] if caller_param else None
     caller = caller_of(request.headers.get("User-Agent"), caller_param if isinstance(caller_param, str) else None)
-    verdict = service().analyze(check, values, caller=caller)
+    verdict = service().analyze(check, values, caller=caller, arrived=arrived_at())
     return jsonify(verdict.to_json())
 
 
@@ -109,6 +110,8 @@ def create_app(config: AnalysisConfig | Mapping[str, Any] | None = None) -> Flas
     def on_analysis_error(exc: AnalysisError) -> Response:
         response = jsonify(exc.to_json())
         response.status_code = exc.status
+        if isinstance(exc, BusyError):
+            response.headers["Retry-After"] = "10"  # Argo retries an Error after 10 s (DefaultErrorRetryInterval)
         return response
 
     @app.errorhandler(HTTPException)

@@ -10,7 +10,9 @@ File format (all keys optional)::
 
     prometheus:
       url: http://prometheus-operated.monitoring.svc:9090
-      timeoutSeconds: 3          # per query; always below the 8 s answer budget
+      timeoutSeconds: 3          # per query (the whole answer); always below the answer budget
+      maxBytes: 8388608          # per query answer; a bigger one is refused (502), never held in memory
+      scrapeIntervalSeconds: 30  # rate() windows are max(step, 4 x this)
       hashLabel: rollouts_pod_template_hash
       preset: vllm               # default preset: vllm | tgi | triton | kserve
       queries:                   # named query templates (override/extend the presets)
@@ -21,7 +23,9 @@ File format (all keys optional)::
       canary-logs: https://samples.example.internal/  # ... or an HTTP(S) base URL
     sampleLimits: {maxBytes: 67108864, maxRows: 200000, timeoutSeconds: 3}
     defaults: {alpha: 0.01, mode: anytime, maxLooks: 20}
-    deadlineSeconds: 7
+    deadlineSeconds: 7           # per answer, counted from the request's arrival
+    maxConcurrentAnalyses: 2     # per worker process; more wait for a slot ...
+    minStartSeconds: 1           # ... and get 503 at once if less than this is left of the budget
 
 Environment: ``MLGUARD_ANALYSIS_CONFIG`` (file), ``MLGUARD_ANALYSIS_PROMETHEUS`` (URL),
 ``MLGUARD_ANALYSIS_SAMPLE_STORES`` (JSON object name -> dir or URL),
@@ -62,6 +66,8 @@ _SCHEMA: dict[str, Any] = {
             "properties": {
                 "url": {"type": "string", "pattern": "^https?://"},
                 "timeoutSeconds": {"type": "number", "exclusiveMinimum": 0, "maximum": 7},
+                "maxBytes": {"type": "integer", "minimum": 65536, "maximum": 33554432},
+                "scrapeIntervalSeconds": {"type": "integer", "minimum": 1, "maximum": 3600},
                 "hashLabel": {"type": "string", "pattern": LABEL_NAME_RE.pattern},
                 "preset": {"type": "string", "enum": ["vllm", "tgi", "triton", "kserve"]},
                 "queries": {
@@ -96,6 +102,8 @@ _SCHEMA: dict[str, Any] = {
             },
         },
         "deadlineSeconds": {"type": "number", "minimum": 1, "maximum": 8},
+        "maxConcurrentAnalyses": {"type": "integer", "minimum": 1, "maximum": 64},
+        "minStartSeconds": {"type": "number", "minimum": 0.1, "maximum": 7},
         "maxBodyBytes": {"type": "integer", "minimum": 1024, "maximum": 16777216},
     },
 }
@@ -105,6 +113,8 @@ _SCHEMA: dict[str, Any] = {
 class AnalysisConfig:
     prometheus_url: str | None = None
     prometheus_timeout: float = 3.0
+    prometheus_max_bytes: int = 8 * 1024 * 1024
+    scrape_interval: int = 30
     hash_label: str = "rollouts_pod_template_hash"
     default_preset: str | None = None
     queries: dict[str, str] = field(default_factory=dict)
@@ -117,6 +127,8 @@ class AnalysisConfig:
     mode: str = "anytime"
     max_looks: int = 20
     deadline_seconds: float = 7.0
+    max_concurrent_analyses: int = 2
+    min_start_seconds: float = 1.0
     max_body_bytes: int = 1024 * 1024
 
     def summary(self) -> dict[str, Any]:
@@ -174,12 +186,14 @@ def _from_document(doc: Mapping[str, Any]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     mapping = [
         (prom, "url", "prometheus_url"), (prom, "timeoutSeconds", "prometheus_timeout"),
+        (prom, "maxBytes", "prometheus_max_bytes"), (prom, "scrapeIntervalSeconds", "scrape_interval"),
         (prom, "hashLabel", "hash_label"), (prom, "preset", "default_preset"),
         (prom, "queries", "queries"), (doc, "allowRawQueries", "allow_raw_queries"),
         (doc, "sampleStores", "sample_stores"), (limits, "maxBytes", "sample_max_bytes"),
         (limits, "maxRows", "sample_max_rows"), (limits, "timeoutSeconds", "sample_timeout"),
         (defaults, "alpha", "alpha"), (defaults, "mode", "mode"), (defaults, "maxLooks", "max_looks"),
         (doc, "deadlineSeconds", "deadline_seconds"), (doc, "maxBodyBytes", "max_body_bytes"),
+        (doc, "maxConcurrentAnalyses", "max_concurrent_analyses"), (doc, "minStartSeconds", "min_start_seconds"),
     ]
     for section, key, attr in mapping:
         if key in section:

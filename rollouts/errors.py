@@ -98,3 +98,18 @@ class SourceTimeoutError(SourceError):
 
     status = 504
     kind = "source_timeout"
+
+
+class BudgetExceededError(AnalysisError):
+    """The analysis used up its time budget (counted from the request's arrival) while working: 504."""
+
+    status = 504
+    kind = "budget_exceeded"
+
+
+class BusyError(AnalysisError):
+    """The analysis could not start within its budget (every analysis slot of the worker was busy):
+    503 at once, instead of an answer that arrives after the caller gave up."""
+
+    status = 503
+    kind = "busy"

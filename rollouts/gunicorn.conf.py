@@ -22,9 +22,11 @@ def _writable_tmp() -> str:
 
 bind = os.environ.get("MLGUARD_ANALYSIS_BIND", "0.0.0.0:8080")
 workers = int(os.environ.get("MLGUARD_ANALYSIS_WORKERS", "2"))
-worker_class = "gthread"
+# gthread, stamping each request's arrival: the analysis budget counts from there (rollouts/worker.py).
+worker_class = "rollouts.worker.ArrivalStampingWorker"
 threads = int(os.environ.get("MLGUARD_ANALYSIS_THREADS", "4"))
-# Each analysis has a 7 s budget (Argo gives up at 10 s); a worker stuck beyond this is replaced.
+# Each analysis has a 7 s budget from its arrival (Argo gives up at 10 s); a worker stuck beyond
+# this is replaced.
 timeout = 20
 graceful_timeout = 10
 keepalive = 5

@@ -4,6 +4,8 @@
   caller argo|flagger|job|other.
 - ``mlguard_analysis_duration_seconds{check}``: histogram of the time to answer.
 - ``mlguard_analysis_source_errors_total{source}``: failed calls to prometheus / sample-store.
+- ``mlguard_analysis_rejected_total``: requests answered 503 (busy) because they could not start
+  within their time budget.
 
 Under gunicorn with several workers, ``PROMETHEUS_MULTIPROC_DIR`` is set by
 ``rollouts/gunicorn.conf.py`` and /metrics aggregates all workers.
@@ -42,6 +44,13 @@ class AnalysisMetrics:
             "mlguard_analysis_source_errors_total",
             "Failed calls to a data source (prometheus, sample-store).",
             ["source"],
+            registry=self.registry,
+        )
+
+        self.rejected = Counter(
+            "mlguard_analysis_rejected_total",
+            "Analysis requests answered 503 (busy) at once because no analysis slot freed up while enough "
+            "of their time budget was left.",
             registry=self.registry,
         )
 

@@ -1,19 +1,29 @@
-"""One analysis, start to end: sources, check, verdict, metrics and a log line.
+"""One analysis, start to end: admission, sources, check, verdict, metrics and a log line.
 
 Shared by the HTTP endpoints (Argo, Flagger) and the job mode, so every caller gets the same
 answer for the same parameters.
+
+Time: each analysis has ``deadlineSeconds`` (7 s; Argo's web provider gives up at its
+``timeoutSeconds``, 10 s by default) counted from the request's *arrival* (stamped by the gunicorn
+worker, :mod:`rollouts.worker`). At most ``maxConcurrentAnalyses`` analyses run at once in a worker
+process (statistics are CPU-bound: more threads would only share one interpreter lock and all
+miss the budget together); the others wait for a slot while at least ``minStartSeconds`` of
+their budget is left, and otherwise get 503 (``busy``) at once, never an answer that comes after
+the caller has given up.
 """
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
+import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from rollouts.checks import CheckContext, check_names, run_check
 from rollouts.config import AnalysisConfig
-from rollouts.errors import AnalysisError, SampleFormatError, SourceError
+from rollouts.errors import AnalysisError, BusyError, SampleFormatError, SourceError
 from rollouts.metrics import AnalysisMetrics
 from rollouts.params import Params
 from rollouts.sources import Deadline, Source
@@ -30,11 +40,18 @@ class InternalError(AnalysisError):
 
 
 class AnalysisService:
-    def __init__(self, config: AnalysisConfig, *, metrics: AnalysisMetrics | None = None) -> None:
+    def __init__(
+        self, config: AnalysisConfig, *, metrics: AnalysisMetrics | None = None,
+        clock: Callable[[], dt.datetime] | None = None,
+    ) -> None:
         self.config = config
         self.metrics = metrics or AnalysisMetrics()
+        # The wall clock the checks see (tests replay a canary's timeline with their own).
+        self.clock = clock or (lambda: dt.datetime.now(dt.UTC))
+        self._slots = threading.BoundedSemaphore(config.max_concurrent_analyses)
         self.prometheus = (
-            PrometheusSource(config.prometheus_url, timeout=config.prometheus_timeout)
+            PrometheusSource(config.prometheus_url, timeout=config.prometheus_timeout,
+                             max_bytes=config.prometheus_max_bytes)
             if config.prometheus_url else None
         )
         self.stores = build_stores(
@@ -47,14 +64,22 @@ class AnalysisService:
         found: list[Source] = [self.prometheus] if self.prometheus is not None else []
         return found + list(self.stores.values())
 
-    def analyze(self, check: str, values: Mapping[str, Any], *, caller: str) -> Verdict:
-        """Run ``check``; raise an AnalysisError (with its HTTP status) instead of a verdict on failure."""
-        started = time.monotonic()
+    def analyze(
+        self, check: str, values: Mapping[str, Any], *, caller: str, arrived: float | None = None,
+    ) -> Verdict:
+        """Run ``check``; raise an AnalysisError (with its HTTP status) instead of a verdict on failure.
+
+        ``arrived``: when the request arrived (``time.monotonic()``); the budget runs from there.
+        """
+        deadline = Deadline(self.config.deadline_seconds, started=arrived)
+        started = deadline.started
         label = check if check in check_names() else "unknown"
+        slot = False
         try:
+            slot = self._acquire_slot(deadline)
             ctx = CheckContext(
                 config=self.config, prometheus=self.prometheus, stores=self.stores,
-                deadline=Deadline(self.config.deadline_seconds),
+                deadline=deadline, now=self.clock,
             )
             try:
                 verdict = run_check(check, Params(values), ctx)
@@ -79,6 +104,9 @@ class AnalysisService:
                        "detail": exc.message, "seconds": round(seconds, 4)},
             )
             raise
+        finally:
+            if slot:
+                self._slots.release()
         seconds = time.monotonic() - started
         self.metrics.observe(check=label, verdict=verdict.verdict, caller=caller, seconds=seconds)
         log.info(
@@ -88,3 +116,18 @@ class AnalysisService:
                    "seconds": round(seconds, 4)},
         )
         return verdict
+
+    def _acquire_slot(self, deadline: Deadline) -> bool:
+        """Wait for an analysis slot while at least ``minStartSeconds`` of the budget would be left."""
+        margin = self.config.min_start_seconds
+        wait = deadline.remaining() - margin
+        if wait < 0 or not self._slots.acquire(timeout=wait):
+            self.metrics.rejected.inc()
+            raise BusyError(
+                f"the provider could not start this analysis within its {deadline.seconds:g}s budget "
+                f"({deadline.elapsed():.1f}s spent queued behind {self.config.max_concurrent_analyses} running "
+                f"analyses per worker, less than {margin:g}s left); Argo counts this as a measurement Error "
+                "and measures again; add analysis replicas or workers if it persists",
+                waited_seconds=round(deadline.elapsed(), 3),
+            )
+        return True

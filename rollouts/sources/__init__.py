@@ -2,7 +2,9 @@
 
 A check receives its sources (Prometheus, sample stores) injected through a
 :class:`~rollouts.checks.CheckContext`; every call takes a :class:`Deadline` so that no chain of
-calls can outlive the answer budget (Argo's web provider gives up after 10 s).
+calls can outlive the answer budget (Argo's web provider gives up after 10 s). The budget starts
+when the request *arrived* (the gunicorn worker stamps it, :mod:`rollouts.worker`), not when a
+thread got round to it: time spent queueing is spent budget.
 """
 
 from __future__ import annotations
@@ -10,7 +12,7 @@ from __future__ import annotations
 import time
 from typing import Any, Protocol, runtime_checkable
 
-from rollouts.errors import SourceTimeoutError
+from rollouts.errors import BudgetExceededError, SourceTimeoutError
 
 
 @runtime_checkable
@@ -25,11 +27,23 @@ class Source(Protocol):
 
 
 class Deadline:
-    """A time budget shared by all source calls of one analysis."""
+    """A time budget shared by all source calls of one analysis, on the monotonic clock.
 
-    def __init__(self, seconds: float) -> None:
+    ``started`` is when the request arrived (``time.monotonic()``); by default, now.
+    """
+
+    def __init__(self, seconds: float, *, started: float | None = None) -> None:
         self.seconds = seconds
-        self._end = time.monotonic() + seconds
+        self.started = time.monotonic() if started is None else started
+        self._end = self.started + seconds
+
+    @property
+    def end(self) -> float:
+        """The absolute end of the budget (``time.monotonic()`` scale)."""
+        return self._end
+
+    def elapsed(self) -> float:
+        return time.monotonic() - self.started
 
     def remaining(self) -> float:
         return self._end - time.monotonic()
@@ -43,3 +57,11 @@ class Deadline:
                 source=source,
             )
         return min(per_call, left)
+
+    def check(self, activity: str) -> None:
+        """Raise :class:`BudgetExceededError` (504) when the budget is used up, naming ``activity``."""
+        if self.remaining() <= 0:
+            raise BudgetExceededError(
+                f"analysis time budget of {self.seconds:g}s used up while {activity}",
+                budget_seconds=self.seconds,
+            )

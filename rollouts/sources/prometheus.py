@@ -1,4 +1,4 @@
-"""Prometheus through prometheus-api-client, with named query templates and safe label matchers.
+"""Prometheus over its HTTP API, with named query templates and safe label matchers.
 
 Callers never send PromQL (unless the config sets ``allowRawQueries: true``): they name a query
 template (from a preset or the config) and pass label values, which are validated against a strict
@@ -10,8 +10,12 @@ Template placeholders (``string.Template`` syntax, since PromQL itself is full o
 becomes ``,<model label>="<model>"`` when the caller passes ``model=`` (empty otherwise): only the
 series that carry the model label use it.
 
-Failures become errors, never verdicts: connection refused -> 503, timeout -> 504, a query the
-server rejects (bad PromQL, bad label) -> 502.
+Every query is one bounded GET (:func:`rollouts.sources.http.bounded_get`): an absolute deadline
+for the whole answer and a byte cap (``prometheus.maxBytes``, default 8 MiB; an aggregated range
+query of 1,000 points is about 40 KB). Failures become errors, never verdicts: connection refused
+or HTTP 5xx -> 503, the deadline -> 504 (also Prometheus' own ``errorType: timeout``), a query the
+server rejects (bad PromQL, HTTP 400/422), an answer above the byte cap or one that is not a query
+result -> 502.
 """
 
 from __future__ import annotations
@@ -22,11 +26,7 @@ import re
 import string
 from typing import Any
 
-import requests
-from prometheus_api_client import PrometheusConnect
-from prometheus_api_client.exceptions import PrometheusApiClientException
-from urllib3.exceptions import ReadTimeoutError
-from urllib3.util.retry import Retry
+import orjson
 
 from rollouts.errors import (
     AnalysisError,
@@ -36,12 +36,12 @@ from rollouts.errors import (
     SourceUnavailableError,
 )
 from rollouts.sources import Deadline
+from rollouts.sources.http import bounded_get
 
 SOURCE_NAME = "prometheus"
 LABEL_NAME_RE = re.compile(r"[a-zA-Z_][a-zA-Z0-9_]{0,127}")
 # Strict: Kubernetes names, pod-template hashes, model names such as meta-llama/Llama-3.1-8B.
 LABEL_VALUE_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:/@+-]{0,252}")
-_STATUS_RE = re.compile(r"HTTP Status Code (\d{3})")
 
 
 def escape_label_value(value: str) -> str:
@@ -78,65 +78,67 @@ def render(
         ) from None
 
 
+DEFAULT_MAX_BYTES = 8 * 1024 * 1024
+
+
 class PrometheusSource:
-    """Instant and range queries with per-call timeouts inside a shared deadline."""
+    """Instant and range queries, each bounded in time (inside the shared deadline) and in bytes."""
 
     name = SOURCE_NAME
 
-    def __init__(self, url: str, *, timeout: float = 3.0) -> None:
+    def __init__(self, url: str, *, timeout: float = 3.0, max_bytes: int = DEFAULT_MAX_BYTES) -> None:
         self.url = url.rstrip("/")
         self.timeout = timeout
-        self._client = PrometheusConnect(
-            url=self.url, retry=Retry(total=0, raise_on_status=False), timeout=timeout,
-        )
+        self.max_bytes = max_bytes
 
     def describe(self) -> dict[str, Any]:
-        return {"source": self.name, "url": self.url, "timeoutSeconds": self.timeout}
+        return {"source": self.name, "url": self.url, "timeoutSeconds": self.timeout, "maxBytes": self.max_bytes}
 
-    def _call(self, fn: Any, *args: Any, deadline: Deadline, **kwargs: Any) -> Any:
+    def _get(self, path: str, params: dict[str, str], *, deadline: Deadline) -> Any:
+        """The ``data`` of a successful API answer; an AnalysisError otherwise."""
         timeout = deadline.timeout(self.timeout, source=self.name)
+        # Prometheus stops evaluating at its own timeout, a little before ours ends.
+        params = {**params, "timeout": f"{max(int(timeout * 900), 100)}ms"}
+        answer = bounded_get(
+            f"{self.url}{path}", params=params, deadline=deadline, timeout=timeout, max_bytes=self.max_bytes,
+            source=self.name, what=f"Prometheus at {self.url}",
+            too_large=lambda limit: SourceQueryError(
+                f"Prometheus answered more than {limit} bytes (prometheus.maxBytes); query templates must "
+                "aggregate to one series (wrap them in sum(...))", source=self.name, limit=limit),
+        )
         try:
-            return fn(*args, params={"timeout": f"{max(int(timeout * 1000), 100)}ms"}, timeout=timeout, **kwargs)
-        except requests.Timeout:
-            raise SourceTimeoutError(
-                f"Prometheus at {self.url} did not answer within {timeout:.1f}s", source=self.name
-            ) from None
-        except requests.ConnectionError as exc:
-            reason = getattr(exc.args[0], "reason", None) if exc.args else None
-            if isinstance(reason, ReadTimeoutError):  # a read timeout wrapped by the no-retry policy
-                raise SourceTimeoutError(
-                    f"Prometheus at {self.url} did not answer within {timeout:.1f}s", source=self.name
-                ) from None
-            raise SourceUnavailableError(
-                f"Prometheus at {self.url} is unreachable: {type(exc).__name__}", source=self.name
-            ) from None
-        except requests.RequestException as exc:
-            raise SourceUnavailableError(
-                f"Prometheus request failed: {type(exc).__name__}", source=self.name
-            ) from None
-        except PrometheusApiClientException as exc:
-            message = str(exc)
-            m = _STATUS_RE.search(message)
-            status = int(m.group(1)) if m else 0
-            if status in (503, 502) or status == 0:
-                raise SourceUnavailableError(
-                    f"Prometheus at {self.url} answered HTTP {status}", source=self.name
-                ) from None
-            if status == 504:
-                raise SourceTimeoutError(
-                    f"Prometheus at {self.url} timed out evaluating the query", source=self.name
-                ) from None
-            raise SourceQueryError(
-                f"Prometheus rejected the query (HTTP {status}): {message[:400]}", source=self.name
-            ) from None
-        except (ValueError, KeyError) as exc:
-            raise SourceQueryError(
-                f"Prometheus answered something that is not a query result: {exc}", source=self.name
-            ) from None
+            doc = orjson.loads(answer.body)
+        except orjson.JSONDecodeError:
+            doc = None
+        error_type = doc.get("errorType") if isinstance(doc, dict) else None
+        message = str(doc.get("error", ""))[:400] if isinstance(doc, dict) else ""
+        if answer.status == 200 and isinstance(doc, dict) and doc.get("status") == "success":
+            return doc.get("data")
+        if error_type == "timeout" or answer.status == 504:
+            raise SourceTimeoutError(f"Prometheus at {self.url} timed out evaluating the query: {message}",
+                                     source=self.name)
+        if answer.status in (400, 422) or error_type in ("bad_data", "execution"):
+            raise SourceQueryError(f"Prometheus rejected the query (HTTP {answer.status}): {message}",
+                                   source=self.name)
+        if answer.status >= 500:
+            raise SourceUnavailableError(f"Prometheus at {self.url} answered HTTP {answer.status} {message}".rstrip(),
+                                         source=self.name)
+        raise SourceQueryError(
+            f"Prometheus at {self.url} answered HTTP {answer.status} with something that is not a query result",
+            source=self.name,
+        )
 
-    def instant(self, query: str, *, deadline: Deadline) -> float | None:
-        """One number from an aggregating query; None when the result is empty or NaN."""
-        result = self._call(self._client.custom_query, query, deadline=deadline)
+    def instant(self, query: str, *, deadline: Deadline, at: dt.datetime | None = None) -> float | None:
+        """One number from an aggregating query at ``at`` (default: now); None when the result is empty.
+
+        NaN and infinities are returned as they are: what they mean depends on the query (no traffic
+        in a quantile; a broken counter in a count), so the caller decides.
+        """
+        params = {"query": query}
+        if at is not None:
+            params["time"] = f"{at.timestamp():.3f}"
+        data = self._get("/api/v1/query", params, deadline=deadline)
+        result = self._result(data, "vector", query)
         if not result:
             return None
         if len(result) > 1:
@@ -146,19 +148,17 @@ class PrometheusSource:
                 source=self.name, query=query,
             )
         try:
-            value = float(result[0]["value"][1])
+            return float(result[0]["value"][1])
         except (KeyError, IndexError, TypeError, ValueError):
             raise SourceQueryError("unexpected instant-query result shape", source=self.name) from None
-        return value if math.isfinite(value) else None
 
     def series(
         self, query: str, *, start: dt.datetime, end: dt.datetime, step_seconds: int, deadline: Deadline,
     ) -> list[float]:
         """Values of one aggregated series over [start, end] at ``step``; NaN points (no traffic) dropped."""
-        result = self._call(
-            self._client.custom_query_range, query, start_time=start, end_time=end,
-            step=f"{step_seconds}s", deadline=deadline,
-        )
+        params = {"query": query, "start": f"{start.timestamp():.3f}", "end": f"{end.timestamp():.3f}",
+                  "step": f"{step_seconds}s"}
+        result = self._result(self._get("/api/v1/query_range", params, deadline=deadline), "matrix", query)
         if not result:
             return []
         if len(result) > 1:
@@ -175,3 +175,13 @@ class PrometheusSource:
         except (KeyError, TypeError, ValueError):
             raise SourceQueryError("unexpected range-query result shape", source=self.name) from None
         return values
+
+    def _result(self, data: Any, kind: str, query: str) -> list[Any]:
+        if not isinstance(data, dict) or not isinstance(data.get("result"), list):
+            raise SourceQueryError("Prometheus answered something that is not a query result", source=self.name)
+        if data.get("resultType") != kind:
+            raise SourceQueryError(
+                f"query returned a {data.get('resultType')}, expected a {kind}", source=self.name, query=query
+            )
+        result: list[Any] = data["result"]
+        return result

@@ -20,7 +20,7 @@ import io
 import json
 import os
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from itertools import chain
 from operator import itemgetter
@@ -30,7 +30,6 @@ from urllib.parse import quote
 
 import numpy as np
 import orjson
-import requests
 
 from rollouts.errors import (
     ObjectNotFoundError,
@@ -38,10 +37,10 @@ from rollouts.errors import (
     ParamError,
     SampleFormatError,
     SourceQueryError,
-    SourceTimeoutError,
     SourceUnavailableError,
 )
 from rollouts.sources import Deadline
+from rollouts.sources.http import bounded_get
 
 SOURCE_NAME = "sample-store"
 KEY_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._/-]{0,511}")
@@ -227,9 +226,10 @@ class SampleStore:
     def load(self, key: str, *, param: str, deadline: Deadline) -> Samples:
         validate_key(key, param=param)
         data = self._read_http(key, deadline=deadline) if self.is_http else self._read_dir(key)
+        deadline.check(f"reading {key!r} from sample store {self.name!r}")
         if key.endswith(".npy"):
             return Samples(key=key, array=self._parse_npy(key, data))
-        return Samples(key=key, records=self._parse_jsonl(key, data))
+        return Samples(key=key, records=self._parse_jsonl(key, data, deadline=deadline))
 
     def _read_dir(self, key: str) -> bytes:
         root = Path(self.location).resolve()
@@ -259,57 +259,32 @@ class SampleStore:
             ) from None
 
     def _read_http(self, key: str, *, deadline: Deadline) -> bytes:
-        timeout = deadline.timeout(self.timeout, source=SOURCE_NAME)
         url = self.location.rstrip("/") + "/" + quote(key, safe="/")
-        try:
-            with requests.get(url, timeout=(min(timeout, 2.0), timeout), stream=True, allow_redirects=False) as resp:
-                if resp.status_code == 404:
-                    raise ObjectNotFoundError(f"no object {key!r} in sample store {self.name!r}")
-                if resp.status_code >= 500:
-                    raise SourceUnavailableError(
-                        f"sample store {self.name!r} answered HTTP {resp.status_code} for {key!r}",
-                        source=SOURCE_NAME,
-                    )
-                if resp.status_code != 200:
-                    raise SourceQueryError(
-                        f"sample store {self.name!r} answered HTTP {resp.status_code} for {key!r}",
-                        source=SOURCE_NAME,
-                    )
-                declared = resp.headers.get("Content-Length")
-                if declared and declared.isdigit() and int(declared) > self.max_bytes:
-                    raise ObjectTooLargeError(
-                        f"object {key!r} is {declared} bytes, above the limit of {self.max_bytes}",
-                        limit=self.max_bytes,
-                    )
-                chunks: list[bytes] = []
-                total = 0
-                for chunk in resp.iter_content(chunk_size=1 << 16):
-                    total += len(chunk)
-                    if total > self.max_bytes:
-                        raise ObjectTooLargeError(
-                            f"object {key!r} exceeds the limit of {self.max_bytes} bytes", limit=self.max_bytes
-                        )
-                    if deadline.remaining() < 0.3:
-                        raise SourceTimeoutError(
-                            f"reading {key!r} from sample store {self.name!r} ran out of time",
-                            source=SOURCE_NAME,
-                        )
-                    chunks.append(chunk)
-                return b"".join(chunks)
-        except requests.Timeout:
-            raise SourceTimeoutError(
-                f"sample store {self.name!r} did not answer within {timeout:.1f}s", source=SOURCE_NAME
-            ) from None
-        except requests.ConnectionError as exc:
-            raise SourceUnavailableError(
-                f"sample store {self.name!r} is unreachable: {type(exc).__name__}", source=SOURCE_NAME
-            ) from None
 
-    def _parse_jsonl(self, key: str, data: bytes) -> list[dict[str, Any]]:
+        def too_large(limit: int) -> ObjectTooLargeError:
+            return ObjectTooLargeError(f"object {key!r} exceeds the limit of {limit} bytes", limit=limit)
+
+        answer = bounded_get(url, deadline=deadline, timeout=self.timeout, max_bytes=self.max_bytes,
+                             source=SOURCE_NAME, what=f"sample store {self.name!r} reading {key!r}",
+                             too_large=too_large)
+        if answer.status == 404:
+            raise ObjectNotFoundError(f"no object {key!r} in sample store {self.name!r}")
+        if answer.status >= 500:
+            raise SourceUnavailableError(
+                f"sample store {self.name!r} answered HTTP {answer.status} for {key!r}", source=SOURCE_NAME,
+            )
+        if answer.status != 200:
+            raise SourceQueryError(
+                f"sample store {self.name!r} answered HTTP {answer.status} for {key!r}", source=SOURCE_NAME,
+            )
+        return answer.body
+
+    def _parse_jsonl(self, key: str, data: bytes, *, deadline: Deadline | None = None) -> list[dict[str, Any]]:
         lines = [line for line in data.splitlines() if line.strip()]
         if len(lines) > self.max_rows:
             raise ObjectTooLargeError(f"object {key!r} has more than {self.max_rows} rows", limit=self.max_rows)
-        records = _orjson_records(data, lines)
+        activity = f"parsing {key!r}"
+        records = _orjson_records(data, lines, check=lambda: deadline.check(activity) if deadline else None)
         if records is None:  # something orjson refuses or reads differently: the standard library decides
             return _stdlib_records(key, lines)
         for lineno, record in enumerate(records, start=1):
@@ -334,7 +309,10 @@ class SampleStore:
         return array
 
 
-def _orjson_records(data: bytes, lines: list[bytes]) -> list[Any] | None:
+PARSE_CHUNK = 20_000  # lines parsed between two looks at the deadline (about 0.3 s of 20-field records)
+
+
+def _orjson_records(data: bytes, lines: list[bytes], *, check: Callable[[], None]) -> list[Any] | None:
     """Each line parsed by orjson, or ``None`` where its answer could differ from ``json.loads``.
 
     orjson refuses some of what the standard library accepts beyond strict JSON (NaN, Infinity,
@@ -343,10 +321,14 @@ def _orjson_records(data: bytes, lines: list[bytes]) -> list[Any] | None:
     """
     if _LONG_INTEGER in data.translate(_DIGITS_AND_STARTS):
         return None
+    records: list[Any] = []
     try:
-        return list(map(orjson.loads, lines))
+        for start in range(0, len(lines), PARSE_CHUNK):
+            check()
+            records.extend(map(orjson.loads, lines[start:start + PARSE_CHUNK]))
     except orjson.JSONDecodeError:
         return None
+    return records
 
 
 def _stdlib_records(key: str, lines: list[bytes]) -> list[dict[str, Any]]:
