@@ -14,7 +14,9 @@ canary started; sample-store checks, whose objects are snapshots, split ``alpha`
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
+import math
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -22,7 +24,7 @@ from types import ModuleType
 from typing import Any
 
 from rollouts.config import AnalysisConfig
-from rollouts.errors import AnalysisError, ParamError, UnknownCheckError
+from rollouts.errors import AnalysisError, ParamError, SourceQueryError, UnknownCheckError
 from rollouts.params import Params
 from rollouts.presets import MODEL_LABEL, PRESETS, ROLES, all_preset_queries, preset_query_name
 from rollouts.sources import Deadline
@@ -32,7 +34,8 @@ from rollouts.verdict import Mode, Verdict
 
 COMMON_PARAMS = frozenset({"mode", "alpha", "max_looks", "caller"})
 PROMETHEUS_PARAMS = frozenset(
-    {"stable", "canary", "hash_label", "namespace", "model", "selector", "preset", "window", "step"}
+    {"stable", "canary", "hash_label", "namespace", "model", "selector", "preset", "window", "step",
+     "rate_window"}
     | {f"{role}_query" for role in ROLES}
     | {f"promql_{role}" for role in ROLES}
 )
@@ -58,6 +61,8 @@ class CheckContext:
     stores: dict[str, SampleStore]
     deadline: Deadline
     now: Callable[[], dt.datetime] = field(default=lambda: dt.datetime.now(dt.UTC))
+    notes: list[str] = field(default_factory=list)  # said in the answer's details (see run_check)
+    rate_seconds: int | None = None  # the rate() range of per-step values, set by step()
 
     # ---- common parameters -------------------------------------------------------------------
     def mode(self, params: Params) -> Mode:
@@ -118,14 +123,20 @@ class CheckContext:
         if params.has("namespace"):
             extra["namespace"] = params.text("namespace", pattern=LABEL_VALUE_RE)
         if params.has("model"):
+            value = params.text("model", pattern=LABEL_VALUE_RE)
             preset = self.preset(params)
             label = MODEL_LABEL.get(preset or "")
-            if label is None:
+            if preset in PRESETS and label is None:
+                # TGI serves one model per server and labels no series with it: the pods (stable,
+                # canary) already select the model, so the parameter has nothing to narrow.
+                self.notes.append(f"model {value!r} not used: preset {preset!r} labels no series with the model")
+            elif label is None:
                 raise ParamError(
                     "parameter 'model' needs a preset that labels series with the model "
                     f"({', '.join(sorted(MODEL_LABEL))}); use selector=LABEL=VALUE instead"
                 )
-            model = "," + build_selector({label: params.text("model", pattern=LABEL_VALUE_RE)})
+            else:
+                model = "," + build_selector({label: value})
         if params.has("selector"):
             for item in params.text("selector").split(","):
                 name, sep, value = item.strip().partition("=")
@@ -183,15 +194,33 @@ class CheckContext:
             new_step = -(-window // MAX_INTERVALS)
             info["step_capped"] = f"step raised from {step}s to {new_step}s to cap intervals at {MAX_INTERVALS}"
             step = new_step
+        self.rate_seconds = self.rate_window(params, step=step)
+        info["rate_window_seconds"] = self.rate_seconds
         return step, info
+
+    def rate_window(self, params: Params, *, step: int) -> int:
+        """The range of ``rate()``/``increase()`` for per-step values: ``max(step, 4 x scrape interval)``.
+
+        A rate needs two samples inside its range: with the range equal to a 60 s step and 60 s
+        scrapes most intervals hold one sample and come back empty. Four scrape intervals survive a
+        missed scrape. ``rate_window=DURATION`` overrides it (never shorter than ``step``, or samples
+        between two steps would be skipped).
+        """
+        if params.has("rate_window"):
+            value = params.duration("rate_window", "1m")
+            if value < step:
+                raise ParamError(f"parameter 'rate_window' ({value}s) is shorter than 'step' ({step}s)")
+            return value
+        return max(step, 4 * self.config.scrape_interval)
 
     def range_values(
         self, template: tuple[str, str], selector: str, *, model: str, window: int, step: int,
         quantile: float = 0.95,
     ) -> list[float]:
         prom = self.require_prometheus()
-        query = render(template[1], name=template[0], selector=selector, interval=f"{step}s", quantile=quantile,
-                       model=model)
+        interval = self.rate_seconds if self.rate_seconds is not None else max(step, 4 * self.config.scrape_interval)
+        query = render(template[1], name=template[0], selector=selector, interval=f"{interval}s",
+                       quantile=quantile, model=model)
         end = self.now()
         start = end - dt.timedelta(seconds=window)
         return prom.series(query, start=start, end=end, step_seconds=step, deadline=self.deadline)
@@ -199,10 +228,34 @@ class CheckContext:
     def instant_value(
         self, template: tuple[str, str], selector: str, *, model: str, window: int, quantile: float = 0.95,
     ) -> float | None:
+        """One value over the window; None when the result is empty or not a number (no traffic)."""
+        value = self._instant(template, selector, model=model, window=window, quantile=quantile)
+        return value if value is not None and math.isfinite(value) else None
+
+    def count_value(
+        self, template: tuple[str, str], selector: str, *, model: str, window: int, what: str,
+    ) -> int | None:
+        """A count over the window (requests, errors), rounded to whole events; None when the query
+        returned nothing. NaN, infinite or negative is a broken source, never zero: 502."""
+        value = self._instant(template, selector, model=model, window=window)
+        if value is None:
+            return None
+        if not math.isfinite(value) or value < 0:
+            raise SourceQueryError(
+                f"{what} count is {value} (query {template[0]!r}); a count must be a finite number >= 0: "
+                "check the query template and the scraped series",
+                source="prometheus",
+            )
+        # increase() extrapolates to the window edges: round to whole events.
+        return round(value)
+
+    def _instant(
+        self, template: tuple[str, str], selector: str, *, model: str, window: int, quantile: float = 0.95,
+    ) -> float | None:
         prom = self.require_prometheus()
         query = render(template[1], name=template[0], selector=selector, interval=f"{window}s", quantile=quantile,
                        model=model)
-        return prom.instant(query, deadline=self.deadline)
+        return prom.instant(query, deadline=self.deadline, at=self.now())
 
 
 def _registry() -> dict[str, ModuleType]:
@@ -230,4 +283,6 @@ def run_check(name: str, params: Params, ctx: CheckContext) -> Verdict:
     module_params = module.allowed_params(params) if hasattr(module, "allowed_params") else module.PARAMS
     params.check_known(COMMON_PARAMS | module_params, check=name)
     verdict: Verdict = module.run(params, ctx)
+    if ctx.notes:
+        verdict = dataclasses.replace(verdict, details={**verdict.details, "notes": list(ctx.notes)})
     return verdict

@@ -9,22 +9,12 @@ test (``mode=fixed``) or an anytime-valid sequential proportion test on the cumu
 from __future__ import annotations
 
 from rollouts.checks import PROMETHEUS_PARAMS, CheckContext
-from rollouts.errors import SourceQueryError
 from rollouts.params import Params
 from rollouts.stats import sequential_proportion_test, two_proportion_test
 from rollouts.verdict import Verdict, VerdictName, inconclusive
 
 CHECK = "error-rate"
 PARAMS = PROMETHEUS_PARAMS | {"ceiling", "min_requests"}
-
-
-def _count(value: float | None, *, what: str) -> int:
-    if value is None:
-        return 0
-    if value < 0:
-        raise SourceQueryError(f"{what} count is negative ({value}); check the query template", source="prometheus")
-    # increase() extrapolates to the window edges: round to whole requests.
-    return round(value)
 
 
 def run(params: Params, ctx: CheckContext) -> Verdict:
@@ -37,8 +27,9 @@ def run(params: Params, ctx: CheckContext) -> Verdict:
     requests_q = ctx.query_template(params, "requests")
     window = ctx.window(params, mode=mode)
 
-    n_c = _count(ctx.instant_value(requests_q, sel.canary, model=sel.model, window=window), what="canary request")
-    n_s = _count(ctx.instant_value(requests_q, sel.stable, model=sel.model, window=window), what="stable request")
+    # Counts: NaN/negative are a broken source (502, in count_value); no request series is 0 requests.
+    n_c = ctx.count_value(requests_q, sel.canary, model=sel.model, window=window, what="canary request") or 0
+    n_s = ctx.count_value(requests_q, sel.stable, model=sel.model, window=window, what="stable request") or 0
     method = "msprt-proportion" if mode == "anytime" else "two-proportion"
     samples = {"baseline": n_s, "canary": n_c}
     details = {"queries": [errors_q[0], requests_q[0]], "window_seconds": window, "ceiling": ceiling,
@@ -48,8 +39,18 @@ def run(params: Params, ctx: CheckContext) -> Verdict:
             check=CHECK, method=method, samples=samples, mode=mode, threshold=alpha, details=details,
             reason=f"too few requests: canary {n_c}, stable {n_s}, need {min_requests} each",
         )
-    x_c = min(_count(ctx.instant_value(errors_q, sel.canary, model=sel.model, window=window), what="canary error"), n_c)
-    x_s = min(_count(ctx.instant_value(errors_q, sel.stable, model=sel.model, window=window), what="stable error"), n_s)
+    e_c = ctx.count_value(errors_q, sel.canary, model=sel.model, window=window, what="canary error")
+    e_s = ctx.count_value(errors_q, sel.stable, model=sel.model, window=window, what="stable error")
+    if e_c is None or e_s is None:
+        # No error series at all (not even a zero) while there are requests: errors cannot be told
+        # from no errors. The presets count zero errors explicitly, so this is a template problem.
+        missing = " and ".join(side for side, e in (("canary", e_c), ("stable", e_s)) if e is None)
+        return inconclusive(
+            check=CHECK, method=method, samples=samples, mode=mode, threshold=alpha, details=details,
+            reason=f"the errors query {errors_q[0]!r} returned no series for {missing}: errors cannot be told "
+            "from no errors (a template should count zero errors explicitly, e.g. `... or 0 * <requests>`)",
+        )
+    x_c, x_s = min(e_c, n_c), min(e_s, n_s)
     ratio_c, ratio_s = x_c / n_c, x_s / n_s
     if mode == "anytime":
         result = sequential_proportion_test(x_c, n_c, x_s, n_s, alternative="greater")
