@@ -2,7 +2,7 @@
 
 Built-in kinds are validated with kubernetes-validate against a pinned Kubernetes version; custom
 resources with jsonschema (Draft 4) against the CRDs in ``../shared/schemas/crds`` (beside the
-repository). Flagger's Canary has no CRD there and gets a structural check of its own.
+repository), Flagger's Canary included (``flagger/crd.yaml``, Flagger's published CRDs).
 """
 
 from __future__ import annotations
@@ -195,73 +195,6 @@ class CrdSchemas:
         return str(obj.get("apiVersion", "")).rpartition("/")[0] in self.groups
 
 
-# Flagger's Canary: no CRD in ../shared/schemas, so a structural check written from Flagger's
-# documented v1beta1 API (fields we use and their types; unknown fields are errors).
-FLAGGER_SPEC_FIELDS = {
-    "provider", "metricsServer", "progressDeadlineSeconds", "targetRef", "autoscalerRef", "ingressRef",
-    "routeRef", "upstreamRef", "service", "skipAnalysis", "revertOnDeletion", "suspend", "analysis",
-}
-FLAGGER_ANALYSIS_FIELDS = {
-    "interval", "iterations", "threshold", "maxWeight", "stepWeight", "stepWeights",
-    "stepWeightPromotion", "mirror", "mirrorWeight", "primaryReadyThreshold", "canaryReadyThreshold",
-    "match", "metrics", "alerts", "webhooks", "sessionAffinity",
-}
-FLAGGER_WEBHOOK_FIELDS = {"name", "type", "muteAlert", "url", "timeout", "retries", "disableTLS", "metadata"}
-FLAGGER_WEBHOOK_TYPES = {
-    "", "confirm-rollout", "pre-rollout", "rollout", "confirm-promotion", "post-rollout", "event",
-    "rollback", "confirm-traffic-increase",
-}
-_DURATION = re.compile(r"^[0-9]+(m|s)")
-
-
-def check_flagger_canary(obj: Mapping[str, Any]) -> list[str]:
-    """Structural errors of a flagger.app/v1beta1 Canary (empty list when it looks right)."""
-    errors: list[str] = []
-    if obj.get("apiVersion") != "flagger.app/v1beta1":
-        errors.append(f"apiVersion must be flagger.app/v1beta1, got {obj.get('apiVersion')!r}")
-    spec = obj.get("spec")
-    if not isinstance(spec, dict):
-        return [*errors, "spec must be an object"]
-    errors += [f"spec.{k}: unknown field" for k in sorted(set(spec) - FLAGGER_SPEC_FIELDS)]
-    target = spec.get("targetRef")
-    if not isinstance(target, dict) or not {"apiVersion", "kind", "name"} <= set(target):
-        errors.append("spec.targetRef needs apiVersion, kind and name")
-    elif target["kind"] not in ("Deployment", "DaemonSet", "Service"):
-        errors.append(f"spec.targetRef.kind {target['kind']!r} is not Deployment, DaemonSet or Service")
-    service = spec.get("service")
-    if service is not None and not isinstance((service or {}).get("port"), int | float):
-        errors.append("spec.service.port must be a number")
-    analysis = spec.get("analysis")
-    if not isinstance(analysis, dict):
-        return [*errors, "spec.analysis must be an object"]
-    errors += [f"spec.analysis.{k}: unknown field" for k in sorted(set(analysis) - FLAGGER_ANALYSIS_FIELDS)]
-    if not _DURATION.match(str(analysis.get("interval", ""))):
-        errors.append("spec.analysis.interval must look like 1m or 30s")
-    if not isinstance(analysis.get("threshold"), int | float):
-        errors.append("spec.analysis.threshold must be a number")
-    if sum(k in analysis for k in ("iterations", "stepWeight", "stepWeights")) != 1:
-        errors.append("spec.analysis needs exactly one of iterations, stepWeight, stepWeights")
-    for i, hook in enumerate(analysis.get("webhooks") or []):
-        where = f"spec.analysis.webhooks[{i}]"
-        if not isinstance(hook, dict):
-            errors.append(f"{where} must be an object")
-            continue
-        errors += [f"{where}.{k}: unknown field" for k in sorted(set(hook) - FLAGGER_WEBHOOK_FIELDS)]
-        if not hook.get("name") or not hook.get("url"):
-            errors.append(f"{where} needs name and url")
-        if hook.get("type", "") not in FLAGGER_WEBHOOK_TYPES:
-            errors.append(f"{where}.type {hook.get('type')!r} is not a Flagger webhook type")
-        if "timeout" in hook and not _DURATION.match(str(hook["timeout"])):
-            errors.append(f"{where}.timeout must look like 5s")
-        meta = hook.get("metadata") or {}
-        if not isinstance(meta, dict) or not all(isinstance(v, str) for v in meta.values()):
-            errors.append(f"{where}.metadata must map strings to strings")
-    for i, metric in enumerate(analysis.get("metrics") or []):
-        if not isinstance(metric, dict) or not metric.get("name"):
-            errors.append(f"spec.analysis.metrics[{i}] needs a name")
-    return errors
-
-
 def validate_builtin(obj: Mapping[str, Any]) -> None:
     """kubernetes-validate (strict: unknown fields are errors) at the pinned version."""
     try:
@@ -290,8 +223,8 @@ def validate_custom(obj: Mapping[str, Any], schemas: CrdSchemas) -> None:
     )
 
 
-# API groups of custom resources (no schema in kubernetes-validate): validated against CRDs, or
-# (Flagger) structurally; everything else must be a built-in kind of the pinned version.
+# API groups of custom resources (no schema in kubernetes-validate): validated against their CRDs;
+# everything else must be a built-in kind of the pinned version.
 CUSTOM_GROUPS = frozenset({"argoproj.io", "cert-manager.io", "monitoring.coreos.com", "flagger.app",
                            "keda.sh", "serving.kserve.io", "leaderworkerset.x-k8s.io"})
 
@@ -302,13 +235,3 @@ def api_group(obj: Mapping[str, Any]) -> str:
 
 def is_custom(obj: Mapping[str, Any]) -> bool:
     return api_group(obj) in CUSTOM_GROUPS
-
-
-def validate_custom_or_flagger(obj: Mapping[str, Any], schemas: CrdSchemas) -> None:
-    """A custom resource: Flagger's Canary structurally, every other against its CRD."""
-    if api_group(obj) == "flagger.app":
-        assert obj.get("kind") == "Canary", f"no check for flagger.app kind {obj.get('kind')}"
-        errors = check_flagger_canary(obj)
-        assert not errors, f"Canary/{obj['metadata'].get('name')}: {errors}"
-    else:
-        validate_custom(obj, schemas)

@@ -45,15 +45,49 @@ def test_applicationset_ignores_the_injected_ca_bundle(renders: Renders) -> None
 def test_app_of_apps_waves(renders: Renders) -> None:
     objs = renders("kustomize/examples/argocd")
     project = one(objs, "AppProject", "mlguard")
-    cert_manager = one(objs, "Application", "cert-manager")
-    platform = one(objs, "Application", "gpu-platform")
+    cert_manager = one(objs, "ApplicationSet", "cert-manager")
+    platform = one(objs, "ApplicationSet", "gpu-platform")
     appset = one(objs, "ApplicationSet", "mlguard")
     assert wave(project) < wave(cert_manager) < wave(platform) < wave(appset)
     for obj in objs:
         assert obj["metadata"]["namespace"] == "argocd"
     root = one(renders("kustomize/examples/argocd/bootstrap"), "Application", "mlguard-root")
     assert root["spec"]["source"]["path"] == "kustomize/examples/argocd"
-    assert platform["spec"]["source"]["path"] == "kustomize/examples/gpu-platform"
+    assert platform["spec"]["template"]["spec"]["source"]["path"] == "kustomize/examples/gpu-platform"
+
+
+def _clusters(appset: Obj) -> set[str]:
+    (generator,) = appset["spec"]["generators"]
+    destination = appset["spec"]["template"]["spec"]["destination"]
+    assert destination == {**destination, "name": "{{ .cluster }}"} and "server" not in destination
+    return {e["cluster"] for e in generator["list"]["elements"]}
+
+
+def test_cert_manager_and_the_gpu_platform_reach_every_cluster_mlguard_does(renders: Renders) -> None:
+    """The overlays' Issuers/Certificates need cert-manager on the cluster they land on, not only on
+    the one running Argo CD: the three ApplicationSets target the same clusters."""
+    objs = renders("kustomize/examples/argocd")
+    mlguard = _clusters(one(objs, "ApplicationSet", "mlguard"))
+    assert mlguard == {"dev", "staging", "prod"}
+    for name in ("cert-manager", "gpu-platform"):
+        appset = one(objs, "ApplicationSet", name)
+        assert _clusters(appset) == mlguard, name
+        assert appset["spec"]["syncPolicy"]["preserveResourcesOnDeletion"] is True, name
+    # Nothing but the bootstrap Application is pinned to the cluster running Argo CD.
+    assert not find(objs, "Application")
+
+
+def test_mlguard_retries_long_enough_for_cert_manager_to_come_up(renders: Renders) -> None:
+    # ApplicationSet health (argo-cd resource_customizations/argoproj.io/ApplicationSet/health.lua)
+    # is Healthy once its Applications exist, so waves between ApplicationSets do not wait for a
+    # cluster's cert-manager: the retry must cover its install (CRDs, webhook), minutes.
+    retry = one(renders("kustomize/examples/argocd"), "ApplicationSet", "mlguard")["spec"]["template"]["spec"][
+        "syncPolicy"]["retry"]
+    backoff = retry["backoff"]
+    first = int(backoff["duration"].rstrip("s"))
+    cap = int(backoff["maxDuration"].rstrip("m")) * 60
+    total = sum(min(first * backoff["factor"] ** i, cap) for i in range(retry["limit"]))
+    assert total >= 20 * 60, total
 
 
 def test_project_allows_exactly_the_cluster_kinds_the_overlays_create(renders: Renders) -> None:

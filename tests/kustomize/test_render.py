@@ -12,7 +12,7 @@ from kustomize_testlib import (
     kustomization_roots,
     root_id,
     validate_builtin,
-    validate_custom_or_flagger,
+    validate_custom,
 )
 
 
@@ -53,4 +53,4 @@ def test_custom_resources_are_valid(
 ) -> None:
     for obj in renders(kustomization_root):
         if is_custom(obj):
-            validate_custom_or_flagger(obj, crd_schemas)
+            validate_custom(obj, crd_schemas)

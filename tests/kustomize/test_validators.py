@@ -5,7 +5,7 @@ from __future__ import annotations
 import copy
 
 import pytest
-from kustomize_testlib import CrdSchemas, Renders, check_flagger_canary, one, validate_builtin, validate_custom
+from kustomize_testlib import CrdSchemas, Renders, one, validate_builtin, validate_custom
 
 
 def test_builtin_validation_rejects_unknown_fields_and_wrong_types(renders: Renders) -> None:
@@ -46,23 +46,23 @@ def test_crd_validation_rejects_bad_custom_resources(renders: Renders, crd_schem
         validate_custom(wrong_version, crd_schemas)
 
 
-def test_flagger_canary_structural_check() -> None:
-    good = {
-        "apiVersion": "flagger.app/v1beta1", "kind": "Canary", "metadata": {"name": "llm"},
-        "spec": {
-            "targetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": "llm"},
-            "service": {"port": 80},
-            "analysis": {"interval": "1m", "threshold": 3, "stepWeight": 10, "maxWeight": 50,
-                         "webhooks": [{"name": "drift", "type": "rollout", "timeout": "8s",
-                                       "url": "http://mlguard-analysis.mlguard-system.svc/v1/flagger/input-drift",
-                                       "metadata": {"store": "inference-samples"}}]},
-        },
-    }
-    assert check_flagger_canary(good) == []
-    bad = copy.deepcopy(good)
-    bad["spec"]["analysis"]["webhooks"][0]["type"] = "during"
-    bad["spec"]["analysis"]["iterations"] = 5
-    bad["spec"]["targetRef"]["kind"] = "StatefulSet"
-    bad["spec"]["analysis"]["webhooks"][0]["metadata"] = {"n": 1}
-    errors = check_flagger_canary(bad)
-    assert len(errors) == 4, errors
+def test_flagger_canary_is_validated_against_flaggers_crd(renders: Renders, crd_schemas: CrdSchemas) -> None:
+    """The example Canary against ../shared/schemas/crds/flagger/crd.yaml (Flagger's published CRDs)."""
+    canary = one(renders("kustomize/examples/canary-rollout/flagger"), "Canary", "chat")
+    validate_custom(canary, crd_schemas)
+    bad_type = copy.deepcopy(canary)
+    bad_type["spec"]["analysis"]["webhooks"][0]["type"] = "during"
+    with pytest.raises(AssertionError, match="during"):
+        validate_custom(bad_type, crd_schemas)
+    bad_metadata = copy.deepcopy(canary)
+    bad_metadata["spec"]["analysis"]["webhooks"][0]["metadata"] = {"n": 1}  # strings only
+    with pytest.raises(AssertionError, match="metadata"):
+        validate_custom(bad_metadata, crd_schemas)
+    typo = copy.deepcopy(canary)
+    typo["spec"]["analysis"]["treshold"] = 3
+    with pytest.raises(AssertionError, match="treshold"):
+        validate_custom(typo, crd_schemas)
+    bad_provider = copy.deepcopy(canary)
+    bad_provider["spec"]["provider"] = "gateway-api"
+    with pytest.raises(AssertionError, match="provider"):
+        validate_custom(bad_provider, crd_schemas)

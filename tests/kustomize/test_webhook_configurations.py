@@ -97,7 +97,7 @@ def selectors(objs: list[Obj]) -> list[dict]:
     return [hook["namespaceSelector"] for _, hook in webhooks(objs)]
 
 
-@pytest.mark.parametrize("protected", ["kube-system", NAMESPACE])
+@pytest.mark.parametrize("protected", ["kube-system", NAMESPACE, "cert-manager"])
 def test_namespace_selector_never_selects_protected_namespaces(
     renders: Renders, overlay: str, protected: str,
 ) -> None:
@@ -117,7 +117,7 @@ def test_protected_namespaces_stay_unselected_whatever_their_other_labels(
 ) -> None:
     for overlay in ("dev", "prod"):
         for selector in selectors(renders(f"kustomize/overlays/{overlay}")):
-            for protected in ("kube-system", NAMESPACE):
+            for protected in ("kube-system", NAMESPACE, "cert-manager"):
                 assert not labels_match(selector, {**extra, "kubernetes.io/metadata.name": protected})
 
 
@@ -155,12 +155,15 @@ def _pod(owner_kind: str | None = None) -> dict:
     return {"apiVersion": "v1", "kind": "Pod", "metadata": meta, "spec": {"containers": []}}
 
 
-def _matches(hook: Obj, user: dict, obj: dict) -> bool:
+def _matches(hook: Obj, user: dict, obj: dict, *, operation: str = "CREATE",
+             resource: tuple[str, str] = ("", "pods"), sub_resource: str = "") -> bool:
     """True when every matchCondition holds, i.e. the API server would call the webhook."""
     import celpy  # cel-python, a test dependency: evaluates the matchConditions as the API server would
     env = celpy.Environment()
-    activation = {"request": celpy.json_to_cel({"userInfo": user, "operation": "CREATE"}),
-                  "object": celpy.json_to_cel(obj)}
+    group, name = resource
+    request = {"userInfo": user, "operation": operation,
+               "resource": {"group": group, "version": "v1", "resource": name}, "subResource": sub_resource}
+    activation = {"request": celpy.json_to_cel(request), "object": celpy.json_to_cel(obj)}
     results = []
     for condition in hook.get("matchConditions", []):
         program = env.program(env.compile(condition["expression"]))
@@ -180,6 +183,8 @@ RS_CONTROLLER = _user("system:serviceaccount:kube-system:replicaset-controller",
 ARGOCD = _user("system:serviceaccount:argocd:argocd-application-controller",
                ["system:serviceaccounts", "system:serviceaccounts:argocd", "system:authenticated"])
 ROLLOUTS = _user("system:serviceaccount:argo-rollouts:argo-rollouts", ["system:serviceaccounts"])
+FLAGGER = _user("system:serviceaccount:flagger-system:flagger", ["system:serviceaccounts"])
+OTHER_ROLLOUTS_SA = _user("system:serviceaccount:argo-rollouts:dashboard", ["system:serviceaccounts"])
 HUMAN = _user("alice@example.com", ["platform", "system:authenticated"])
 NO_GROUPS = _user("bob@example.com")
 
@@ -217,3 +222,39 @@ def test_match_conditions_are_identical_across_overlays(renders: Renders) -> Non
         for overlay in ("dev", "staging", "prod")
     }
     assert seen["dev"] == seen["staging"] == seen["prod"]
+
+
+def _workload(kind: str, labels: dict[str, str] | None = None) -> dict:
+    return {"apiVersion": "apps/v1", "kind": kind, "metadata": {"name": "w", "namespace": "team-a",
+                                                                 "labels": labels or {}}}
+
+
+@pytest.mark.parametrize(("user", "operation", "resource", "sub", "called"), [
+    # aborts and rollbacks are UPDATEs of ReplicaSets (Argo Rollouts) and Deployments (Flagger)
+    (ROLLOUTS, "UPDATE", ("apps", "replicasets"), "", False),
+    (ROLLOUTS, "UPDATE", ("apps", "replicasets"), "scale", False),
+    (ROLLOUTS, "UPDATE", ("apps", "deployments"), "", False),  # workloadRef scale-down
+    (FLAGGER, "UPDATE", ("apps", "deployments"), "", False),  # promotion, scale to zero
+    (FLAGGER, "UPDATE", ("apps", "deployments"), "scale", False),
+    # what stays validated
+    (ROLLOUTS, "CREATE", ("apps", "replicasets"), "", True),  # a new canary ReplicaSet
+    (FLAGGER, "CREATE", ("apps", "deployments"), "", True),  # the primary Deployment
+    (ROLLOUTS, "UPDATE", ("apps", "statefulsets"), "", True),
+    (ROLLOUTS, "UPDATE", ("argoproj.io", "rollouts"), "", True),
+    (OTHER_ROLLOUTS_SA, "UPDATE", ("apps", "replicasets"), "", True),
+    (HUMAN, "UPDATE", ("apps", "replicasets"), "scale", True),
+    (ARGOCD, "UPDATE", ("apps", "deployments"), "", True),
+], ids=["rollouts-rs", "rollouts-rs-scale", "rollouts-deploy", "flagger-deploy", "flagger-deploy-scale",
+        "rollouts-rs-create", "flagger-deploy-create", "rollouts-sts", "rollouts-rollout", "other-sa-in-ns",
+        "human-scale", "argocd-update"])
+def test_progressive_delivery_controllers_update_without_the_webhook(
+    renders: Renders, user: dict, operation: str, resource: tuple[str, str], sub: str, called: bool,
+) -> None:
+    """An mlguard outage (failurePolicy Fail) must not block an abort or a rollback; the exemption is
+    by authenticated username, so no object (labels, owner references) can claim it."""
+    hook = one(renders("kustomize/overlays/prod"), "ValidatingWebhookConfiguration", "mlguard")["webhooks"][0]
+    kind = {"replicasets": "ReplicaSet", "deployments": "Deployment", "statefulsets": "StatefulSet",
+            "rollouts": "Rollout"}[resource[1]]
+    claims = {"app.kubernetes.io/managed-by": "argo-rollouts", "rollouts-pod-template-hash": "abc"}
+    assert _matches(hook, user, _workload(kind, claims), operation=operation, resource=resource,
+                    sub_resource=sub) is called

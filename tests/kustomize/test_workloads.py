@@ -330,6 +330,20 @@ def test_sync_waves_put_webhook_configurations_last(renders: Renders, overlay: s
         assert wave(cert_manager_obj) < wave(one(objs, "Deployment", "mlguard-webhook"))
 
 
+def test_cert_manager_chain_comes_up_in_order(renders: Renders, overlay: str) -> None:
+    """Each link after the one it needs: Argo CD waits for a wave to be healthy (argo-cd
+    resource_customizations/cert-manager.io/{Issuer,Certificate}/health.lua: Ready) before the next.
+    A CA Issuer in the same wave as its CA Certificate is created before the CA's Secret exists."""
+    objs = render_overlay(renders, overlay)
+    selfsigned, ca_issuer = one(objs, "Issuer", "mlguard-selfsigned"), one(objs, "Issuer", "mlguard-ca")
+    ca_cert, serving = one(objs, "Certificate", "mlguard-ca"), one(objs, "Certificate", "mlguard-webhook-tls")
+    assert ca_cert["spec"]["issuerRef"]["name"] == selfsigned["metadata"]["name"]
+    assert ca_issuer["spec"]["ca"]["secretName"] == ca_cert["spec"]["secretName"]
+    assert serving["spec"]["issuerRef"]["name"] == ca_issuer["metadata"]["name"]
+    assert (wave(selfsigned), wave(ca_cert), wave(ca_issuer), wave(serving)) == (-3, -3, -2, -1)
+    assert wave(one(objs, "Namespace", NAMESPACE)) < -3
+
+
 def test_overlays_stay_thin() -> None:
     """Overlays build on ../../base and patch; they never copy base manifests."""
     for overlay in ("dev", "staging", "prod"):

@@ -29,6 +29,7 @@ import pytest
 import requests
 
 REPO = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # argo_model, flagger_model beside the tests
 HISTORY = 90 * 60  # seconds of data
 SCRAPE = 15
 NAMESPACE = "ml-serving"
@@ -41,7 +42,22 @@ VLLM_NEW = ("6f7d8c9b5", "5b6c7d8e9")  # canary started 5 minutes ago: window st
 PRESET_HASHES = {"tgi": ("4a1b2c3d4", "4e5f6a7b8"), "triton": ("3a1b2c3d4", "3e5f6a7b8"),
                  "kserve": ("2a1b2c3d4", "2e5f6a7b8")}
 TRITON_NO_FAILURES = "3f0e1d2c3"  # a Triton canary without any failure series
+# KServe on Knative >= 1.19 (OpenTelemetry names; 1.19-1.20 and 1.21+), stable and canary.
+KSERVE_OTEL = {"kn_serving_invocation_duration_seconds": ("2c1b2c3d4", "2d5f6a7b8"),
+               "kn_queueproxy_app_duration_seconds": ("2f1b2c3d4", "2a5f6a7b8")}
+VLLM_NO_ERROR_SERIES = "1a2b3c4d5"  # a vLLM canary that never answered 5xx: no status="5xx" series at all
+VLLM_NAN_ERRORS = "1e2f3a4b5"  # a vLLM canary whose 5xx counter is NaN (a broken exporter)
 MODEL = "meta-llama/Llama-3.1-8B-Instruct"
+
+# Canary timelines for the examples' contract tests (test_canary_timeline.py): the canaries start
+# TIMELINE seconds before the end of the data, beside stable pods that run all along.
+TIMELINE = 50 * 60
+ARGO_STABLE = "7c6b5a4d3"
+ARGO_CANARIES = {  # scenario -> pod-template hash of its canary
+    "healthy": "8e7f6a5b4", "warm-up": "8f7e6d5c4", "latency-regression": "9a8b7c6d5",
+    "error-regression": "9b8c7d6e5", "eval-regression": "8a9b0c1d2",
+}
+FLAGGER_APPS = {"healthy": "llama-good", "warm-up": "llama-warm", "latency-regression": "llama-slow"}
 
 
 def free_port() -> int:
@@ -98,12 +114,17 @@ class Series:
 @dataclass
 class Pod:
     stack: str
-    hash: str
+    hash: str | None  # rollouts_pod_template_hash; None for pods outside Argo Rollouts (Flagger)
     pod: str
     start: float  # unix seconds: first scrape
     latency_scale: float = 1.0
     error_ratio: float = 0.002
     rate: float = 5.0  # requests per second
+    labels: dict[str, str] | None = None  # more pod labels Prometheus attaches (Flagger's app)
+    error_series: bool = True  # False: the server never answered 5xx, so it has no 5xx series
+    nan_errors: bool = False  # the error counter reads NaN
+    traffic_from: float | None = None  # unix seconds: no requests before (pods up, no traffic yet)
+    variant: str = ""  # stack-specific: the metric name for the kserve-otel stack
 
 
 def _histogram(series: Series, *, name: str, labels: dict[str, str], ts: float, buckets: list[float],
@@ -128,10 +149,12 @@ def generate(pods: list[Pod], *, end: float, seed: int = 7) -> Series:
         tok_counts = np.zeros(len(TOKEN_BUCKETS) + 1)
         lat_sum = tok_sum = 0.0
         ok = err = 0
-        base = {"namespace": NAMESPACE, "pod": pod.pod, "rollouts_pod_template_hash": pod.hash}
+        base = {"namespace": NAMESPACE, "pod": pod.pod, **(pod.labels or {})}
+        if pod.hash is not None:
+            base["rollouts_pod_template_hash"] = pod.hash
         ts = pod.start
         while ts <= end:
-            n = rng.poisson(pod.rate * SCRAPE)
+            n = rng.poisson(pod.rate * SCRAPE) if pod.traffic_from is None or ts >= pod.traffic_from else 0
             lat = rng.lognormal(mean=np.log(0.9), sigma=0.45, size=n) * pod.latency_scale
             toks = rng.lognormal(mean=np.log(180), sigma=0.6, size=n)
             e = int(rng.binomial(n, pod.error_ratio))
@@ -152,9 +175,13 @@ def generate(pods: list[Pod], *, end: float, seed: int = 7) -> Series:
                 series.add("vllm:request_success_total", {**lab, "finished_reason": "stop"}, ts, float(ok))
                 http = {**base, "job": "vllm", "handler": "/v1/chat/completions", "method": "POST"}
                 series.add("http_requests_total", {**http, "status": "2xx"}, ts, float(ok))
-                series.add("http_requests_total", {**http, "status": "5xx"}, ts, float(err))
-                series.add("http_requests_total", {**base, "job": "vllm", "handler": "/health", "method": "GET",
-                                                   "status": "2xx"}, ts, float(ok))  # not counted: not /v1/*
+                if pod.error_series:
+                    series.add("http_requests_total", {**http, "status": "5xx"}, ts,
+                               float("nan") if pod.nan_errors else float(err))
+                # Not completions, not counted: clients polling /v1/models (vLLM counts that route
+                # too) ten times as often as they chat would dilute any error ratio tenfold.
+                series.add("http_requests_total", {**base, "job": "vllm", "handler": "/v1/models", "method": "GET",
+                                                   "status": "2xx"}, ts, float(10 * ok))
             elif pod.stack == "tgi":
                 lab = {**base, "job": "tgi"}
                 _histogram(series, name="tgi_request_duration", labels=lab, ts=ts, buckets=LAT_BUCKETS,
@@ -171,6 +198,15 @@ def generate(pods: list[Pod], *, end: float, seed: int = 7) -> Series:
                     series.add("nv_inference_request_failure", {**lab, "reason": "BACKEND"}, ts, float(err))
                 series.add("nv_inference_count", lab, ts, float(ok + err))
                 series.add("nv_inference_request_duration_us", lab, ts, lat_sum * 1e6)
+            elif pod.stack == "kserve-otel":
+                # Knative >= 1.19: the queue-proxy's OpenTelemetry histogram, status as an attribute.
+                lab = {**base, "job": "kserve", "model_name": "sklearn-iris"}
+                _histogram(series, name="request_predict_seconds", labels=lab, ts=ts, buckets=LAT_BUCKETS,
+                           counts=lat_counts, total=lat_sum)
+                qp = {**base, "job": "queue-proxy", "kn_revision_name": "sklearn-iris-predictor-00002"}
+                series.add(f"{pod.variant}_count", {**qp, "http_response_status_code": "200"}, ts, float(ok))
+                if pod.error_series:
+                    series.add(f"{pod.variant}_count", {**qp, "http_response_status_code": "500"}, ts, float(err))
             elif pod.stack == "kserve":
                 lab = {**base, "job": "kserve", "model_name": "sklearn-iris"}
                 _histogram(series, name="request_predict_seconds", labels=lab, ts=ts, buckets=LAT_BUCKETS,
@@ -200,6 +236,40 @@ def scenario_pods(end: float) -> list[Pod]:
         pods.append(Pod(stack, s, f"{stack}-stable", start))
         pods.append(Pod(stack, c, f"{stack}-canary", start, latency_scale=1.6))
     pods.append(Pod("triton", TRITON_NO_FAILURES, "triton-nofail", start, error_ratio=0.0))
+    for variant, (s, c) in KSERVE_OTEL.items():
+        pods.append(Pod("kserve-otel", s, f"kserve-otel-stable-{s}", start, variant=variant))
+        pods.append(Pod("kserve-otel", c, f"kserve-otel-canary-{c}", start, variant=variant, error_ratio=0.05))
+    pods.append(Pod("vllm", VLLM_NO_ERROR_SERIES, "vllm-no-errors", start, error_ratio=0.0, error_series=False))
+    pods.append(Pod("vllm", VLLM_NAN_ERRORS, "vllm-nan", start, nan_errors=True))
+    pods += timeline_pods(end)
+    return pods
+
+
+# How each timeline scenario's canary differs from stable.
+SCENARIO_TRAITS: dict[str, dict] = {
+    "healthy": {},
+    "warm-up": {"rate": 1.0, "traffic_after": 240},  # first requests 4 minutes after the pods are up, and few
+    "latency-regression": {"latency_scale": 1.6},
+    "error-regression": {"error_ratio": 0.05},
+    "eval-regression": {},  # healthy in Prometheus, worse on the golden set (sample store)
+}
+
+
+def timeline_pods(end: float) -> list[Pod]:
+    """Stable pods all along; each scenario's canary from ``end - TIMELINE`` (Argo and Flagger)."""
+    start, t0 = end - HISTORY, end - TIMELINE
+    pods = [Pod("vllm", ARGO_STABLE, f"argo-stable-{i}", start) for i in range(3)]
+    for scenario, hash_ in ARGO_CANARIES.items():
+        traits = dict(SCENARIO_TRAITS[scenario])
+        after = traits.pop("traffic_after", None)
+        pods.append(Pod("vllm", hash_, f"argo-canary-{scenario}", t0, **traits,
+                        traffic_from=None if after is None else t0 + after))
+    for scenario, app in FLAGGER_APPS.items():
+        traits = dict(SCENARIO_TRAITS[scenario])
+        after = traits.pop("traffic_after", None)
+        pods += [Pod("vllm", None, f"{app}-primary-{i}", start, labels={"app": f"{app}-primary"}) for i in range(2)]
+        pods.append(Pod("vllm", None, f"{app}-canary", t0, labels={"app": app}, **traits,
+                        traffic_from=None if after is None else t0 + after))
     return pods
 
 
@@ -307,11 +377,16 @@ class _QuietHandler(http.server.SimpleHTTPRequestHandler):
         pass
 
 
+class _QuietServer(http.server.ThreadingHTTPServer):
+    def handle_error(self, request, client_address) -> None:  # a client that hangs up mid-answer
+        pass
+
+
 @pytest.fixture(scope="session")
 def http_store(sample_dir: Path) -> Iterator[str]:
     """A real HTTP server on 127.0.0.1 serving the sample directory (an HTTP(S) sample store)."""
     handler = lambda *a, **kw: _QuietHandler(*a, directory=str(sample_dir), **kw)  # noqa: E731
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    server = _QuietServer(("127.0.0.1", 0), handler)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:
@@ -343,9 +418,9 @@ class Server:
     log: Path
 
 
-def start_server(args: list[str], *, tmp: Path) -> Server:
+def start_server(args: list[str], *, tmp: Path, env: dict[str, str] | None = None) -> Server:
     port = free_port()
-    env = {**os.environ, "PYTHONPATH": str(REPO), "TMPDIR": str(tmp)}
+    env = {**os.environ, "PYTHONPATH": str(REPO), "TMPDIR": str(tmp), **(env or {})}
     env.pop("PROMETHEUS_MULTIPROC_DIR", None)
     log_path = tmp / f"gunicorn-{port}.log"
     log = open(log_path, "w")  # noqa: SIM115 - owned by the process
@@ -446,3 +521,73 @@ def analysis(url: str, check: str, params: dict[str, str], *, method: str = "GET
 @pytest.fixture(scope="session")
 def lib():  # the conftest module itself: helpers and constants for the tests
     return sys.modules[__name__]
+
+
+# ---------------------------------------------------------------- the examples' sample stores
+EXAMPLE_STORES = ("inputs", "outputs", "evals")  # named in kustomize/base/analysis/config.yaml
+
+
+def make_example_samples(root: Path) -> dict[str, Path]:
+    """The objects the example AnalysisTemplates and the Flagger Canary read, per timeline scenario:
+    what a request logger and an eval runner would have written during each canary."""
+    rng = np.random.default_rng(23)
+    stores = {name: root / name for name in EXAMPLE_STORES}
+    n = 1500
+
+    def inputs() -> list[dict]:
+        return [{"prompt_tokens": float(p), "max_tokens": float(m), "temperature": float(t), "language": str(lang)}
+                for p, m, t, lang in zip(rng.lognormal(5.5, 0.6, n), rng.choice([256.0, 512.0, 1024.0], n),
+                                         rng.uniform(0, 1, n), rng.choice(["en", "de", "fr"], n, p=[0.6, 0.3, 0.1]),
+                                         strict=True)]
+
+    def outputs() -> list[dict]:
+        return [{"response_length": int(a), "refused": bool(b)}
+                for a, b in zip(rng.poisson(220, n), rng.random(n) < 0.02, strict=True)]
+
+    items = 600
+    truth = rng.random(items) < 0.86
+
+    def golden(worse: bool) -> list[dict]:
+        answers = truth.copy()
+        if worse:  # 60 items the stable model gets right, the canary wrong
+            answers[rng.choice(np.flatnonzero(truth), 60, replace=False)] = False
+        else:  # a few flips either way
+            flips = rng.choice(items, 8, replace=False)
+            answers[flips] = ~answers[flips]
+        return [{"id": f"q{i}", "correct": bool(a)} for i, a in enumerate(answers)]
+
+    write_jsonl(stores["inputs"] / f"baselines/{MODEL}/inputs.jsonl", inputs())
+    write_jsonl(stores["outputs"] / f"stable/{ARGO_STABLE}/outputs.jsonl", outputs())
+    write_jsonl(stores["evals"] / f"golden/{MODEL}/{ARGO_STABLE}.jsonl",
+                [{"id": f"q{i}", "correct": bool(a)} for i, a in enumerate(truth)])
+    for scenario, hash_ in ARGO_CANARIES.items():
+        write_jsonl(stores["inputs"] / f"canary/{hash_}/inputs.jsonl", inputs())
+        write_jsonl(stores["outputs"] / f"canary/{hash_}/outputs.jsonl", outputs())
+        write_jsonl(stores["evals"] / f"golden/{MODEL}/{hash_}.jsonl", golden(worse=scenario == "eval-regression"))
+    # The Flagger Canary's pre-rollout eval (fixed keys: Flagger has no per-revision value to template).
+    write_jsonl(stores["evals"] / "golden/llama-3.1-8b-instruct/stable.jsonl",
+                [{"id": f"q{i}", "correct": bool(a)} for i, a in enumerate(truth)])
+    write_jsonl(stores["evals"] / "golden/llama-3.1-8b-instruct/candidate.jsonl", golden(worse=False))
+    return stores
+
+
+@pytest.fixture(scope="session")
+def example_stores(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    return make_example_samples(tmp_path_factory.mktemp("example-stores"))
+
+
+SHIPPED_CONFIG = REPO / "kustomize/base/analysis/config.yaml"
+
+
+@pytest.fixture(scope="session")
+def shipped_server(prometheus: PromServer, example_stores: dict[str, Path],
+                   tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """The provider as deployed: the shipped config, with its Prometheus URL and sample stores (by
+    the same names) pointed at the test's Prometheus and directories."""
+    tmp = tmp_path_factory.mktemp("gunicorn-shipped")
+    stores = [arg for name, path in example_stores.items() for arg in ("--sample-store", f"{name}={path}")]
+    srv = start_server(["--config", str(SHIPPED_CONFIG), "--prometheus", prometheus.url, *stores], tmp=tmp)
+    try:
+        yield srv
+    finally:
+        stop(srv.proc)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 import shutil
@@ -30,6 +31,11 @@ def render(path: Path) -> list[dict]:
     return [d for d in yaml.safe_load_all(out.stdout) if d]
 
 
+@functools.cache
+def crd_validator(kind: str) -> jsonschema.Draft4Validator:
+    return jsonschema.Draft4Validator(strict(crd_schema(kind)))
+
+
 def crd_schema(kind: str) -> dict:
     crd = yaml.safe_load((CRDS / CRD_FILES[kind]).read_text())
     (version,) = [v for v in crd["spec"]["versions"] if v["name"] == "v1alpha1"]
@@ -56,11 +62,14 @@ def objects() -> list[dict]:
 def test_every_object_validates(objects):
     kinds = sorted(o["kind"] for o in objects)
     assert kinds.count("AnalysisTemplate") == 5 and kinds.count("Rollout") == 1
-    for obj in objects:
+    assert kinds.count("Service") == 3 and kinds.count("PodMonitor") == 1
+    for obj in [*objects, *render(EXAMPLE / "job")]:
         if obj["kind"] in CRD_FILES:
-            validator = jsonschema.Draft4Validator(strict(crd_schema(obj["kind"])))
+            validator = crd_validator(obj["kind"])
             errors = [f"{'/'.join(map(str, e.absolute_path))}: {e.message}" for e in validator.iter_errors(obj)]
             assert not errors, (obj["kind"], obj["metadata"]["name"], errors)
+        elif obj["apiVersion"].startswith("monitoring.coreos.com/"):
+            continue  # against its CRD in tests/kustomize/test_render.py
         else:
             kubernetes_validate.validate(obj, "1.33", strict=True)
 
@@ -68,7 +77,7 @@ def test_every_object_validates(objects):
 def test_a_wrong_field_is_caught_by_the_validation():
     bad = {"apiVersion": "argoproj.io/v1alpha1", "kind": "AnalysisTemplate", "metadata": {"name": "x"},
            "spec": {"metrics": [{"name": "m", "provider": {"web": {"url": "http://x", "jsonpath": "{$.verdict}"}}}]}}
-    assert list(jsonschema.Draft4Validator(strict(crd_schema("AnalysisTemplate"))).iter_errors(bad))
+    assert list(crd_validator("AnalysisTemplate").iter_errors(bad))
 
 
 def test_templates_follow_the_contract(objects):
@@ -132,19 +141,33 @@ def test_own_configurations_rewrite_template_names(tmp_path):
     assert rollout["spec"]["template"]["spec"]["containers"][0]["image"].endswith("ab" * 32)
 
 
-def test_flagger_example_points_at_the_flagger_endpoint():
+def test_flagger_example_wires_each_hook_as_flagger_reads_it():
+    """Flagger v1.44 pkg/controller/scheduler.go, scheduler_hooks.go: see rollouts/flagger.py."""
     objs = render(EXAMPLE / "flagger")
     (canary,) = [o for o in objs if o["kind"] == "Canary"]
     (deployment,) = [o for o in objs if o["kind"] == "Deployment"]
     kubernetes_validate.validate(deployment, "1.33", strict=True)
     assert canary["apiVersion"] == "flagger.app/v1beta1"
     assert canary["spec"]["targetRef"]["name"] == deployment["metadata"]["name"]
+    app_label = deployment["spec"]["selector"]["matchLabels"]["app"]
+    assert app_label != canary["metadata"]["name"], "the example shows the label value is not the name"
+    gates: dict[str, set[str]] = {}
     for hook in canary["spec"]["analysis"]["webhooks"]:
         url = urlsplit(hook["url"])
         check = url.path.removeprefix("/v1/flagger/")
         assert url.path.startswith("/v1/flagger/") and check in check_names()
-        assert all(isinstance(v, str) for v in hook["metadata"].values())
-    assert STATUS == {"pass": 200, "fail": 412, "inconclusive": 409}
+        meta = hook["metadata"]
+        assert all(isinstance(v, str) for v in meta.values())
+        assert hook["type"] != "rollback" and meta["hook"] == hook["type"], hook["name"]
+        assert hook["type"] in STATUS and int(hook["timeout"].rstrip("s")) < 10
+        if check in ("latency", "error-rate"):
+            assert hook["type"] != "pre-rollout" and meta["label_value"] == app_label, hook["name"]
+        gates.setdefault(check, set()).add(hook["type"])
+    # What may roll back (rollout hooks) is also what must pass before promotion.
+    for check, types in gates.items():
+        if "rollout" in types:
+            assert "confirm-promotion" in types, check
+    assert STATUS["rollout"]["inconclusive"] == 200 and STATUS["confirm-promotion"]["inconclusive"] > 202
 
 
 def test_own_configurations_cover_the_documented_rollout_references():

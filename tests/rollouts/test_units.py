@@ -183,10 +183,11 @@ def test_model_matcher_only_where_the_series_carry_it():
     assert 'nv_inference_request_failure{h="x",model="m"}' in triton
 
 
-def test_model_parameter_needs_a_preset_with_a_model_label(lib):
-    app = create_app({"prometheus_url": "http://127.0.0.1:9"})
+def test_model_parameter_needs_a_label_outside_the_presets(lib):
+    # A named query (no preset) cannot place the model matcher: refused, pointing at selector=.
+    app = create_app({"prometheus_url": "http://127.0.0.1:9", "queries": {"my_latency": "x{${selector}}"}})
     resp = app.test_client().get("/v1/analyses/latency", query_string={
-        "preset": "tgi", "stable": "a1", "canary": "b2", "model": "x"})
+        "latency_query": "my_latency", "stable": "a1", "canary": "b2", "model": "x"})
     assert resp.status_code == 400 and "selector=" in resp.get_json()["error"]["message"]
 
 
