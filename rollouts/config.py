@@ -24,7 +24,7 @@ File format (all keys optional)::
     sampleLimits: {maxBytes: 67108864, maxRows: 200000, timeoutSeconds: 3}
     defaults: {alpha: 0.01, mode: anytime, maxLooks: 20}
     deadlineSeconds: 7           # per answer, counted from the request's arrival
-    maxConcurrentAnalyses: 2     # per worker process; more wait for a slot ...
+    maxConcurrentAnalyses: 1     # per worker process; more wait for a slot ...
     minStartSeconds: 1           # ... and get 503 at once if less than this is left of the budget
 
 Environment: ``MLGUARD_ANALYSIS_CONFIG`` (file), ``MLGUARD_ANALYSIS_PROMETHEUS`` (URL),
@@ -127,7 +127,7 @@ class AnalysisConfig:
     mode: str = "anytime"
     max_looks: int = 20
     deadline_seconds: float = 7.0
-    max_concurrent_analyses: int = 2
+    max_concurrent_analyses: int = 1
     min_start_seconds: float = 1.0
     max_body_bytes: int = 1024 * 1024
 

@@ -5,15 +5,19 @@ answer for the same parameters.
 
 Time: each analysis has ``deadlineSeconds`` (7 s; Argo's web provider gives up at its
 ``timeoutSeconds``, 10 s by default) counted from the request's *arrival* (stamped by the gunicorn
-worker, :mod:`rollouts.worker`). At most ``maxConcurrentAnalyses`` analyses run at once in a worker
-process (statistics are CPU-bound: more threads would only share one interpreter lock and all
-miss the budget together); the others wait for a slot while at least ``minStartSeconds`` of
-their budget is left, and otherwise get 503 (``busy``) at once, never an answer that comes after
-the caller has given up.
+worker, :mod:`rollouts.worker`). At most ``maxConcurrentAnalyses`` (1) analyses run at once in a
+worker process (statistics are CPU-bound: more threads would only share one interpreter lock and
+all miss the budget together); the others wait for a slot while at least ``minStartSeconds`` of
+their budget is left, and otherwise get 503 (``busy``) at once. A check runs on the worker's
+analysis pool and the answer waits for it only until the budget ends: then 504
+(``budget_exceeded``) while the check stops at its next look at the deadline (source reads,
+every 20,000 parsed lines) and keeps its slot until it has. Never an answer after the caller has
+given up.
 """
 
 from __future__ import annotations
 
+import concurrent.futures
 import datetime as dt
 import logging
 import threading
@@ -23,7 +27,7 @@ from typing import Any
 
 from rollouts.checks import CheckContext, check_names, run_check
 from rollouts.config import AnalysisConfig
-from rollouts.errors import AnalysisError, BusyError, SampleFormatError, SourceError
+from rollouts.errors import AnalysisError, BudgetExceededError, BusyError, SampleFormatError, SourceError
 from rollouts.metrics import AnalysisMetrics
 from rollouts.params import Params
 from rollouts.sources import Deadline, Source
@@ -49,6 +53,8 @@ class AnalysisService:
         # The wall clock the checks see (tests replay a canary's timeline with their own).
         self.clock = clock or (lambda: dt.datetime.now(dt.UTC))
         self._slots = threading.BoundedSemaphore(config.max_concurrent_analyses)
+        self._pool = concurrent.futures.ThreadPoolExecutor(
+            max_workers=config.max_concurrent_analyses, thread_name_prefix="analysis")
         self.prometheus = (
             PrometheusSource(config.prometheus_url, timeout=config.prometheus_timeout,
                              max_bytes=config.prometheus_max_bytes)
@@ -74,24 +80,25 @@ class AnalysisService:
         deadline = Deadline(self.config.deadline_seconds, started=arrived)
         started = deadline.started
         label = check if check in check_names() else "unknown"
-        slot = False
         try:
-            slot = self._acquire_slot(deadline)
+            self._acquire_slot(deadline)
             ctx = CheckContext(
                 config=self.config, prometheus=self.prometheus, stores=self.stores,
                 deadline=deadline, now=self.clock,
             )
+            # The check runs on the worker's analysis pool and holds its slot until it ends; the
+            # answer waits for it only until the budget ends (computation between two looks at
+            # the deadline cannot be interrupted, and a loaded machine stretches it).
+            future = self._pool.submit(self._run, check, Params(values), ctx)
+            future.add_done_callback(lambda _: self._slots.release())
             try:
-                verdict = run_check(check, Params(values), ctx)
-            except AnalysisError:
-                raise
-            except ValueError as exc:
-                # The statistics refuse data they cannot test (NaN, empty, wrong shape).
-                raise SampleFormatError(f"the data cannot be tested: {exc}") from None
-            except Exception:
-                log.exception("analysis crashed", extra={"check": check})
-                raise InternalError(
-                    "internal error while running the check; the provider logged the details"
+                verdict = future.result(timeout=max(deadline.remaining(), 0.0))
+            except concurrent.futures.TimeoutError:
+                raise BudgetExceededError(
+                    f"{check} did not finish within the analysis budget of {deadline.seconds:g}s "
+                    f"({deadline.elapsed():.1f}s since the request arrived); answered now, before the caller "
+                    "gives up, while the check stops at its next look at the deadline",
+                    budget_seconds=deadline.seconds,
                 ) from None
         except AnalysisError as exc:
             seconds = time.monotonic() - started
@@ -104,9 +111,6 @@ class AnalysisService:
                        "detail": exc.message, "seconds": round(seconds, 4)},
             )
             raise
-        finally:
-            if slot:
-                self._slots.release()
         seconds = time.monotonic() - started
         self.metrics.observe(check=label, verdict=verdict.verdict, caller=caller, seconds=seconds)
         log.info(
@@ -116,6 +120,19 @@ class AnalysisService:
                    "seconds": round(seconds, 4)},
         )
         return verdict
+
+    @staticmethod
+    def _run(check: str, params: Params, ctx: CheckContext) -> Verdict:
+        try:
+            return run_check(check, params, ctx)
+        except AnalysisError:
+            raise
+        except ValueError as exc:
+            # The statistics refuse data they cannot test (NaN, empty, wrong shape).
+            raise SampleFormatError(f"the data cannot be tested: {exc}") from None
+        except Exception:
+            log.exception("analysis crashed", extra={"check": check})
+            raise InternalError("internal error while running the check; the provider logged the details") from None
 
     def _acquire_slot(self, deadline: Deadline) -> bool:
         """Wait for an analysis slot while at least ``minStartSeconds`` of the budget would be left."""
