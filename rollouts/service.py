@@ -81,15 +81,20 @@ class AnalysisService:
         started = deadline.started
         label = check if check in check_names() else "unknown"
         try:
+            params = Params(values)  # a malformed request never takes a slot
             self._acquire_slot(deadline)
-            ctx = CheckContext(
-                config=self.config, prometheus=self.prometheus, stores=self.stores,
-                deadline=deadline, now=self.clock,
-            )
-            # The check runs on the worker's analysis pool and holds its slot until it ends; the
-            # answer waits for it only until the budget ends (computation between two looks at
-            # the deadline cannot be interrupted, and a loaded machine stretches it).
-            future = self._pool.submit(self._run, check, Params(values), ctx)
+            try:
+                ctx = CheckContext(
+                    config=self.config, prometheus=self.prometheus, stores=self.stores,
+                    deadline=deadline, now=self.clock,
+                )
+                # The check runs on the worker's analysis pool and holds its slot until it ends;
+                # the answer waits for it only until the budget ends (computation between two
+                # looks at the deadline cannot be interrupted, and a loaded machine stretches it).
+                future = self._pool.submit(self._run, check, params, ctx)
+            except BaseException:
+                self._slots.release()
+                raise
             future.add_done_callback(lambda _: self._slots.release())
             try:
                 verdict = future.result(timeout=max(deadline.remaining(), 0.0))

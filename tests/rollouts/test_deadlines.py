@@ -234,3 +234,16 @@ def test_queued_behind_a_slow_analysis_is_503_not_a_late_answer(lib, tmp_path):
     body = second.json()
     assert second.status_code == 503 and body["error"]["type"] == "busy", body
     assert second.headers["Retry-After"] == "10"
+
+
+def test_a_refused_request_never_keeps_a_slot(lib):
+    """A request refused before its check runs (a repeated parameter) must not hold the worker's only
+    analysis slot: the next request runs at once instead of waiting and being turned away busy."""
+    app = create_app({"prometheus_url": f"http://127.0.0.1:{lib.free_port()}", "deadline_seconds": 2,
+                      "max_concurrent_analyses": 1})
+    client = app.test_client()
+    for _ in range(3):
+        resp = client.get("/v1/analyses/error-rate?window=1h&window=2h")
+        assert resp.status_code == 400
+    resp = client.get("/v1/analyses/error-rate", query_string=PARAMS)
+    assert resp.status_code == 503 and resp.get_json()["error"]["type"] == "source_unavailable"  # not busy
