@@ -28,7 +28,7 @@ MLGUARD_METRICS = frozenset({
     "mlguard_admission_requests_total", "mlguard_violations_total",
     "mlguard_policyset_reloads_total", "mlguard_policyset_refused", "mlguard_cache_synced",
     "mlguard_policy_errors_total", "mlguard_break_glass_total",
-    "mlguard_analysis_requests_total", "mlguard_analysis_source_errors_total",
+    "mlguard_analysis_requests_total", "mlguard_analysis_source_errors_total", "mlguard_analysis_rejected_total",
 })
 MLGUARD_HISTOGRAMS = frozenset({"mlguard_admission_duration_seconds", "mlguard_analysis_duration_seconds"})
 METRIC_NAME = re.compile(r"\bmlguard_[a-z_]+\b")

@@ -31,7 +31,7 @@ def test_runbooks_use_every_fixed_metric() -> None:
                  "mlguard_violations_total", "mlguard_policyset_reloads_total", "mlguard_policyset_refused",
                  "mlguard_cache_synced", "mlguard_policy_errors_total", "mlguard_break_glass_total",
                  "mlguard_analysis_requests_total", "mlguard_analysis_duration_seconds_bucket",
-                 "mlguard_analysis_source_errors_total"):
+                 "mlguard_analysis_source_errors_total", "mlguard_analysis_rejected_total"):
         assert name in used, f"no runbook query uses {name}"
 
 
