@@ -23,6 +23,7 @@ import json
 import math
 import re
 import threading
+import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -394,6 +395,8 @@ def _files_signature(eval_keys: Mapping[str, Any] | None, base_dir: Path | None)
 _KEYRINGS: dict[str, tuple[tuple[Any, ...], Keyring]] = {}
 _KEYRINGS_LOCK = threading.Lock()
 _KEYRINGS_MAX = 16
+_CHECKED: dict[str, float] = {}
+KEY_FILES_RECHECK = 1.0  # seconds: a rotated key file is seen within this (plus the kubelet's sync)
 
 
 def keyring_for(policyset: Any) -> Keyring:
@@ -403,18 +406,28 @@ def keyring_for(policyset: Any) -> Keyring:
     if policyset is None:
         return Keyring()
     eval_keys = policyset.spec.get("evalKeys")
+    digest = str(getattr(policyset, "digest", "")) or hashlib.sha256(canonical_json(eval_keys or {})).hexdigest()
+    # the same PolicySet text at two paths may name different key files (relative paths)
+    digest = f"{digest}@{getattr(policyset, 'source', '')}"
+    now = time.monotonic()
+    with _KEYRINGS_LOCK:
+        cached = _KEYRINGS.get(digest)
+        if cached is not None and now - _CHECKED.get(digest, -1e9) < KEY_FILES_RECHECK:
+            return cached[1]  # the key files were stat'ed less than a second ago (admission hot path)
     source = Path(str(getattr(policyset, "source", "")))
     base_dir = source.parent if source.is_file() else None
     files = _files_signature(eval_keys, base_dir)
-    digest = str(getattr(policyset, "digest", "")) or hashlib.sha256(canonical_json(eval_keys or {})).hexdigest()
     with _KEYRINGS_LOCK:
+        _CHECKED[digest] = now
         cached = _KEYRINGS.get(digest)
         if cached is not None and cached[0] == files:
             return cached[1]
     keyring = keyring_from_spec(eval_keys, base_dir=base_dir)
     with _KEYRINGS_LOCK:
         if len(_KEYRINGS) >= _KEYRINGS_MAX:
-            _KEYRINGS.pop(next(iter(_KEYRINGS)))
+            oldest = next(iter(_KEYRINGS))
+            _KEYRINGS.pop(oldest)
+            _CHECKED.pop(oldest, None)
         _KEYRINGS[digest] = (files, keyring)
     return keyring
 

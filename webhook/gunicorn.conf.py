@@ -1,7 +1,13 @@
 """gunicorn settings for the admission webhook (``python -m webhook serve`` uses this file).
 
-Sizing for 2 cores: 2 gthread workers x 4 threads. Policy evaluation is CPU-bound Python, so one
-process per core is what buys throughput; threads cover the short waits on TLS and sockets.
+Worker model: 2 processes (one per core; policy evaluation is CPU-bound Python, so processes are
+what buys throughput) of ``webhook.worker.EventLoopWorker``: one selector loop per process reads
+every connection with deadlines (TLS handshake 3 s, a request's headers and body 4 s from its first
+byte) and calls the app with a complete request, so slow clients cost a file descriptor, not a
+thread; at most ``worker_connections`` (512) open connections per worker. Measured against
+gunicorn's gthread worker (2 x 4 threads) in tests/benchmarks/bench_webhook_cpu.py and
+bench_webhook.py: see webhook/worker.py for why. ``MLGUARD_WEBHOOK_WORKER_CLASS=gthread`` brings the
+thread worker back (for comparison; it has no read deadlines).
 With several workers, prometheus_client runs in multiprocess mode: ``PROMETHEUS_MULTIPROC_DIR``
 is set here, before any worker imports prometheus_client, and cleaned at start.
 (``tests/benchmarks/bench_webhook.py --workers 1`` measures the one-worker alternative.)
@@ -18,8 +24,9 @@ from typing import Any
 
 bind = os.environ.get("MLGUARD_WEBHOOK_BIND", "0.0.0.0:8443")
 workers = int(os.environ.get("MLGUARD_WEBHOOK_WORKERS", "2"))
-worker_class = "gthread"
-threads = int(os.environ.get("MLGUARD_WEBHOOK_THREADS", "4"))
+worker_class = os.environ.get("MLGUARD_WEBHOOK_WORKER_CLASS", "webhook.worker.EventLoopWorker")
+threads = int(os.environ.get("MLGUARD_WEBHOOK_THREADS", "4"))  # gthread only
+worker_connections = int(os.environ.get("MLGUARD_WEBHOOK_MAX_CONNECTIONS", "512"))
 keepalive = 75
 timeout = 30               # a worker silent this long is replaced (validate's own budget is 4 s)
 graceful_timeout = 20      # in-flight reviews finish on SIGTERM (terminationGracePeriodSeconds is 30)
@@ -30,6 +37,8 @@ limit_request_line = 8190
 limit_request_fields = 100
 worker_tmp_dir = "/dev/shm" if os.access("/dev/shm", os.W_OK) else tempfile.gettempdir()
 accesslog = None           # one structured decision line per review is logged by the app
+# (the event-loop worker never builds access-log data; with gthread, logconfig_dict below makes
+# gunicorn build it per request even though the access logger is silenced)
 
 _created_metrics_dir = not os.environ.get("PROMETHEUS_MULTIPROC_DIR")
 if _created_metrics_dir:

@@ -8,6 +8,8 @@ import sys
 import time
 from typing import Any
 
+import orjson
+
 LOGGER_NAME = "mlguard.webhook"
 _RESERVED = set(logging.LogRecord("", 0, "", 0, "", None, None).__dict__) | {"message", "asctime"}
 
@@ -29,7 +31,10 @@ class JsonFormatter(logging.Formatter):
                 out[key] = value
         if record.exc_info:
             out["exception"] = self.formatException(record.exc_info)
-        return json.dumps(out, default=str, separators=(",", ":"))
+        try:
+            return orjson.dumps(out, default=str, option=orjson.OPT_NON_STR_KEYS).decode()
+        except (TypeError, ValueError):  # e.g. an int beyond 64 bits, nesting beyond orjson's limit
+            return json.dumps(out, default=str, separators=(",", ":"))
 
 
 def setup_logging(level: int = logging.INFO) -> logging.Logger:

@@ -10,6 +10,7 @@ Without the variable (tests with Flask's client, a single process) the default r
 from __future__ import annotations
 
 import os
+from typing import Any
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -63,6 +64,45 @@ BREAK_GLASS = Counter(
     "Denials turned into allows by the mlguard.io/break-glass annotation, by policy.",
     ["policy"],
 )
+
+# Connections (webhook/worker.py): the open count against the per-worker cap says how close the
+# webhook is to refusing the API server; slow or stalled clients show up as deadline closures.
+CONNECTIONS = Gauge(
+    "mlguard_webhook_connections",
+    "Open client connections (TLS handshake, idle keep-alive, reading, writing), summed over live workers.",
+    multiprocess_mode="livesum",
+)
+CONNECTION_LIMIT = Gauge(
+    "mlguard_webhook_connection_limit",
+    "The cap on open client connections (worker_connections per worker), summed over live workers.",
+    multiprocess_mode="livesum",
+)
+CONNECTIONS_SATURATED = Counter(
+    "mlguard_webhook_connections_saturated_total",
+    "Times a worker was at its connection cap with no idle connection to close and stopped accepting.",
+)
+CONNECTIONS_CLOSED = Counter(
+    "mlguard_webhook_connections_closed_total",
+    "Client connections the webhook closed itself, by reason (handshake_timeout, read_timeout, write_timeout, "
+    "evicted: idle at the cap, tls_error, client_closed: mid-request, shutdown).",
+    ["reason"],
+)
+
+_CHILDREN: dict[tuple[int, tuple[str, ...]], Any] = {}
+_CHILDREN_MAX = 4096
+
+
+def child(metric: Any, *labels: str) -> Any:
+    """``metric.labels(*labels)``, remembered: prometheus_client validates, locks and looks up on
+    every ``labels()`` call, a cost paid per review for each counter. Bounded: past the limit (a
+    client inventing kinds) the plain call is made."""
+    key = (id(metric), labels)
+    found = _CHILDREN.get(key)
+    if found is None:
+        found = metric.labels(*labels)
+        if len(_CHILDREN) < _CHILDREN_MAX:
+            _CHILDREN[key] = found
+    return found
 
 
 def render() -> tuple[bytes, str]:

@@ -8,15 +8,26 @@ from __future__ import annotations
 
 import base64
 import json
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from itertools import accumulate
 from typing import Any, Literal, NotRequired, TypedDict, cast
+
+import orjson
 
 API_VERSION = "admission.k8s.io/v1"
 KIND = "AdmissionReview"
 Operation = Literal["CREATE", "UPDATE", "DELETE", "CONNECT"]
 OPERATIONS: tuple[str, ...] = ("CREATE", "UPDATE", "DELETE", "CONNECT")
 WARNING_MAX_CHARS = 256
+# Deepest JSON nesting accepted in a review body. A Deployment review is ~13 levels deep, a workflow
+# CR with nested templates a few dozen; 128 keeps every recursive walk of the object (policies,
+# jsonpatch, logging) far from Python's recursion limit (1000), which at ~990 levels made a 500.
+MAX_NESTING = 128
+_JSON_STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"')
+_NOT_BRACKETS = bytes(b for b in range(256) if b not in b"{}[]")
+_DELTA = {ord("{"): 1, ord("["): 1, ord("}"): -1, ord("]"): -1}
 
 
 class GroupVersionKind(TypedDict):
@@ -108,11 +119,23 @@ def _check_object(value: Any, field_name: str, uid: str) -> None:
     _require(spec is None or isinstance(spec, dict), f"request.{field_name}.spec must be an object", uid)
 
 
+def nesting_depth(body: bytes) -> int:
+    """How deep the arrays and objects of a JSON text nest (brackets inside strings do not count).
+    Exact for valid JSON; C-speed work only (a regex, a translate and an accumulate)."""
+    if body.count(b"{") + body.count(b"[") <= MAX_NESTING:  # cannot be deeper than its bracket count
+        return 0
+    brackets = _JSON_STRING.sub(b"", body).translate(None, _NOT_BRACKETS)
+    return max(accumulate(map(_DELTA.__getitem__, brackets)), default=0)
+
+
 def parse_review(body: bytes) -> AdmissionRequest:
     """Parse and check an AdmissionReview body; raise `ReviewError` on anything malformed."""
+    depth = nesting_depth(body)
+    if depth > MAX_NESTING:
+        raise ReviewError(f"body nests arrays and objects {depth} levels deep; at most {MAX_NESTING} are accepted")
     try:
-        review = json.loads(body)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        review = orjson.loads(body)  # strict RFC 8259: no NaN, no lone surrogates; 2x faster than json
+    except orjson.JSONDecodeError as exc:
         raise ReviewError(f"body is not JSON: {exc}") from exc
     _require(isinstance(review, dict), "body must be a JSON object (an AdmissionReview)")
     _require(review.get("apiVersion") == API_VERSION,

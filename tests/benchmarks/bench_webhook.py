@@ -180,12 +180,17 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def serve(work: Path, cert: Path, key: Path, ca: Path, *, workers: int, threads: int) -> tuple[subprocess.Popen, int]:
+def serve(work: Path, cert: Path, key: Path, ca: Path, *, workers: int, threads: int,
+          worker_class: str | None = None) -> tuple[subprocess.Popen, int]:
+    """``workers`` x ``threads`` of gthread when ``worker_class`` is "gthread", else the configured
+    event-loop worker (``threads`` then unused)."""
     port = free_port()
     facts = work / "facts.yaml"
     facts.write_text(FACTS)
     metrics_dir = Path(tempfile.mkdtemp(prefix="bench-metrics-", dir=work))
     env = {**os.environ, "MLGUARD_WEBHOOK_FACTS_FILE": str(facts), "PROMETHEUS_MULTIPROC_DIR": str(metrics_dir)}
+    if worker_class:
+        env["MLGUARD_WEBHOOK_WORKER_CLASS"] = worker_class
     log = (work / f"webhook-{workers}x{threads}.log").open("w")
     proc = subprocess.Popen([sys.executable, "-m", "webhook", "serve", "--host", "127.0.0.1", "--port", str(port),
                              "--cert", str(cert), "--key", str(key), "--workers", str(workers),

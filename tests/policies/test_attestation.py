@@ -426,7 +426,10 @@ def _policyset(spec: dict[str, Any], *, source: str = "<memory>") -> Any:
     return parse_policyset(yaml.safe_dump(doc), source=source)
 
 
-def test_keyring_for_is_cached_by_digest_and_follows_a_rotated_secret_file(tmp_path: Path) -> None:
+def test_keyring_for_is_cached_by_digest_and_follows_a_rotated_secret_file(tmp_path: Path, monkeypatch) -> None:
+    import policies.attestation as attestation
+
+    monkeypatch.setattr(attestation, "KEY_FILES_RECHECK", 0.0)  # the files are stat'ed at most once a second
     a, b = Ed25519PrivateKey.generate(), Ed25519PrivateKey.generate()
     keyfile = tmp_path / "eval.pem"
     keyfile.write_bytes(public_key_pem(a.public_key()))

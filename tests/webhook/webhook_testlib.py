@@ -249,3 +249,119 @@ class WebhookServer:
 
 def metric(values: Mapping[tuple[str, tuple[tuple[str, str], ...]], float], name: str, **labels: str) -> float:
     return values.get((name, tuple(sorted(labels.items()))), 0.0)
+
+
+# ---- slow clients ----------------------------------------------------------------------------
+class SlowClients:
+    """Connections that hold a server's attention without finishing a request: plain TCP that never
+    starts TLS, TLS connections trickling request headers, and TLS connections trickling a body
+    (one byte per connection every ``interval`` seconds). A connection the server closes is opened
+    again, so the pressure stays at ``idle + headers + body`` connections for the whole run."""
+
+    def __init__(self, port: int, *, idle: int = 16, headers: int = 24, body: int = 24,
+                 interval: float = 0.25) -> None:
+        import ssl
+        import threading
+
+        self.port = port
+        self.kinds = ["idle"] * idle + ["headers"] * headers + ["body"] * body
+        self.interval = interval
+        self.ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        self.ctx.check_hostname = False
+        self.ctx.verify_mode = ssl.CERT_NONE
+        self.socks: list[Any] = [None] * len(self.kinds)
+        self.closed_by_server = 0
+        self.opened = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="slow-clients", daemon=True)
+
+    def _open(self, kind: str) -> Any:
+        raw = socket.create_connection(("127.0.0.1", self.port), timeout=5)
+        self.opened += 1
+        if kind == "idle":
+            return raw
+        tls = self.ctx.wrap_socket(raw, server_hostname="127.0.0.1")
+        if kind == "headers":
+            tls.sendall(b"POST /validate HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: ")
+        else:
+            tls.sendall(b"POST /validate HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+                        b"Content-Length: 1000000\r\n\r\n{")
+        return tls
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            for i, kind in enumerate(self.kinds):
+                if self._stop.is_set():
+                    break
+                sock = self.socks[i]
+                try:
+                    if sock is None:
+                        self.socks[i] = self._open(kind)
+                    elif kind != "idle":
+                        sock.sendall(b"a")
+                    else:  # an idle socket: has the server closed it?
+                        sock.setblocking(False)
+                        try:
+                            if sock.recv(1) == b"":
+                                raise ConnectionResetError
+                        except BlockingIOError:
+                            pass
+                        finally:
+                            if self.socks[i] is sock:
+                                sock.setblocking(True)
+                except OSError:
+                    if sock is not None:
+                        self.closed_by_server += 1
+                        sock.close()
+                    self.socks[i] = None
+            self._stop.wait(self.interval)
+
+    def __enter__(self) -> SlowClients:
+        self._thread.start()
+        end = time.monotonic() + 20
+        while any(s is None for s in self.socks) and time.monotonic() < end:
+            time.sleep(0.05)
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self._stop.set()
+        self._thread.join(timeout=10)
+        for sock in self.socks:
+            if sock is not None:
+                sock.close()
+
+
+def timed_reviews(server: WebhookServer, body: Mapping[str, Any], *, seconds: float,
+                  fresh_every: int = 10) -> tuple[list[float], list[str]]:
+    """A normal client: one review after another for ``seconds`` (keep-alive, a new connection
+    every ``fresh_every`` requests, as the API server's pool does now and then). Returns the
+    latencies and the failures (anything but a 200 AdmissionReview for this uid)."""
+    latencies: list[float] = []
+    failures: list[str] = []
+    session = requests.Session()
+    session.trust_env = False
+    session.verify = str(server.ca)
+    end = time.monotonic() + seconds
+    n = 0
+    try:
+        while time.monotonic() < end:
+            if n and n % fresh_every == 0:
+                session.close()
+            started = time.perf_counter()
+            try:
+                resp = session.post(server.url + "/validate", json=body, timeout=10)
+                ok = resp.status_code == 200 and resp.json()["response"]["uid"] == body["request"]["uid"]
+                if not ok:
+                    failures.append(f"{resp.status_code}: {resp.text[:200]}")
+            except requests.RequestException as exc:
+                failures.append(repr(exc))
+            latencies.append(time.perf_counter() - started)
+            n += 1
+    finally:
+        session.close()
+    return latencies, failures
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))] if ordered else float("nan")

@@ -5,7 +5,8 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from flask import Blueprint, Response, jsonify, request
+import orjson
+from flask import Blueprint, Response, request
 
 from webhook import metrics
 from webhook.admission import Outcome
@@ -19,14 +20,19 @@ log = get_logger("admission")
 
 def _error(exc: ReviewError, *, endpoint: str, request_fields: dict[str, Any] | None = None) -> tuple[Response, int]:
     fields = request_fields or {}
-    metrics.REQUESTS.labels(fields.get("operation", "unknown"), fields.get("kind", "unknown"), "error").inc()
+    metrics.child(metrics.REQUESTS, fields.get("operation", "unknown"), fields.get("kind", "unknown"), "error").inc()
     log.warning("bad admission review", extra={"fields": {
         "event": "bad_review", "endpoint": endpoint, "status": exc.status, "error": exc.message, "uid": exc.uid,
         **fields}})
     body: dict[str, Any] = {"error": exc.message, "status": exc.status}
     if exc.uid:
         body["uid"] = exc.uid
-    return jsonify(body), exc.status
+    return _json(body), exc.status
+
+
+def _json(body: dict[str, Any]) -> Response:
+    """orjson (C) instead of Flask's jsonify (the json module): the answer is the same JSON."""
+    return Response(orjson.dumps(body), mimetype="application/json")
 
 
 def _describe(req: AdmissionRequest) -> dict[str, Any]:
@@ -61,13 +67,13 @@ def _handle(endpoint: str) -> tuple[Response, int]:
     body = build_response(req["uid"], outcome.decision)
     duration = time.perf_counter() - started
     metrics.DURATION.observe(duration)
-    metrics.REQUESTS.labels(req["operation"], fields["kind"], outcome.label).inc()
+    metrics.child(metrics.REQUESTS, req["operation"], fields["kind"], outcome.label).inc()
     for v in outcome.violations:
-        metrics.VIOLATIONS.labels(v.policy, v.action).inc()
+        metrics.child(metrics.VIOLATIONS, v.policy, v.action).inc()
     for policy in outcome.errors:
-        metrics.POLICY_ERRORS.labels(policy).inc()
+        metrics.child(metrics.POLICY_ERRORS, policy).inc()
     for policy in outcome.break_glass:
-        metrics.BREAK_GLASS.labels(policy).inc()
+        metrics.child(metrics.BREAK_GLASS, policy).inc()
     if outcome.break_glass:
         log.warning("break-glass: denial lifted", extra={"fields": {
             "event": "break_glass", **fields, "policies": outcome.break_glass,
@@ -80,7 +86,7 @@ def _handle(endpoint: str) -> tuple[Response, int]:
         "policy_errors": outcome.errors, "break_glass": outcome.break_glass or None,
         "reason": outcome.reason or None, "patched": bool(outcome.decision.patch),
         "policyset": policyset.digest[:12], "duration_ms": round(duration * 1000, 3)}})
-    return jsonify(body), 200
+    return _json(body), 200
 
 
 @bp.post("/validate")
