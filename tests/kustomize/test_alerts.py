@@ -25,7 +25,8 @@ KNOWN_METRICS = {
     "mlguard_cache_synced", "mlguard_policy_errors_total", "mlguard_break_glass_total",
     "mlguard_analysis_requests_total", "mlguard_analysis_duration_seconds_bucket",
     "mlguard_analysis_duration_seconds_count", "mlguard_analysis_duration_seconds_sum",
-    "mlguard_analysis_source_errors_total",
+    "mlguard_analysis_source_errors_total", "mlguard_webhook_connections", "mlguard_webhook_connection_limit",
+    "mlguard_webhook_connections_saturated_total", "mlguard_webhook_connections_closed_total",
 }
 PROMTOOL_TIMEOUT_S = 60
 
@@ -88,8 +89,12 @@ def test_every_alert_links_an_existing_runbook(prod: list[Obj]) -> None:
     for alert in alerts(prod):
         url = alert["annotations"]["runbook_url"]
         assert url.startswith(RUNBOOK_PREFIX), (alert["alert"], url)
-        name = url.removeprefix(RUNBOOK_PREFIX)
+        name, _, section = url.removeprefix(RUNBOOK_PREFIX).partition("#")
         assert name in REQUIRED_RUNBOOKS, (alert["alert"], name)
+        if section:  # the anchor names a heading of that runbook
+            headings = [line.lstrip("#").strip() for line in (REPO / "runbooks" / name).read_text().splitlines()
+                        if line.startswith("#")]
+            assert section in [re.sub(r"[^a-z0-9 _-]", "", h.lower()).replace(" ", "-") for h in headings], url
         linked.add(name)
         assert (REPO / "runbooks" / name).is_file(), f"{alert['alert']}: runbooks/{name} does not exist"
     assert linked == REQUIRED_RUNBOOKS
@@ -201,6 +206,24 @@ UNIT_TESTS = {
             {"eval_time": "6m", "alertname": "MlguardWebhookDown",
              "exp_alerts": [{"exp_labels": {"severity": "critical"}}]},
             {"eval_time": "6m", "alertname": "MlguardAnalysisProviderDown", "exp_alerts": []},
+        ],
+    },
+    "connection saturation fires at 80% of the cap or when a worker stopped accepting": {
+        "interval": "1m",
+        "input_series": [
+            {"series": 'mlguard_webhook_connections{namespace="mlguard-system",pod="a"}', "values": "100x10 900x10"},
+            {"series": 'mlguard_webhook_connection_limit{namespace="mlguard-system",pod="a"}', "values": "1024x20"},
+            {"series": 'mlguard_webhook_connections{namespace="mlguard-system",pod="b"}', "values": "10x20"},
+            {"series": 'mlguard_webhook_connection_limit{namespace="mlguard-system",pod="b"}', "values": "1024x20"},
+            {"series": 'mlguard_webhook_connections_saturated_total{namespace="mlguard-system",pod="b"}',
+             "values": "0x12 1 2 3 4 5 6 7 8"},
+        ],
+        "alert_rule_test": [
+            {"eval_time": "8m", "alertname": "MlguardWebhookConnectionsSaturated", "exp_alerts": []},
+            {"eval_time": "16m", "alertname": "MlguardWebhookConnectionsSaturated", "exp_alerts": [
+                {"exp_labels": {"severity": "critical", "namespace": "mlguard-system", "pod": "a"}},
+                {"exp_labels": {"severity": "critical", "namespace": "mlguard-system", "pod": "b"}},
+            ]},
         ],
     },
     "slow admission fires the latency alert": {

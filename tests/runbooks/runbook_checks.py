@@ -29,6 +29,8 @@ MLGUARD_METRICS = frozenset({
     "mlguard_policyset_reloads_total", "mlguard_policyset_refused", "mlguard_cache_synced",
     "mlguard_policy_errors_total", "mlguard_break_glass_total",
     "mlguard_analysis_requests_total", "mlguard_analysis_source_errors_total", "mlguard_analysis_rejected_total",
+    "mlguard_webhook_connections", "mlguard_webhook_connection_limit",
+    "mlguard_webhook_connections_saturated_total", "mlguard_webhook_connections_closed_total",
 })
 MLGUARD_HISTOGRAMS = frozenset({"mlguard_admission_duration_seconds", "mlguard_analysis_duration_seconds"})
 METRIC_NAME = re.compile(r"\bmlguard_[a-z_]+\b")
