@@ -1,8 +1,16 @@
 """gunicorn settings for the analysis provider (``python -m rollouts serve`` uses this file).
 
-Plain HTTP on ``MLGUARD_ANALYSIS_BIND`` (default ``0.0.0.0:8080``). Works on a read-only root
-filesystem: the worker heartbeat files and the prometheus_client multiprocess directory live in
-``/dev/shm`` when it is writable, else in ``$TMPDIR``.
+Plain HTTP on ``MLGUARD_ANALYSIS_BIND`` (default ``0.0.0.0:8080``).
+
+Slow clients: ``rollouts.worker.DeadlineThreadWorker`` (gunicorn's gthread, stamping each request's
+arrival, with a deadline of ``MLGUARD_ANALYSIS_READ_TIMEOUT`` seconds, default 5, on reading a
+request's headers and body), 16 HTTP threads per worker (they mostly wait: for Prometheus, the
+sample stores or a slot of the analysis pool; a trickling client holds one for a few seconds at
+most), and at most 256 open connections per worker (``worker_connections``; idle ones wait on
+gunicorn's poller, not in a thread).
+
+Works on a read-only root filesystem: the worker heartbeat files and the prometheus_client
+multiprocess directory live in ``/dev/shm`` when it is writable, else in ``$TMPDIR``.
 """
 
 import os
@@ -22,9 +30,11 @@ def _writable_tmp() -> str:
 
 bind = os.environ.get("MLGUARD_ANALYSIS_BIND", "0.0.0.0:8080")
 workers = int(os.environ.get("MLGUARD_ANALYSIS_WORKERS", "2"))
-# gthread, stamping each request's arrival: the analysis budget counts from there (rollouts/worker.py).
-worker_class = "rollouts.worker.ArrivalStampingWorker"
-threads = int(os.environ.get("MLGUARD_ANALYSIS_THREADS", "4"))
+# gthread, stamping each request's arrival (the analysis budget counts from there) and ending a
+# request's reads at a deadline (slow clients): rollouts/worker.py.
+worker_class = "rollouts.worker.DeadlineThreadWorker"
+threads = int(os.environ.get("MLGUARD_ANALYSIS_THREADS", "16"))
+worker_connections = int(os.environ.get("MLGUARD_ANALYSIS_MAX_CONNECTIONS", "256"))
 # Each analysis has a 7 s budget from its arrival (Argo gives up at 10 s); a worker stuck beyond
 # this is replaced.
 timeout = 20
