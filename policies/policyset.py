@@ -199,6 +199,10 @@ def _validate(data: Any, source: str, root: yaml.Node | None) -> list[str]:
         from policies.attestation import keyring_from_spec
 
         errors.extend(keyring_from_spec({"keys": inline_keys}).problems)
+    declared = data["spec"].get("policyCount")
+    if declared is not None and declared != len(data["spec"].get("policies") or {}):
+        errors.append(f"{where(['spec', 'policyCount'])}: declares {declared} policies but spec.policies has "
+                      f"{len(data['spec'].get('policies') or {})} (a partly written or edited file?)")
     known = all_policies()
     for pid, config in (data["spec"].get("policies") or {}).items():
         base = ["spec", "policies", pid]

@@ -1,16 +1,28 @@
 """The PolicySet the webhook serves, hot-reloaded from its mounted file (a ConfigMap).
 
 A background thread re-reads the file every ``interval`` seconds (the kubelet swaps ConfigMap
-files through a symlink, so content — not mtime — decides). A valid new set replaces the old one;
-an invalid one is refused: the last good set keeps serving, and the refusal shows in
-``mlguard_policyset_refused``, ``mlguard_policyset_reloads_total{result="refused"}``, a log line and
-/readyz. An invalid set at start means no set at all: not ready.
+files through a symlink, so content — not mtime — decides). A file written in place (an operator's
+editor, a sidecar, ``kubectl cp``) may be read half-written, and a prefix of a PolicySet is often
+valid YAML with fewer policies: so a changed file is loaded only when
+
+1. its content is the same on two reads one interval apart (stable), and
+2. it parses as a whole PolicySet: valid, and its ``spec.policyCount`` (the catalogs write it as
+   the last line) matches ``spec.policies``; once a set that declares its count has been served, a
+   set that does not is refused; and
+3. it drops no policy of the serving set, unless it declares ``spec.policyCount`` (saying "these
+   are all of them").
+
+A valid new set replaces the old one; anything else is refused: the last good set keeps serving,
+and the refusal shows in ``mlguard_policyset_refused``, ``mlguard_policyset_reloads_total{result=
+"refused"}``, a log line and /readyz. Every load and refusal logs the policy count and digest. An
+invalid set at start means no set at all: not ready.
 """
 
 from __future__ import annotations
 
 import hashlib
 import threading
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -39,6 +51,7 @@ class PolicyStore:
         self._current: PolicySet | None = None
         self._refused: Refusal | None = None
         self._last_bytes_hash: str | None = None
+        self._candidate: str | None = None   # content seen once, waiting for a second identical read
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -65,6 +78,9 @@ class PolicyStore:
             digest = hashlib.sha256(data).hexdigest()
             if digest == self._last_bytes_hash:
                 return False
+            if digest != self._candidate:  # changed since the last read: maybe still being written
+                self._candidate = digest
+                return False
             self._last_bytes_hash = digest
             try:
                 policyset = parse_policyset(data.decode("utf-8", errors="replace"), source=str(self.path))
@@ -72,28 +88,59 @@ class PolicyStore:
                 self._refuse(Refusal(digest, exc.errors))
                 return False
             previous = self._current
+            problems = self._partial(policyset, previous)
+            if problems:
+                self._refuse(Refusal(digest, problems), candidate=policyset)
+                return False
             self._current = policyset
             self._refused = None
             metrics.RELOADS.labels("success").inc()
             metrics.REFUSED.set(0)
-            log.info("policyset loaded", extra={"event": "policyset_loaded", "policyset": policyset.name,
-                                                "digest": policyset.digest, "source": str(self.path),
-                                                "previous_digest": previous.digest if previous else None})
+            log.info("policyset loaded", extra={"fields": {
+                "event": "policyset_loaded", "policyset": policyset.name, "digest": policyset.digest,
+                "policies": len(_policies(policyset)), "source": str(self.path), "file_sha256": digest,
+                "previous_digest": previous.digest if previous else None,
+                "previous_policies": len(_policies(previous)) if previous else None}})
             return True
 
-    def _refuse(self, refusal: Refusal) -> None:
+    @staticmethod
+    def _partial(new: PolicySet, serving: PolicySet | None) -> list[str]:
+        """Why ``new`` may be a partly written file, judged against the set being served."""
+        if serving is None:
+            return []
+        declared = new.spec.get("policyCount")
+        if declared is None and serving.spec.get("policyCount") is not None:
+            return ["spec.policyCount is missing, but the serving set declares it: the file may be partly written "
+                    "(write spec.policyCount as the last line)"]
+        dropped = sorted(set(_policies(serving)) - set(_policies(new)))
+        if dropped and declared is None:
+            return [f"the new set drops {len(dropped)} of {len(_policies(serving))} policies ({', '.join(dropped)}) "
+                    "and does not declare spec.policyCount: refused as a possibly partial file; declare "
+                    f"spec.policyCount: {len(_policies(new))} to remove them on purpose"]
+        return []
+
+    def _refuse(self, refusal: Refusal, *, candidate: PolicySet | None = None) -> None:
         self._refused = refusal
         metrics.RELOADS.labels("refused").inc()
         metrics.REFUSED.set(1)
-        log.error("policyset refused: the last good set keeps serving" if self._current else
+        current = self._current
+        log.error("policyset refused: the last good set keeps serving" if current else
                   "policyset refused: no valid PolicySet loaded, not ready",
-                  extra={"event": "policyset_refused", "source": str(self.path), "file_sha256": refusal.file_sha256,
-                         "errors": refusal.errors,
-                         "serving_digest": self._current.digest if self._current else None})
+                  extra={"fields": {
+                      "event": "policyset_refused", "source": str(self.path), "file_sha256": refusal.file_sha256,
+                      "errors": refusal.errors,
+                      "refused_policies": len(_policies(candidate)) if candidate else None,
+                      "refused_digest": candidate.digest if candidate else None,
+                      "serving_digest": current.digest if current else None,
+                      "serving_policies": len(_policies(current)) if current else None}})
 
     def start(self) -> None:
-        """Load now, then watch the file in a daemon thread."""
-        self.check()
+        """Load now (two reads a moment apart: the stability rule), then watch the file in a daemon thread."""
+        for _ in range(20):
+            self.check()
+            if self._current is not None or self._refused is not None:  # decided: loaded or refused
+                break
+            time.sleep(0.05)
         if self._thread is None:
             self._thread = threading.Thread(target=self._run, name="policyset-reload", daemon=True)
             self._thread.start()
@@ -112,7 +159,14 @@ class PolicyStore:
         """The /readyz detail."""
         current = self._current
         out: dict[str, Any] = {"source": str(self.path),
-                               "policyset": {"name": current.name, "digest": current.digest} if current else None}
+                               "policyset": {"name": current.name, "digest": current.digest,
+                                             "policies": len(_policies(current))} if current else None}
         if self._refused:
             out["refused"] = {"file_sha256": self._refused.file_sha256, "errors": self._refused.errors}
         return out
+
+
+def _policies(policyset: PolicySet | None) -> dict[str, Any]:
+    policies = policyset.spec.get("policies") if policyset is not None else None
+    return policies if isinstance(policies, dict) else {}
+
