@@ -16,7 +16,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from webhook_testlib import REPO, WebhookServer, container, pod, pod_spec, review
+from webhook_testlib import REPO, WebhookServer, pod, pod_spec, review
 
 from policies.policyset import parse_policyset
 from webhook.policystore import PolicyStore
