@@ -93,9 +93,15 @@ def b64url_encode(data: bytes) -> str:
 
 
 def b64url_decode(text: str) -> bytes:
-    if not _B64URL.match(text):
+    """Canonical base64url only (RFC 4648 section 5, unpadded, zero trailing bits): the one
+    spelling `b64url_encode` makes. Any other spelling of the same bytes is refused, so an
+    attestation has exactly one text (64 spellings of one signature verified before)."""
+    if not _B64URL.match(text) or len(text) % 4 == 1:
         raise ValueError("not base64url")
-    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+    data = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+    if b64url_encode(data) != text:
+        raise ValueError("not canonical base64url (the unused low bits of the last character must be zero)")
+    return data
 
 
 def key_id(public_key: Ed25519PublicKey) -> str:
@@ -305,8 +311,15 @@ def parse_attestation(text: str) -> Parsed:
         raise ParseError(f"an Ed25519 signature has 64 bytes, this one {len(signature)}")
     try:
         payload = json.loads(payload_bytes.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
         raise ParseError(f"the payload is not JSON: {exc}") from exc
+    try:
+        canonical = canonical_json(payload)
+    except ValueError:  # NaN or an infinity
+        canonical = b""
+    if canonical != payload_bytes:  # duplicate keys, whitespace, key order, other number spellings
+        raise ParseError("the payload is not canonical JSON (sorted keys, no whitespace, no duplicate keys, "
+                         "as `mlguard eval sign` writes it): use the attestation unchanged")
     errors = schema_errors(payload, payload_schema())
     if errors:
         raise ParseError("the payload does not match the attestation schema: " + "; ".join(errors[:5]))

@@ -23,7 +23,11 @@ _SUFFIXES: dict[str, Decimal] = {
     "Pi": Decimal(2**50),
     "Ei": Decimal(2**60),
 }
-_QUANTITY = re.compile(r"^([+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?)(Ki|Mi|Gi|Ti|Pi|Ei|n|u|m|k|M|G|T|P|E)?$")
+# ASCII digits only (re's \d would take any Unicode digit, "١٢" included) and no surrounding
+# whitespace: what the API server's resource.ParseQuantity accepts (k8s.io/apimachinery
+# pkg/api/resource/quantity.go), so mlguard never reads a value the cluster would read otherwise.
+_QUANTITY = re.compile(r"([+-]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)?)(Ki|Mi|Gi|Ti|Pi|Ei|n|u|m|k|M|G|T|P|E)?",
+                       re.ASCII)
 
 
 class QuantityError(ValueError):
@@ -40,7 +44,7 @@ def parse_quantity(value: object) -> Decimal:
         return Decimal(repr(value))
     if not isinstance(value, str):
         raise QuantityError(f"{value!r} is not a quantity")
-    match = _QUANTITY.match(value.strip())
+    match = _QUANTITY.fullmatch(value)
     if not match:
         raise QuantityError(f"{value!r} is not a quantity (expected a number with an optional suffix "
                             "such as m, Ki, Mi, Gi, k, M, G)")

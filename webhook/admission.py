@@ -25,7 +25,11 @@ from webhook.review import AdmissionRequest, Decision, clip_warning
 BREAK_GLASS_ANNOTATION = "mlguard.io/break-glass"
 QUOTA_POLICY = "gpu-quota"
 SCALABLE_KINDS = {"deployments": ("apps/v1", "Deployment"), "replicasets": ("apps/v1", "ReplicaSet"),
-                  "statefulsets": ("apps/v1", "StatefulSet"), "rollouts": ("argoproj.io/v1alpha1", "Rollout")}
+                  "statefulsets": ("apps/v1", "StatefulSet"), "rollouts": ("argoproj.io/v1alpha1", "Rollout"),
+                  "leaderworkersets": ("leaderworkerset.x-k8s.io/v1", "LeaderWorkerSet")}
+# LeaderWorkerSet writes its group size on every pod it creates (sigs.k8s.io/lws, api/leaderworkerset/v1:
+# SizeAnnotationKey); the Scale of a LeaderWorkerSet counts groups, each of that many pods.
+LWS_SIZE_ANNOTATION = "leaderworkerset.sigs.k8s.io/size"
 
 
 @dataclass
@@ -125,14 +129,27 @@ class Admission:
                                "the scale by; the GPU quota look-ahead did not run")
             return Outcome(Decision(allowed=True, warnings=(msg,)), "warned", reason="scale without pods")
         template = pods[0]
+        group_size = 1
+        if resource == "leaderworkersets":
+            size = str((_meta(template).get("annotations") or {}).get(LWS_SIZE_ANNOTATION, ""))
+            if not size.isascii() or not size.isdigit() or int(size) < 1:
+                msg = clip_warning(f"{QUOTA_POLICY}: the pods of {resource}/{name} in {namespace} do not say their "
+                                   f"group size ({LWS_SIZE_ANNOTATION}); the GPU quota look-ahead did not run")
+                return Outcome(Decision(allowed=True, warnings=(msg,)), "warned", reason="scale without group size")
+            group_size = int(size)
 
         def as_workload(scale: Any) -> dict[str, Any]:
             replicas = ((scale or {}).get("spec") or {}).get("replicas", 0) if isinstance(scale, Mapping) else 0
+            replicas = replicas if isinstance(replicas, int) else 0
             api_version, kind = SCALABLE_KINDS[resource]
+            pod_template = {"metadata": copy.deepcopy(template.get("metadata") or {}),
+                            "spec": copy.deepcopy(template.get("spec") or {})}
+            spec: dict[str, Any] = {"replicas": replicas, "template": pod_template}
+            if kind == "LeaderWorkerSet":
+                spec = {"replicas": replicas,
+                        "leaderWorkerTemplate": {"size": group_size, "workerTemplate": pod_template}}
             return {"apiVersion": api_version, "kind": kind, "metadata": {"name": name, "namespace": namespace},
-                    "spec": {"replicas": replicas if isinstance(replicas, int) else 0,
-                             "template": {"metadata": copy.deepcopy(template.get("metadata") or {}),
-                                          "spec": copy.deepcopy(template.get("spec") or {})}}}
+                    "spec": spec}
 
         info = request_info(request)
         current = self._evaluate(as_workload(request.get("object")), policyset, info, namespace)

@@ -21,6 +21,9 @@ KIND = "AdmissionReview"
 Operation = Literal["CREATE", "UPDATE", "DELETE", "CONNECT"]
 OPERATIONS: tuple[str, ...] = ("CREATE", "UPDATE", "DELETE", "CONNECT")
 WARNING_MAX_CHARS = 256
+MAX_DENIAL_LINES = 20          # findings named in a denial; the rest are counted
+MAX_DENIAL_LINE_CHARS = 1024
+MAX_AUDIT_CHARS = 4096         # per audit annotation value (the API server's audit log keeps them)
 # Deepest JSON nesting accepted in a review body. A Deployment review is ~13 levels deep, a workflow
 # CR with nested templates a few dozen; 128 keeps every recursive walk of the object (policies,
 # jsonpatch, logging) far from Python's recursion limit (1000), which at ~990 levels made a 500.
@@ -128,6 +131,31 @@ def nesting_depth(body: bytes) -> int:
     return max(accumulate(map(_DELTA.__getitem__, brackets)), default=0)
 
 
+def _check_identity(request: Mapping[str, Any], uid: str) -> None:
+    """The request's namespace and kind are what the API server authorised and routed; the object's
+    own ``metadata.namespace`` and ``kind``/``apiVersion`` are the client's words. They must agree:
+    exemptions and dispatch read the object, so a mismatch could steer them (a 400, not a verdict)."""
+    namespace = request.get("namespace") or ""
+    gvk = request["kind"]
+    api_version = f"{gvk['group']}/{gvk['version']}" if gvk["group"] else gvk["version"]
+    for field_name in ("object", "oldObject"):
+        obj = request.get(field_name)
+        if not isinstance(obj, dict):
+            continue
+        meta = obj.get("metadata")
+        claimed = (meta.get("namespace") if isinstance(meta, dict) else None) or ""
+        _require(not claimed or claimed == namespace,
+                 f"request.{field_name}.metadata.namespace {claimed!r} differs from request.namespace {namespace!r}",
+                 uid)
+        if "kind" in obj:
+            _require(obj["kind"] == gvk["kind"],
+                     f"request.{field_name}.kind {obj['kind']!r} differs from request.kind.kind {gvk['kind']!r}", uid)
+        if "apiVersion" in obj:
+            _require(obj["apiVersion"] == api_version,
+                     f"request.{field_name}.apiVersion {obj['apiVersion']!r} differs from request.kind "
+                     f"({api_version!r})", uid)
+
+
 def parse_review(body: bytes) -> AdmissionRequest:
     """Parse and check an AdmissionReview body; raise `ReviewError` on anything malformed."""
     depth = nesting_depth(body)
@@ -167,6 +195,7 @@ def parse_review(body: bytes) -> AdmissionRequest:
              "request.dryRun must be a boolean", uid)
     _check_object(request.get("object"), "object", uid)
     _check_object(request.get("oldObject"), "oldObject", uid)
+    _check_identity(request, uid)
     if request["operation"] in ("CREATE", "UPDATE"):
         _require(isinstance(request.get("object"), dict), f"request.object is required for {request['operation']}",
                  uid)
@@ -192,19 +221,34 @@ def clip_warning(text: str) -> str:
     return text if len(text) <= WARNING_MAX_CHARS else text[: WARNING_MAX_CHARS - 1] + "…"
 
 
+def bounded_message(message: str, *, max_lines: int = MAX_DENIAL_LINES,
+                    max_line_chars: int = MAX_DENIAL_LINE_CHARS) -> str:
+    """A denial message the user can read and the API server can carry: the first ``max_lines``
+    findings (each clipped), then how many more there are. (A Deployment with 10,000 containers
+    made a 2.1 MB answer.) ``mlguard check`` on the manifest lists them all."""
+    lines = message.split("\n")
+    shown = [line if len(line) <= max_line_chars else line[: max_line_chars - 1] + "…" for line in lines[:max_lines]]
+    if len(lines) > max_lines:
+        shown.append(f"... and {len(lines) - max_lines} more findings (run `mlguard check` on the manifest to "
+                     "see them all)")
+    return "\n".join(shown)
+
+
 def build_response(uid: str, decision: Decision) -> dict[str, Any]:
     """The AdmissionReview answer: echo ``uid``, set ``allowed``, status, warnings, audit
-    annotations and the base64 JSONPatch (only when non-empty)."""
+    annotations and the base64 JSONPatch (only when non-empty). Text is bounded."""
     response: AdmissionResponse = {"uid": uid, "allowed": decision.allowed}
     if not decision.allowed or decision.code is not None:
         status: Status = {"code": decision.code or 403}
         if decision.message:
-            status["message"] = decision.message
+            status["message"] = bounded_message(decision.message)
         response["status"] = status
     if decision.warnings:
         response["warnings"] = list(decision.warnings)
     if decision.audit_annotations:
-        response["auditAnnotations"] = dict(decision.audit_annotations)
+        response["auditAnnotations"] = {k: bounded_message(v.replace("; ", "\n"), max_lines=MAX_DENIAL_LINES)
+                                        .replace("\n", "; ")[:MAX_AUDIT_CHARS]
+                                        for k, v in decision.audit_annotations.items()}
     if decision.patch:
         response["patchType"] = "JSONPatch"
         response["patch"] = base64.b64encode(json.dumps(decision.patch, separators=(",", ":")).encode()).decode()

@@ -4,7 +4,8 @@ gunicorn's gthread worker asks the ``ssl_context`` hook for a context on every n
 `rotating_ssl_context` keeps one context per worker and rebuilds it only when the certificate or
 key file changed (inode, size, mtime — cert-manager and the kubelet swap Secret files atomically
 through a symlink). A half-written rotation (a cert that does not match its key yet) keeps the last
-good context until the pair is consistent again. Connections already open keep their session;
+good context until the pair is consistent again; a failed rebuild is logged (and tried) once per
+change of the files, not on every handshake. Connections already open keep their session;
 new handshakes get the new certificate.
 """
 
@@ -21,6 +22,7 @@ from typing import Any
 
 _lock = threading.Lock()
 _cached: dict[str, tuple[Any, ssl.SSLContext]] = {}
+_failed: dict[str, Any] = {}  # the file fingerprints of the last failed rebuild: logged once per change
 
 
 def _fingerprint(path: str | None) -> tuple[int, int, int] | None:
@@ -52,13 +54,19 @@ def rotating_ssl_context(conf: Any, default_ssl_context_factory: Callable[[], ss
         if cached is None:  # nothing to fall back to (gunicorn.conf.py builds one at worker start)
             context = _first_context(default_ssl_context_factory)
         else:
+            if _failed.get("key") == key:  # this very pair of files failed already: no retry, no new log line
+                return cached[1]
             try:
                 context = _build(default_ssl_context_factory)
             except (OSError, ssl.SSLError) as exc:
+                _failed["key"] = key
                 print(json.dumps({"level": "error", "logger": "mlguard.webhook.tls", "event": "tls_reload_failed",
-                                  "msg": "certificate reload failed; keeping the previous certificate",
-                                  "error": str(exc)}), file=sys.stderr, flush=True)
+                                  "msg": "certificate reload failed; keeping the previous certificate until the "
+                                         "files change again", "error": str(exc),
+                                  "certfile": conf.certfile, "keyfile": conf.keyfile}),
+                      file=sys.stderr, flush=True)
                 return cached[1]
+            _failed.pop("key", None)
         _cached["entry"] = (key, context)
         return context
 

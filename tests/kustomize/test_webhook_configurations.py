@@ -20,7 +20,7 @@ EXPECTED_VALIDATING_RESOURCES = {
     ("batch", "jobs"), ("batch", "cronjobs"),
     ("argoproj.io", "rollouts"), ("argoproj.io", "rollouts/scale"),
     ("serving.kserve.io", "inferenceservices"),
-    ("leaderworkerset.x-k8s.io", "leaderworkersets"),
+    ("leaderworkerset.x-k8s.io", "leaderworkersets"), ("leaderworkerset.x-k8s.io", "leaderworkersets/scale"),
 }
 
 

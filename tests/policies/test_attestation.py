@@ -222,6 +222,50 @@ def test_step1_a_signed_payload_that_is_not_an_attestation(key: Ed25519PrivateKe
     assert result.step == 1 and "does not match the attestation schema" in result.problems[0].message
 
 
+_B64 = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
+
+
+def _respellings(part: str) -> list[str]:
+    """Other base64url spellings of the same bytes: the unused low bits of the last character set,
+    and padding added."""
+    unused = {2: 4, 3: 2}.get(len(part) % 4, 0)  # 1 leftover byte: 4 spare bits; 2 bytes: 2 spare bits
+    last = _B64.index(part[-1])
+    out = [part[:-1] + _B64[last | extra] for extra in range(1, 1 << unused)]
+    if len(part) % 4:
+        out.append(part + "=" * (-len(part) % 4))
+    return out
+
+
+def test_step1_only_the_canonical_base64url_spelling_verifies(key: Ed25519PrivateKey, keyring: Keyring) -> None:
+    """64 spellings of one attestation used to verify (issue 14); now only the signer's."""
+    text = sign_report(make_report(), key, now=NOW)
+    assert check(text, keyring, now=NOW + timedelta(days=1)).ok
+    payload, sig, kid = text.split(".")
+    respelled = [f"{p}.{sig}.{kid}" for p in _respellings(payload)]
+    respelled += [f"{payload}.{s}.{kid}" for s in _respellings(sig)]
+    assert len(respelled) >= 4
+    for variant in respelled:
+        result = check(variant, keyring, now=NOW + timedelta(days=1))
+        assert (result.ok, result.step) == (False, 1), variant
+        assert "not base64url" in result.problems[0].message or "canonical" in result.problems[0].message
+
+
+@pytest.mark.parametrize("respell", [lambda t: t.replace('"regressions":0', '"regressions":0e0'),
+                                     lambda t: t.replace('"regressions":0', '"regressions":-0'),
+                                     lambda t: t.replace(":", ": ", 1),
+                                     lambda t: t[:-1] + ',"type":"' + PAYLOAD_TYPE + '"}'])
+def test_step1_only_canonical_json_verifies(respell: Any, key: Ed25519PrivateKey) -> None:
+    """The same JSON value spelled otherwise, signed: refused at step 1 (one payload, one text)."""
+    good = canonical_json(json.loads(b64url_decode(sign_report(make_report(), key, now=NOW).split(".")[0])))
+    payload = respell(good.decode()).encode()
+    assert payload != good
+    kid = key_id(key.public_key())
+    text = f"{b64url_encode(payload)}.{b64url_encode(key.sign(SIGNING_CONTEXT + payload))}.{kid}"
+    result = check(text, Keyring({kid: key.public_key()}), now=NOW + timedelta(days=1))
+    assert (result.ok, result.step) == (False, 1)
+    assert "not canonical JSON" in result.problems[0].message
+
+
 def _tamper(text: str, old: str, new: str) -> str:
     payload, sig, kid = text.split(".")
     changed = b64url_decode(payload).decode().replace(old, new)

@@ -193,11 +193,25 @@ def test_verify_valid_exits_0_and_says_why(attestation: Path, keys: tuple[Path, 
 def test_verify_tampered_exits_1_at_step_2(tmp_path: Path, attestation: Path, keys: tuple[Path, Path],
                                            capsys: pytest.CaptureFixture[str]) -> None:
     payload, sig, kid = attestation.read_text().strip().split(".")
-    text = b64url_decode(payload).decode().replace('"regressions":0', '"regressions":-0')
+    text = b64url_decode(payload).decode().replace('"regressions":0', '"regressions":1')
     forged = tmp_path / "forged.txt"
     forged.write_text(f"{b64url_encode(text.encode())}.{sig}.{kid}")
     code, out, _ = run(capsys, "verify", "--attestation", str(forged), "--public-key", str(keys[1]))
     assert code == 1 and "invalid at step 2 (signature)" in out and "altered after signing" in out
+
+
+def test_verify_refuses_another_spelling_of_the_same_payload_at_step_1(
+        tmp_path: Path, attestation: Path, keys: tuple[Path, Path], capsys: pytest.CaptureFixture[str]) -> None:
+    """-0 for 0, a space, a repeated key: the same JSON value, another text; only the signer's spelling is taken."""
+    payload, sig, kid = attestation.read_text().strip().split(".")
+    text = b64url_decode(payload).decode()
+    for spelling in (text.replace('"regressions":0', '"regressions":-0'), text.replace(",", ", ", 1),
+                     text[:-1] + ',"type":' + text.split('"type":', 1)[1].split(",", 1)[0].rstrip("}") + "}"):
+        assert spelling != text
+        forged = tmp_path / "respelled.txt"
+        forged.write_text(f"{b64url_encode(spelling.encode())}.{sig}.{kid}")
+        code, out, _ = run(capsys, "verify", "--attestation", str(forged), "--public-key", str(keys[1]))
+        assert code == 1 and "invalid at step 1" in out and "not canonical JSON" in out, out
 
 
 def test_verify_unknown_and_revoked_keys_exit_1(tmp_path: Path, attestation: Path, keys: tuple[Path, Path],

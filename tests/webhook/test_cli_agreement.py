@@ -38,6 +38,7 @@ def agreement_policyset(path: Path) -> None:
     spec["environments"]["namespaces"] = {"dev": ["*-dev"], "staging": ["*-staging"], "prod": ["*-prod"]}
     spec["mutations"] = {"tolerations": False}  # the webhook validates what it is sent; no mutation first
     spec["policies"] = {k: v for k, v in spec["policies"].items() if k in OBJECT_ONLY}
+    spec["policyCount"] = len(spec["policies"])
     for config in spec["policies"].values():
         config.pop("onlyNewViolations", None)
     path.write_text(yaml.safe_dump(strict))

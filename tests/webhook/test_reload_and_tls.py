@@ -146,3 +146,44 @@ def test_tls_below_1_2_is_refused(own) -> None:
     with socket.create_connection(("127.0.0.1", srv.port), timeout=5) as raw, \
             ok.wrap_socket(raw, server_hostname="127.0.0.1") as conn:
         assert conn.version() == "TLSv1.2"
+
+
+def _handshake(srv: WebhookServer) -> int:
+    """A new TLS connection (certificate not verified): the served certificate's serial."""
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    with socket.create_connection(("127.0.0.1", srv.port), timeout=5) as raw, \
+            ctx.wrap_socket(raw, server_hostname="127.0.0.1") as conn:
+        der = conn.getpeercert(binary_form=True)
+    from cryptography import x509
+
+    return x509.load_der_x509_certificate(der).serial_number
+
+
+def test_a_half_rotated_pair_is_logged_once_per_change_not_per_handshake(own, tmp_path: Path) -> None:
+    srv, _, cert, key = own
+    good_cert, good_key = cert.read_bytes(), key.read_bytes()
+    serving = _handshake(srv)
+
+    def failures() -> int:
+        return sum(1 for line in srv.log_lines() if line.get("event") == "tls_reload_failed")
+
+    before = failures()
+    try:
+        other = trustme.CA().issue_cert("127.0.0.1")
+        other.cert_chain_pems[0].write_to_path(str(cert))  # a certificate that does not match the key
+        for _ in range(20):
+            assert _handshake(srv) == serving  # the last good certificate keeps serving
+        time.sleep(0.3)
+        first = failures() - before
+        assert 1 <= first <= 2, first  # once per worker that handshook, not once per handshake (20)
+        trustme.CA().issue_cert("127.0.0.1").cert_chain_pems[0].write_to_path(str(cert))  # changed again
+        for _ in range(20):
+            assert _handshake(srv) == serving
+        time.sleep(0.3)
+        assert 2 <= failures() - before <= 4
+    finally:
+        cert.write_bytes(good_cert)
+        key.write_bytes(good_key)
+    assert steadily(lambda: _handshake(srv) == serving)

@@ -15,6 +15,7 @@ from webhook.review import AdmissionRequest, ReviewError, build_response, parse_
 from webhook.state import state
 
 bp = Blueprint("admission", __name__)
+MAX_LOGGED_VIOLATIONS = 50  # per decision line; the count says how many there were
 log = get_logger("admission")
 
 
@@ -82,7 +83,9 @@ def _handle(endpoint: str) -> tuple[Response, int]:
         "event": "decision", "endpoint": endpoint, **fields, "decision": outcome.label,
         "allowed": outcome.decision.allowed,
         "policies": sorted({v.policy for v in outcome.violations}),
-        "violations": [{"policy": v.policy, "action": v.action, "path": v.path} for v in outcome.violations],
+        "violations": [{"policy": v.policy, "action": v.action, "path": v.path}
+                       for v in outcome.violations[:MAX_LOGGED_VIOLATIONS]],
+        "violation_count": len(outcome.violations),
         "policy_errors": outcome.errors, "break_glass": outcome.break_glass or None,
         "reason": outcome.reason or None, "patched": bool(outcome.decision.patch),
         "policyset": policyset.digest[:12], "duration_ms": round(duration * 1000, 3)}})
