@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import functools
 import io
 import json
 import os
@@ -416,7 +417,7 @@ class EventLoopWorker(base.Worker):  # type: ignore[misc]  # gunicorn is untyped
         conn.close_after = not keep
         self._flush(conn)
 
-    @property
+    @functools.cached_property
     def listener_name(self) -> Any:
         return self.sockets[0].getsockname() if self.sockets else ("", 0)
 
