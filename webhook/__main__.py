@@ -26,7 +26,7 @@ def main(argv: list[str] | None = None) -> int:
     serve.add_argument("--policyset", help="PolicySet file (default: the baseline catalog set)")
     serve.add_argument("--workers", type=int, default=0, help="gunicorn workers (default 2)")
     serve.add_argument("--threads", type=int, default=0,
-                       help="threads per worker, with MLGUARD_WEBHOOK_WORKER_CLASS=gthread only (default 4)")
+                       help="app threads per worker (default 4; 1 runs the app in the event loop)")
     args = parser.parse_args(argv)
     for flag, path in (("--cert", args.cert), ("--key", args.key)):
         if not Path(path).is_file():

@@ -3,11 +3,12 @@
 Worker model: 2 processes (one per core; policy evaluation is CPU-bound Python, so processes are
 what buys throughput) of ``webhook.worker.EventLoopWorker``: one selector loop per process reads
 every connection with deadlines (TLS handshake 3 s, a request's headers and body 4 s from its first
-byte) and calls the app with a complete request, so slow clients cost a file descriptor, not a
-thread; at most ``worker_connections`` (512) open connections per worker. Measured against
-gunicorn's gthread worker (2 x 4 threads) in tests/benchmarks/bench_webhook_cpu.py and
-bench_webhook.py: see webhook/worker.py for why. ``MLGUARD_WEBHOOK_WORKER_CLASS=gthread`` brings the
-thread worker back (for comparison; it has no read deadlines).
+byte) and hands complete requests to 4 app threads, so slow clients cost a file descriptor, not a
+thread; at most ``worker_connections`` (512) open connections per worker. Chosen by measuring
+against gunicorn's gthread worker and an app-in-the-loop variant (tests/benchmarks/bench_webhook.py,
+bench_webhook_cpu.py, bench_slow_clients.py; see webhook/worker.py).
+``MLGUARD_WEBHOOK_WORKER_CLASS=gthread`` brings the thread worker back for comparison (it has no
+read deadlines); ``MLGUARD_WEBHOOK_THREADS=1`` runs the app in the loop thread.
 With several workers, prometheus_client runs in multiprocess mode: ``PROMETHEUS_MULTIPROC_DIR``
 is set here, before any worker imports prometheus_client, and cleaned at start.
 (``tests/benchmarks/bench_webhook.py --workers 1`` measures the one-worker alternative.)
@@ -25,7 +26,7 @@ from typing import Any
 bind = os.environ.get("MLGUARD_WEBHOOK_BIND", "0.0.0.0:8443")
 workers = int(os.environ.get("MLGUARD_WEBHOOK_WORKERS", "2"))
 worker_class = os.environ.get("MLGUARD_WEBHOOK_WORKER_CLASS", "webhook.worker.EventLoopWorker")
-threads = int(os.environ.get("MLGUARD_WEBHOOK_THREADS", "4"))  # gthread only
+threads = int(os.environ.get("MLGUARD_WEBHOOK_THREADS", "4"))  # app threads per worker
 worker_connections = int(os.environ.get("MLGUARD_WEBHOOK_MAX_CONNECTIONS", "512"))
 keepalive = 75
 timeout = 30               # a worker silent this long is replaced (validate's own budget is 4 s)

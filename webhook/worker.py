@@ -3,36 +3,42 @@ deadline, and the WSGI app (Flask) is called only with a complete request in mem
 
 Why (issue 14): the gthread worker hands each connection to a thread that reads it blocking and
 without a deadline, so 16 clients trickling headers or a body took all 2 x 4 threads, and with
-``failurePolicy: Fail`` every covered create and update in the cluster failed. Adding threads does
-not help a CPU-bound app under the GIL and costs CPU per request (the thread pool, a wake-up pipe
-and selector re-registration per request were 41% of the server CPU of a review).
+``failurePolicy: Fail`` every covered create and update in the cluster failed.
 
-Here one thread per worker process does all I/O, non-blocking:
+Here one loop thread per worker process does all reading, non-blocking:
 
 - TLS handshake within ``handshake_timeout`` of the accept;
 - a request's headers and body, from its first byte, within ``read_timeout`` (both a few seconds:
   the API server gives up on the webhook after its ``timeoutSeconds``, 4 s for /validate);
-- the answer written within ``read_timeout``; an idle kept-alive connection lives ``keepalive``
-  seconds;
+- an idle kept-alive connection lives ``keepalive`` seconds;
 - at most ``worker_connections`` open connections per worker: at the cap the oldest idle one is
   closed, and when none is idle the worker stops accepting (the kernel backlog holds new
   connections for the other worker) until a connection ends — each is bounded by the deadlines.
 
-The request is then parsed by gunicorn's own HTTP/1.1 parser and the app runs in the loop thread:
-policy evaluation is CPU-bound Python, so the gunicorn worker processes are the one pool it runs in
-(threads would only queue on the GIL). A slow client costs a file descriptor and a buffer, never a
-thread. Connection counts, refusals and deadline closures are metrics (webhook/metrics.py) with an
-alert on saturation (kustomize/components/prometheus/prometheusrule.yaml).
+A complete request is parsed by gunicorn's own HTTP/1.1 parser and handed to one of ``threads``
+app threads (4), which runs Flask and writes the answer (blocking, within ``read_timeout``) while
+the loop keeps reading other connections; the connection then comes back to the loop. Policy
+evaluation runs in these threads of the gunicorn worker processes: one process pool. A slow
+client costs a file descriptor and a buffer, never a thread.
+
+Measured (tests/benchmarks/bench_webhook.py, this shared 2-core machine): running the app in the
+loop thread itself (``threads = 1``) cost the least CPU per request but lost to gthread on latency
+whenever the cores were contended — a process stalled in a TLS write stalls all its connections —
+while the app threads match gthread's latency and keep the slow-client protection. Connection
+counts, refusals and deadline closures are metrics (webhook/metrics.py) with an alert on
+saturation (kustomize/components/prometheus/prometheusrule.yaml).
 """
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import errno
 import functools
 import io
 import json
 import os
+import queue
 import re
 import selectors
 import socket
@@ -59,6 +65,7 @@ EVICT_AFTER = 1.0                # an idle connection may be closed at the cap o
 
 # connection phases
 HANDSHAKE, IDLE, READING, WRITING, DRAINING = "handshake", "idle", "reading", "writing", "draining"
+SERVING = "serving"              # a complete request is with a pool thread: the loop leaves the socket alone
 
 
 def _env_float(name: str, default: float) -> float:
@@ -130,6 +137,10 @@ class EventLoopWorker(base.Worker):  # type: ignore[misc]  # gunicorn is untyped
         self.ssl_ctx: ssl.SSLContext | None = None
         self.metrics: Any = None
         self.recv_view = memoryview(bytearray(RECV_SIZE))
+        self.app_threads = max(0, int(self.cfg.threads)) if self.cfg.threads > 1 else 0
+        self.pool: concurrent.futures.ThreadPoolExecutor | None = None
+        self.done: queue.SimpleQueue[tuple[Conn, bytes, bool]] = queue.SimpleQueue()
+        self.wake: tuple[int, int] | None = None
 
     # ---- lifecycle ----------------------------------------------------------------------------
     def init_process(self) -> None:
@@ -146,6 +157,12 @@ class EventLoopWorker(base.Worker):  # type: ignore[misc]  # gunicorn is untyped
         for listener in self.sockets:
             listener.setblocking(False)
         self.sel.register(self.PIPE[0], selectors.EVENT_READ, self._wakeup)
+        if self.app_threads:
+            self.pool = concurrent.futures.ThreadPoolExecutor(self.app_threads, thread_name_prefix="app")
+            self.wake = os.pipe()
+            os.set_blocking(self.wake[0], False)
+            os.set_blocking(self.wake[1], False)
+            self.sel.register(self.wake[0], selectors.EVENT_READ, self._served)
         self._accept_enabled(True)
         last_notify = last_scan = 0.0
         while self.alive:
@@ -177,7 +194,10 @@ class EventLoopWorker(base.Worker):  # type: ignore[misc]  # gunicorn is untyped
             self._poll(0.1)
             self._expire(time.monotonic())
         for conn in list(self.conns.values()):
-            self._close(conn, "shutdown")
+            if conn.phase != SERVING:
+                self._close(conn, "shutdown")
+        if self.pool is not None:
+            self.pool.shutdown(wait=False)
         for listener in self.sockets:
             listener.close()
 
@@ -212,7 +232,11 @@ class EventLoopWorker(base.Worker):  # type: ignore[misc]  # gunicorn is untyped
         self.accepting = enabled
 
     def _accept(self, listener: Any, mask: int) -> None:
-        for _ in range(64):
+        # One connection per wake-up, as gunicorn's own workers do: every idle worker is woken and
+        # the first to accept wins, so connections spread over the workers that are free. (Taking
+        # all that wait made one worker own every kept-alive connection of a burst: a quarter of
+        # the throughput and seconds of queueing with 4 workers.)
+        for _ in range(1):
             if len(self.conns) >= self.max_conns and not self._evict_idle():
                 self.metrics.CONNECTIONS_SATURATED.inc()
                 self._accept_enabled(False)
@@ -371,6 +395,9 @@ class EventLoopWorker(base.Worker):  # type: ignore[misc]  # gunicorn is untyped
             body_start = conn.buf.find(HEADER_END) + 4
             del conn.buf[: conn.body_end]
             conn.body_end = -1
+            if self.pool is not None:
+                self._dispatch(conn, data, body_start)
+                return
             self._serve(conn, data, body_start)
             if conn.phase == WRITING or conn.sock.fileno() not in self.conns:
                 return
@@ -383,17 +410,15 @@ class EventLoopWorker(base.Worker):  # type: ignore[misc]  # gunicorn is untyped
         else:
             conn.phase, conn.deadline, conn.idle_since = IDLE, now + self.cfg.keepalive, now
 
-    def _serve(self, conn: Conn, data: bytes, body_start: int) -> None:
-        """Parse with gunicorn's parser, run the app, queue the answer."""
+    def _respond(self, conn: Conn, data: bytes, body_start: int) -> tuple[bytes, bool]:
+        """Parse with gunicorn's parser and run the app: the answer's bytes, and keep-alive or not."""
         sink = _Sink()
         req = None
-        keep = False
-        conn.requests += 1
         try:
             req = Request(self.cfg, _BufferUnreader(data), conn.addr, conn.requests)
             req._expected_100_continue = False  # answered by the loop when the body was still to come
             resp, environ = wsgi.create(req, sink, conn.addr, self.listener_name, self.cfg)
-            environ["wsgi.multithread"] = False
+            environ["wsgi.multithread"] = self.pool is not None
             # the body is in memory already: a plain stream instead of gunicorn's reader over the parser
             environ["wsgi.input"] = io.BytesIO(data[body_start:])
             environ["wsgi.input_terminated"] = True
@@ -413,9 +438,62 @@ class EventLoopWorker(base.Worker):  # type: ignore[misc]  # gunicorn is untyped
             sink.parts.clear()
             self.handle_error(req, sink, conn.addr, exc)
             keep = False
-        conn.out += b"".join(sink.parts)
+        return b"".join(sink.parts), keep
+
+    def _serve(self, conn: Conn, data: bytes, body_start: int) -> None:
+        """Inline (no app threads): answer in the loop thread."""
+        conn.requests += 1
+        out, keep = self._respond(conn, data, body_start)
+        conn.out += out
         conn.close_after = not keep
         self._flush(conn)
+
+    # ---- app threads --------------------------------------------------------------------------
+    def _dispatch(self, conn: Conn, data: bytes, body_start: int) -> None:
+        """Hand a complete request to a pool thread; the loop stops watching the socket meanwhile."""
+        assert self.pool is not None and self.sel is not None
+        conn.requests += 1
+        conn.phase = SERVING
+        conn.deadline = float("inf")  # the app's time is bounded by gunicorn's worker timeout, not here
+        if conn.want:
+            self.sel.unregister(conn.sock)
+            conn.want = 0
+        self.pool.submit(self._serve_in_thread, conn, data, body_start)
+
+    def _serve_in_thread(self, conn: Conn, data: bytes, body_start: int) -> None:
+        out, keep = self._respond(conn, data, body_start)
+        sent = b""
+        try:  # a blocking write with a deadline: the app's answer is small, the client is waiting for it
+            conn.sock.settimeout(self.read_timeout)
+            conn.sock.sendall(out)
+        except (OSError, ssl.SSLError, ValueError):
+            keep = False
+        finally:
+            with contextlib.suppress(OSError, ValueError):
+                conn.sock.setblocking(False)
+        self.done.put((conn, sent, keep))
+        assert self.wake is not None
+        with contextlib.suppress(BlockingIOError):  # a full pipe already wakes the loop
+            os.write(self.wake[1], b"x")
+
+    def _served(self, fileobj: Any, mask: int) -> None:
+        assert self.wake is not None
+        with contextlib.suppress(BlockingIOError):
+            os.read(self.wake[0], 4096)
+        while True:
+            try:
+                conn, _, keep = self.done.get_nowait()
+            except queue.Empty:
+                return
+            if conn.sock.fileno() not in self.conns:
+                continue
+            if not keep:
+                self._close(conn, None)
+                continue
+            self._between_requests(conn)
+            self._want(conn, selectors.EVENT_READ)
+            if conn.buf:
+                self._advance(conn)
 
     @functools.cached_property
     def listener_name(self) -> Any:
@@ -479,7 +557,7 @@ class EventLoopWorker(base.Worker):  # type: ignore[misc]  # gunicorn is untyped
     def _expire(self, now: float) -> None:
         for conn in [c for c in self.conns.values() if c.deadline <= now]:
             reason = {HANDSHAKE: "handshake_timeout", READING: "read_timeout", WRITING: "write_timeout",
-                      DRAINING: None, IDLE: None}[conn.phase]
+                      DRAINING: None, IDLE: None, SERVING: None}[conn.phase]
             self._close(conn, reason)
         if not self.accepting and self.alive and (len(self.conns) < self.max_conns or self._evictable()):
             self._accept_enabled(True)

@@ -2,7 +2,7 @@
 """Load test of the admission webhook: gunicorn over TLS on 127.0.0.1, keep-alive connections,
 an 8 KB Deployment AdmissionReview to /validate, at fixed rates (100, 500, 1000 req/s).
 
-    python tests/benchmarks/bench_webhook.py [--duration 6] [--rates 100,500,1000] [--configs 2x4,1x8]
+    python tests/benchmarks/bench_webhook.py [--duration 6] [--rates 100,500,1000] [--configs 2x4,2x4:gthread]
 
 The loader runs in its own processes (Python, open loop): every request has a scheduled send time,
 and latency is measured from that time to the last byte of the answer, so a server that falls
@@ -213,7 +213,9 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--duration", type=float, default=6.0, help="seconds per rate")
     parser.add_argument("--rates", default="100,500,1000")
-    parser.add_argument("--configs", default="2x4,1x8", help="gunicorn workers x threads to compare")
+    parser.add_argument("--configs", default="2x4,2x4:gthread,2x1",
+                        help="WORKERSxTHREADS[:gthread], comma-separated: the event-loop worker (with THREADS app "
+                             "threads; 1 = inline in the loop) or gunicorn's gthread worker")
     args = parser.parse_args()
     rates = [float(r) for r in args.rates.split(",")]
     work = Path(tempfile.mkdtemp(prefix="bench-webhook-"))
@@ -228,13 +230,16 @@ def main() -> int:
         print(f"webhook load test: POST /validate, {len(body)} byte Deployment review, TLS, keep-alive, "
               f"{os.cpu_count()} CPUs (shared with the loader), {args.duration:.0f} s per rate")
         for config in args.configs.split(","):
-            workers, threads = (int(x) for x in config.split("x"))
-            proc, port = serve(work, cert, key, ca, workers=workers, threads=threads)
+            shape, _, model = config.partition(":")
+            workers, threads = (int(x) for x in shape.split("x"))
+            proc, port = serve(work, cert, key, ca, workers=workers, threads=threads,
+                               worker_class="gthread" if model == "gthread" else None)
             try:
                 check = fixed_rate(port, str(ca), body, rate=50, duration=1.0)  # warm-up
                 if check["errors"]:
                     raise SystemExit(f"warm-up errors: {check}")
-                print(f"\ngunicorn {workers} worker(s) x {threads} threads:")
+                print(f"\ngunicorn {workers} worker(s) x {threads} threads, "
+                      f"{'gthread' if model == 'gthread' else 'webhook.worker.EventLoopWorker'}:")
                 print(f"  {'rate':>6}  {'throughput':>11}  {'p50 ms':>7}  {'p99 ms':>7}  {'max ms':>7}  errors")
                 for rate in rates:
                     r = fixed_rate(port, str(ca), body, rate=rate, duration=args.duration)

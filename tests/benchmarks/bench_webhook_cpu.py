@@ -176,8 +176,9 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--duration", type=float, default=8.0)
     parser.add_argument("--connections", type=int, default=8)
-    parser.add_argument("--configs", default="2:event-loop,2x4:gthread",
-                        help="webhook configurations: WORKERS:event-loop or WORKERSxTHREADS:gthread, comma-separated")
+    parser.add_argument("--configs", default="2x4:event-loop,2x1:event-loop,2x4:gthread",
+                        help="webhook configurations, comma-separated: WORKERSxTHREADS:event-loop (THREADS app "
+                             "threads, 1 = inline in the loop) or WORKERSxTHREADS:gthread")
     parser.add_argument("--profile", action="store_true")
     args = parser.parse_args()
     if not shutil.which("wrk"):
