@@ -11,7 +11,7 @@ bench_webhook_cpu.py, bench_slow_clients.py; see webhook/worker.py).
 read deadlines); ``MLGUARD_WEBHOOK_THREADS=1`` runs the app in the loop thread.
 With several workers, prometheus_client runs in multiprocess mode: ``PROMETHEUS_MULTIPROC_DIR``
 is set here, before any worker imports prometheus_client, and cleaned at start.
-(``tests/benchmarks/bench_webhook.py --workers 1`` measures the one-worker alternative.)
+(``tests/benchmarks/bench_webhook.py --configs 1x4`` measures the one-worker alternative.)
 
 TLS: ``MLGUARD_WEBHOOK_CERT`` / ``MLGUARD_WEBHOOK_KEY``; TLS 1.2 minimum; a rotated certificate is
 picked up by new connections without a restart (see webhook/tls.py). Keep-alive 75 s: the API

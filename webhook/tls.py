@@ -1,6 +1,7 @@
 """TLS for gunicorn: TLS 1.2+, and certificate rotation without a restart.
 
-gunicorn's gthread worker asks the ``ssl_context`` hook for a context on every new connection.
+The worker (webhook/worker.py, or gunicorn's gthread) asks the ``ssl_context`` hook for a context on every
+new connection.
 `rotating_ssl_context` keeps one context per worker and rebuilds it only when the certificate or
 key file changed (inode, size, mtime — cert-manager and the kubelet swap Secret files atomically
 through a symlink). A half-written rotation (a cert that does not match its key yet) keeps the last

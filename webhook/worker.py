@@ -139,7 +139,7 @@ class EventLoopWorker(base.Worker):  # type: ignore[misc]  # gunicorn is untyped
         self.recv_view = memoryview(bytearray(RECV_SIZE))
         self.app_threads = max(0, int(self.cfg.threads)) if self.cfg.threads > 1 else 0
         self.pool: concurrent.futures.ThreadPoolExecutor | None = None
-        self.done: queue.SimpleQueue[tuple[Conn, bytes, bool]] = queue.SimpleQueue()
+        self.done: queue.SimpleQueue[tuple[Conn, bool]] = queue.SimpleQueue()
         self.wake: tuple[int, int] | None = None
 
     # ---- lifecycle ----------------------------------------------------------------------------
@@ -462,7 +462,6 @@ class EventLoopWorker(base.Worker):  # type: ignore[misc]  # gunicorn is untyped
 
     def _serve_in_thread(self, conn: Conn, data: bytes, body_start: int) -> None:
         out, keep = self._respond(conn, data, body_start)
-        sent = b""
         try:  # a blocking write with a deadline: the app's answer is small, the client is waiting for it
             conn.sock.settimeout(self.read_timeout)
             conn.sock.sendall(out)
@@ -471,7 +470,7 @@ class EventLoopWorker(base.Worker):  # type: ignore[misc]  # gunicorn is untyped
         finally:
             with contextlib.suppress(OSError, ValueError):
                 conn.sock.setblocking(False)
-        self.done.put((conn, sent, keep))
+        self.done.put((conn, keep))
         assert self.wake is not None
         with contextlib.suppress(BlockingIOError):  # a full pipe already wakes the loop
             os.write(self.wake[1], b"x")
@@ -482,7 +481,7 @@ class EventLoopWorker(base.Worker):  # type: ignore[misc]  # gunicorn is untyped
             os.read(self.wake[0], 4096)
         while True:
             try:
-                conn, _, keep = self.done.get_nowait()
+                conn, keep = self.done.get_nowait()
             except queue.Empty:
                 return
             if conn.sock.fileno() not in self.conns:
