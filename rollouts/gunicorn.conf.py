@@ -42,6 +42,7 @@ graceful_timeout = 10
 keepalive = 5
 worker_tmp_dir = _writable_tmp()
 limit_request_line = 8190
+forwarded_allow_ips = ""  # Argo and Flagger call the provider directly: no forwarding header is trusted
 limit_request_fields = 100
 accesslog = "-"
 access_log_format = 'remote=%(h)s method=%(m)s path=%(U)s status=%(s)s bytes=%(B)s duration_us=%(D)s agent="%(a)s"'
