@@ -134,7 +134,6 @@ class EventLoopWorker(base.Worker):  # type: ignore[misc]  # gunicorn is untyped
         self.max_body = int(_env_float("MLGUARD_WEBHOOK_MAX_BODY_BYTES", 7 * 1024 * 1024))
         self.sel: selectors.BaseSelector | None = None
         self.accepting = False
-        self.ssl_ctx: ssl.SSLContext | None = None
         self.metrics: Any = None
         self.recv_view = memoryview(bytearray(RECV_SIZE))
         self.app_threads = max(0, int(self.cfg.threads)) if self.cfg.threads > 1 else 0
