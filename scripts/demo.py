@@ -94,9 +94,25 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def start(argv: list[str], log: Path, env: dict[str, str] | None = None) -> subprocess.Popen:
-    return subprocess.Popen(argv, cwd=REPO, stdout=log.open("w"), stderr=subprocess.STDOUT, start_new_session=True,
-                            env={**os.environ, **(env or {})})
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+
+class Stop(Exception):
+    """Ctrl-C, or SIGTERM/SIGHUP (a closed terminal, `timeout`, a supervisor): stop the servers and clean up."""
+
+
+def start(argv: list[str], log: Path, procs: list[subprocess.Popen], env: dict[str, str] | None = None) -> (
+        subprocess.Popen):
+    """Start a server in its own session (so a terminal's Ctrl-C reaches only this script, which stops it) and
+    record it in ``procs`` before a signal can interrupt: none is left running unrecorded."""
+    signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+    try:
+        proc = subprocess.Popen(argv, cwd=REPO, stdout=log.open("w"), stderr=subprocess.STDOUT,
+                                start_new_session=True, env={**os.environ, **(env or {})})
+        procs.append(proc)
+    finally:
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
+    return proc
 
 
 # No cluster here: the webhook gets its cluster facts (namespace labels, GPU quota) from this file
@@ -128,15 +144,39 @@ def wait_ready(session: requests.Session, url: str, proc: subprocess.Popen, log:
     raise SystemExit(f"{url} did not become ready in {timeout:.0f}s; log:\n{log.read_text()[-2000:]}")
 
 
-def stop(proc: subprocess.Popen | None) -> None:
-    if proc is None or proc.poll() is not None:
-        return
-    proc.send_signal(signal.SIGTERM)
-    try:
-        proc.wait(timeout=25)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait(timeout=5)
+def _signal_group(proc: subprocess.Popen, sig: int) -> None:
+    """Signal a server's whole process group (gunicorn's master and its workers)."""
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(proc.pid, sig)
+
+
+def stop_all(procs: list[subprocess.Popen], *, grace: float = 25.0) -> None:
+    """Stop every server: SIGTERM (gunicorn finishes in-flight requests), then SIGKILL after ``grace`` seconds,
+    or at once on a second Ctrl-C. Further signals cannot interrupt the clean-up; it always ends with every
+    process group gone."""
+    forced = False
+
+    def force(signum: int, frame: object) -> None:
+        nonlocal forced
+        if not forced:
+            forced = True
+            print("\nstopping now (SIGKILL)", flush=True)
+            for proc in procs:
+                _signal_group(proc, signal.SIGKILL)
+
+    for sig in STOP_SIGNALS:
+        signal.signal(sig, force)
+    for proc in procs:
+        if proc.poll() is None:
+            _signal_group(proc, signal.SIGTERM)
+    deadline = time.monotonic() + grace
+    for proc in procs:
+        while proc.poll() is None:
+            if time.monotonic() > deadline and not forced:
+                force(signal.SIGALRM, None)
+            time.sleep(0.05)
+    for proc in procs:  # workers left behind by a master that died first
+        _signal_group(proc, signal.SIGKILL)
 
 
 # ---- the reviews -------------------------------------------------------------------------------
@@ -232,13 +272,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--policyset", default=str(REPO / "policies" / "catalog" / "baseline.yaml"))
     parser.add_argument("--exit-after-demo", action="store_true", help="stop after the demo instead of serving")
     args = parser.parse_args(argv)
-    # SIGTERM/SIGHUP (a closed terminal, `timeout`, a supervisor) stop the servers too, like Ctrl-C does:
-    # they run in their own sessions, so only this process's cleanup can stop them.
-    for sig in (signal.SIGTERM, signal.SIGHUP):
-        signal.signal(sig, lambda signum, frame: sys.exit(128 + signum))
+    # Ctrl-C and SIGTERM/SIGHUP stop the servers: they run in their own sessions, so only this process's
+    # clean-up can stop them. A second Ctrl-C during the clean-up kills them at once; the clean-up still ends.
+    stopping = False
 
-    work = Path(tempfile.mkdtemp(prefix="mlguard-demo-"))
+    def interrupted(signum: int, frame: object) -> None:
+        nonlocal stopping
+        if not stopping:  # once: a second signal must not break out of the clean-up below
+            stopping = True
+            raise Stop(signum)
+
+    for sig in STOP_SIGNALS:
+        signal.signal(sig, interrupted)
     procs: list[subprocess.Popen] = []
+    work = Path(tempfile.mkdtemp(prefix="mlguard-demo-"))
     try:
         ca, cert, key = make_certs(work)
         print(f"{BOLD}mlguard demo{RESET}: local CA and serving certificate for 127.0.0.1 in {work}")
@@ -251,26 +298,24 @@ def main(argv: list[str] | None = None) -> int:
         facts = work / "cluster-facts.yaml"
         facts.write_text(FACTS)
         webhook = start([sys.executable, "-m", "webhook", "serve", "--host", "127.0.0.1", "--port", str(port),
-                         "--cert", str(cert), "--key", str(key), "--policyset", args.policyset], webhook_log,
+                         "--cert", str(cert), "--key", str(key), "--policyset", args.policyset], webhook_log, procs,
                         env={"MLGUARD_WEBHOOK_FACTS_FILE": str(facts), "MLGUARD_WEBHOOK_WORKERS": "1"})
-        procs.append(webhook)
         analysis_log = work / "analysis.log"
         store = write_golden_set(work / "samples")
         aport = args.analysis_port if port_free(args.analysis_port) else free_port()
         analysis = start([sys.executable, "-m", "rollouts", "serve", "--host", "127.0.0.1", "--port", str(aport),
-                          "--sample-store", f"golden={store}"], analysis_log)
-        procs.append(analysis)
+                          "--sample-store", f"golden={store}"], analysis_log, procs)
         analysis_url = f"http://127.0.0.1:{aport}"
         base = f"https://127.0.0.1:{port}"
         wait_ready(session, base + "/readyz", webhook, webhook_log)
         ready = session.get(base + "/readyz", timeout=5).json()
-        print(f"webhook:  {base}  (gunicorn, TLS; PolicySet {ready['policyset']['name']} "
+        print(f"webhook:  {base}  (gunicorn, TLS, pid {webhook.pid}; PolicySet {ready['policyset']['name']} "
               f"sha256:{ready['policyset']['digest'][:12]}; log {webhook_log})")
         plain = requests.Session()
         plain.trust_env = False
         wait_ready(plain, analysis_url + "/healthz", analysis, analysis_log)
-        print(f"analysis: {analysis_url}  (Argo Rollouts web metric provider: GET {analysis_url}/v1/analyses/"
-              f"<check>; log {analysis_log})")
+        print(f"analysis: {analysis_url}  (pid {analysis.pid}; Argo Rollouts web metric provider: GET "
+              f"{analysis_url}/v1/analyses/<check>; log {analysis_log})")
 
         denied = exchange(session, base + "/validate", review(denied_deployment()),
                           "1. a Deployment asking for a GPU in requests only -> /validate")
@@ -288,15 +333,17 @@ def main(argv: list[str] | None = None) -> int:
         if args.exit_after_demo:
             print("demo " + ("OK" if ok else "FAILED: a verdict was not the expected one"))
             return 0 if ok else 1
-        print(f"\n{BOLD}serving until Ctrl-C{RESET}")
-        with contextlib.suppress(KeyboardInterrupt):
-            while all(p.poll() is None for p in procs):
-                time.sleep(0.5)
+        print(f"\n{BOLD}serving until Ctrl-C{RESET}", flush=True)
+        while all(p.poll() is None for p in procs):
+            time.sleep(0.5)
+        return 0
+    except Stop:
+        print("\nstopping the servers (Ctrl-C again to kill them at once)", flush=True)
         return 0
     finally:
-        for proc in procs:
-            stop(proc)
+        stop_all(procs)
         shutil.rmtree(work, ignore_errors=True)
+        print(f"stopped; removed {work}", flush=True)
 
 
 def write_golden_set(directory: Path) -> Path:
