@@ -1,8 +1,10 @@
-"""The `mlguard` command line: check, test, eval, serve.
+"""The `mlguard` command line: check, test, facts, eval, serve.
 
-Exit codes of `mlguard check`: 0 nothing denied, 1 something denied, 2 bad input (unparseable YAML,
-unknown file, invalid PolicySet). `serve` hands over to the webhook / analysis provider processes
-(`python -m webhook serve`, `python -m rollouts serve`) so this package never imports them.
+Exit codes of `mlguard check`: 0 nothing fails (warnings and audit findings may be printed), 1 something is
+denied (or, with ``--fail-on warn``, warned), 2 bad input (unparseable YAML, a kustomization that does not
+render, an invalid PolicySet, a report that cannot be written). Commands that read a cluster (`facts`) and
+`serve` hand over to the package that owns the cluster client or the server (``python -m webhook ...``,
+``python -m rollouts serve``), so this package never imports them.
 """
 
 from __future__ import annotations
@@ -15,14 +17,13 @@ from pathlib import Path
 
 import yaml
 
-from policies.context import ManifestFacts
-from policies.engine import evaluate
+from policies.check import CheckOptions, CheckResult, run_check
 from policies.eval_cli import add_eval_parser
-from policies.manifests import ManifestError, load_paths
-from policies.model import Report, Resource
-from policies.output import RENDERERS
+from policies.manifests import ManifestError
+from policies.output import RENDERERS, mlguard_version, summary_line
 from policies.policyset import PolicySet, PolicySetError, default_policyset_path, load_policyset
-from policies.testing import LIBRARY, run_all
+from policies.snapshot import ClusterSnapshot, SnapshotError
+from policies.testing import LIBRARY, TestFileError, run_all
 
 EXIT_OK, EXIT_DENIED, EXIT_BAD_INPUT = 0, 1, 2
 
@@ -43,34 +44,57 @@ def _namespace_labels(path: str | None) -> dict[str, dict[str, str]]:
     return {str(k): {str(a): str(b) for a, b in v.items()} for k, v in data.items()}
 
 
-def run_check(paths: Sequence[str], policyset: PolicySet, *, namespace_labels: dict[str, dict[str, str]] | None = None,
-              ) -> tuple[Report, dict[Resource, tuple[str, int]]]:
-    """Load, evaluate (point `ci`) and attach where each resource came from."""
-    located = load_paths(list(paths))
-    objects = [item.obj for item in located]
-    facts = ManifestFacts(objects, extra_labels=namespace_labels)
-    report = evaluate(objects, policyset, point="ci", facts=facts)
-    locations: dict[Resource, tuple[str, int]] = {}
-    for item, resource in zip(located, report.resources, strict=True):
-        locations.setdefault(resource, (item.source, item.line))
-    for item in located:  # workloadRef findings name the Deployment: locate every object
-        locations.setdefault(Resource.of(item.obj), (item.source, item.line))
-    return report, locations
+def _write(text: str, output: str | None) -> bool:
+    if not output:
+        sys.stdout.write(text)
+        return True
+    try:
+        Path(output).write_text(text)
+    except OSError as exc:
+        _err(f"cannot write the report to {output}: {exc.strerror or exc}")
+        return False
+    return True
+
+
+def _input_problems(result: CheckResult, args: argparse.Namespace) -> bool:
+    """Print what was skipped and every error (stderr); True when the input was bad (exit 2)."""
+    for note in result.inputs:
+        print(f"mlguard: {note}", file=sys.stderr)
+    for error in result.errors:
+        _err(str(error))
+    bad = bool(result.errors)
+    if args.strict_input:
+        not_objects = [n for n in result.inputs if n.kind == "not-object"]
+        if not_objects:
+            _err(f"--strict-input: {len(not_objects)} document(s) are not Kubernetes objects (listed above)")
+            bad = True
+    if result.objects == 0 and not result.errors:
+        _err(f"no Kubernetes objects found in {' '.join(args.paths)}"
+             + ("" if args.require_objects else " (nothing was checked)"))
+        bad = bad or args.require_objects
+    return bad
 
 
 def cmd_check(args: argparse.Namespace) -> int:
     try:
         policyset = load_policyset(args.policyset or default_policyset_path())
-        report, locations = run_check(args.paths, policyset, namespace_labels=_namespace_labels(args.namespace_labels))
-    except (PolicySetError, ManifestError) as exc:
+        cluster = ClusterSnapshot.load(args.cluster_facts) if args.cluster_facts else None
+        labels = _namespace_labels(args.namespace_labels)
+    except (PolicySetError, ManifestError, SnapshotError) as exc:
         _err(str(exc))
         return EXIT_BAD_INPUT
-    out = RENDERERS[args.format](report, locations)
+    result = run_check(args.paths, CheckOptions(policyset=policyset, namespace_labels=labels, cluster=cluster,
+                                                excludes=args.exclude or []))
+    bad = _input_problems(result, args)
+    out = RENDERERS[args.format](result, policyset, args.fail_on)
+    if not _write(out, args.output):
+        return EXIT_BAD_INPUT
     if args.output:
-        Path(args.output).write_text(out)
-    else:
-        sys.stdout.write(out)
-    return EXIT_DENIED if report.denied else EXIT_OK
+        print(summary_line(result, args.fail_on), file=sys.stderr)
+    if bad:
+        return EXIT_BAD_INPUT
+    failing = ("deny",) if args.fail_on == "deny" else ("deny", "warn")
+    return EXIT_DENIED if any(v.action in failing for v in result.report.violations) else EXIT_OK
 
 
 def cmd_test(args: argparse.Namespace) -> int:
@@ -78,13 +102,16 @@ def cmd_test(args: argparse.Namespace) -> int:
     if not root.exists():
         _err(f"{root}: no such directory")
         return EXIT_BAD_INPUT
+    policyset: PolicySet | None = None
     try:
-        results = run_all(root)
-    except (PolicySetError, ManifestError, KeyError, OSError, yaml.YAMLError) as exc:
-        _err(f"cannot run the policy tests: {exc}")
+        if args.policyset:
+            policyset = load_policyset(args.policyset)
+        results = run_all(root, policyset=policyset)
+    except (PolicySetError, TestFileError, ManifestError) as exc:
+        _err(str(exc))
         return EXIT_BAD_INPUT
     if not results:
-        _err(f"no suite.yaml found under {root}")
+        _err(f"no test files (suite.yaml or *.mlguard-test.yaml) found under {root}")
         return EXIT_BAD_INPUT
     failed = [r for r in results if not r.ok]
     for r in results:
@@ -96,31 +123,73 @@ def cmd_test(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
-def cmd_serve(args: argparse.Namespace) -> int:
-    module = {"webhook": "webhook", "analysis": "rollouts"}[args.component]
-    argv = [sys.executable, "-m", module, "serve", *args.rest]
+def _handover(module: str, command: str, rest: list[str]) -> int:
+    argv = [sys.executable, "-m", module, command, *rest]
     os.execv(sys.executable, argv)
     return EXIT_BAD_INPUT  # pragma: no cover - execv does not return
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="mlguard", description="GPU-inference guardrails for Kubernetes.")
-    sub = parser.add_subparsers(dest="command", required=True)
+def cmd_serve(args: argparse.Namespace) -> int:
+    module = {"webhook": "webhook", "analysis": "rollouts"}[args.component]
+    return _handover(module, "serve", args.rest)
 
-    check = sub.add_parser("check", help="check manifests against a PolicySet (CI, before Argo CD syncs)",
-                           description="Exit 0 when nothing is denied, 1 when something is, 2 for bad input.")
+
+def cmd_facts(args: argparse.Namespace) -> int:
+    return _handover("webhook", "facts", args.rest)
+
+
+class _Formatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """Shows each option's default, keeps descriptions as written."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="mlguard", description="GPU-inference guardrails for Kubernetes.",
+                                     formatter_class=_Formatter)
+    parser.add_argument("--version", action="version", version=f"mlguard {mlguard_version()}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    check = sub.add_parser(
+        "check", help="check manifests against a PolicySet (CI, before Argo CD syncs)", formatter_class=_Formatter,
+        description="Check a GitOps repository, some of its files or directories, or stdin.\n\n"
+                    "Exit 0 when nothing fails, 1 when something is denied (--fail-on warn: or warned), 2 for bad\n"
+                    "input. A kustomization directory is rendered with `kubectl kustomize`; the files it reads\n"
+                    "(patches, bases) are checked through it; Helm charts and YAML that is not a Kubernetes\n"
+                    "object are reported on stderr and skipped.")
     check.add_argument("paths", nargs="+", metavar="PATH",
-                       help="files, directories (a kustomization directory is rendered), or - for stdin")
-    check.add_argument("--policyset", metavar="FILE", help="PolicySet file (default: the baseline catalog)")
-    check.add_argument("--format", choices=sorted(RENDERERS), default="text")
+                       help="a file, a directory (walked; a kustomization directory is rendered), or - for stdin")
+    check.add_argument("--policyset", metavar="FILE", help="PolicySet file (default: the baseline catalog, "
+                                                           f"{default_policyset_path().name})")
+    check.add_argument("--format", choices=sorted(RENDERERS), default="text", help="report format")
+    check.add_argument("--output", "-o", metavar="FILE", help="write the report to FILE instead of stdout")
+    check.add_argument("--fail-on", choices=["deny", "warn"], default="deny",
+                       help="the weakest action that makes the check fail (exit 1)")
+    check.add_argument("--exclude", action="append", metavar="GLOB",
+                       help="skip paths matching GLOB (.gitignore rules; repeatable; .mlguardignore files too)")
+    check.add_argument("--cluster-facts", metavar="FILE",
+                       help="cluster snapshot written by `mlguard facts` (quotas, namespace labels, GPU usage)")
     check.add_argument("--namespace-labels", metavar="FILE",
                        help="YAML map of namespace -> labels, for namespaces not in the manifests")
-    check.add_argument("--output", "-o", metavar="FILE", help="write the report to FILE instead of stdout")
+    check.add_argument("--strict-input", action="store_true",
+                       help="YAML that is not a Kubernetes object is an error (exit 2), not skipped")
+    check.add_argument("--require-objects", action="store_true",
+                       help="finding no Kubernetes object at all is an error (exit 2)")
     check.set_defaults(func=cmd_check)
 
-    test = sub.add_parser("test", help="run the policy test cases (suite.yaml files)")
+    test = sub.add_parser(
+        "test", help="run policy test cases (the library's, or a team's own against its PolicySet)",
+        formatter_class=_Formatter,
+        description="Run every suite.yaml and *.mlguard-test.yaml under DIR. Exit 0 when all pass, 1 when one\n"
+                    "fails, 2 for a malformed test file (named with its line).")
     test.add_argument("dir", nargs="?", metavar="DIR", help="directory to search (default: the policy library)")
+    test.add_argument("--policyset", metavar="FILE",
+                      help="run the cases against this PolicySet instead of each suite's own one-policy set")
     test.set_defaults(func=cmd_test)
+
+    facts = sub.add_parser(
+        "facts", help="snapshot a cluster's quotas, namespace labels and GPU usage for `check --cluster-facts`",
+        add_help=False, description="Runs in the webhook package, which owns the cluster client.")
+    facts.add_argument("rest", nargs=argparse.REMAINDER, help="--kubeconfig FILE [--context NAME] [-o FILE]")
+    facts.set_defaults(func=cmd_facts)
 
     add_eval_parser(sub)
 
@@ -137,6 +206,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help(sys.stderr)
+        return EXIT_BAD_INPUT
     return int(args.func(args))
 
 

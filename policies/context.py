@@ -10,10 +10,11 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from decimal import Decimal
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 from policies.gpu import GpuConfig
 from policies.model import EnforcementPoint, Resource
+from policies.snapshot import ClusterSnapshot
 from policies.workload import Workload, extract
 
 
@@ -37,6 +38,15 @@ class ClusterFacts(Protocol):
 
     def referenced_by_rollout(self, namespace: str, kind: str, name: str) -> bool:
         """True when an Argo Rollout manages this object through workloadRef."""
+
+
+@runtime_checkable
+class QuotaKnowledge(Protocol):
+    """Facts that can say they do not know a namespace's quotas (offline: the quota lives in a folder that
+    was not checked). Facts without this method (the webhook's cluster cache) always know."""
+
+    def quotas_known(self, namespace: str) -> bool:
+        """False when a missing ResourceQuota may only be missing from these facts."""
 
 
 @dataclass(frozen=True)
@@ -105,8 +115,9 @@ class ManifestFacts(EmptyFacts):
 
     def __init__(self, objects: Iterable[Mapping[str, Any]], *,
                  extra_labels: Mapping[str, Mapping[str, str]] | None = None,
-                 default_namespace: str = "default") -> None:
+                 default_namespace: str = "default", cluster: ClusterSnapshot | None = None) -> None:
         self._objects = [o for o in objects if isinstance(o, Mapping)]
+        self._cluster = cluster
         self._default_ns = default_namespace
         self._labels: dict[str, dict[str, str]] = {k: dict(v) for k, v in (extra_labels or {}).items()}
         self._by_key: dict[tuple[str, str, str], Mapping[str, Any]] = {}
@@ -132,10 +143,21 @@ class ManifestFacts(EmptyFacts):
                     self._rollout_refs.add((res.namespace, str(ref.get("kind", "Deployment")), str(ref.get("name"))))
 
     def namespace_labels(self, namespace: str) -> Mapping[str, str] | None:
-        return self._labels.get(namespace)
+        labels = self._labels.get(namespace)
+        if labels is None and self._cluster is not None:
+            return self._cluster.namespace_labels(namespace)
+        return labels
 
     def quotas(self, namespace: str) -> list[Mapping[str, Any]]:
-        return list(self._quotas.get(namespace, []))
+        """The set's ResourceQuotas of the namespace (what the pull request makes them), else the cluster's."""
+        if namespace in self._quotas:
+            return list(self._quotas[namespace])
+        return self._cluster.quotas(namespace) if self._cluster is not None else []
+
+    def quotas_known(self, namespace: str) -> bool:
+        """True when these facts can tell the namespace's quotas: the set holds a ResourceQuota of it, or the
+        cluster snapshot knows the namespace. Otherwise a missing quota may just live in another folder."""
+        return namespace in self._quotas or (self._cluster is not None and self._cluster.knows(namespace))
 
     def resolve_claim(self, namespace: str, name: str, is_template: bool) -> Mapping[str, Any] | None:
         return self._by_key.get((namespace, "ResourceClaimTemplate" if is_template else "ResourceClaim", name))
@@ -164,13 +186,26 @@ class ManifestFacts(EmptyFacts):
                 # other workloads count at steady state: surge is only the reviewed workload's own
                 need = workload.full_size_gpus(gpu, surge=False)
                 if need:
-                    own[res] = need
+                    # one identity counts once, however many files define it (two overlays, a symlink):
+                    # at the largest of its definitions
+                    mine = own.setdefault(res, {})
                     for k, v in need.items():
-                        total[k] = total.get(k, Decimal(0)) + v
+                        mine[k] = max(mine.get(k, Decimal(0)), v)
+            for need in own.values():
+                for k, v in need.items():
+                    total[k] = total.get(k, Decimal(0)) + v
             self._usage_cache[key] = (total, own)
         return self._usage_cache[key]
 
     def gpu_usage(self, namespace: str, *, exclude: Resource, gpu: GpuConfig) -> dict[str, Decimal]:
+        """What the other workloads of the set need at full size, plus, with a cluster snapshot, the GPUs of
+        the namespace's running pods that belong to no workload of the set (those are replaced by the set's
+        definitions when it syncs)."""
         total, own = self._usage(namespace, gpu)
         mine = own.get(exclude, {})
-        return {k: v - mine.get(k, Decimal(0)) for k, v in total.items() if v - mine.get(k, Decimal(0)) > 0}
+        out = {k: v - mine.get(k, Decimal(0)) for k, v in total.items()}
+        if self._cluster is not None:
+            defined = [r.name for r, _ in self._by_namespace.get(namespace, [])] + [exclude.name]
+            for k, v in self._cluster.gpu_usage(namespace, exclude_owners=defined, gpu=gpu).items():
+                out[k] = out.get(k, Decimal(0)) + v
+        return {k: v for k, v in out.items() if v > 0}

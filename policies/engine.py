@@ -80,7 +80,7 @@ def evaluate_object(obj: Mapping[str, Any], policyset: PolicySet, *, point: Enfo
             log.exception("policy %s failed on %s", policy_id, resource)
             errors.append(policy_id)
             violations.append(Violation(policy_id, "deny", resource, "", f"policy {policy_id} failed: {exc!r}",
-                                        policy.runbook_path()))
+                                        policyset.runbook_url(policy.runbook_path())))
             continue
         for f in dict.fromkeys(findings):  # two templates (KServe components) may report the same field once
             target = f.resource or owner
@@ -88,7 +88,7 @@ def evaluate_object(obj: Mapping[str, Any], policyset: PolicySet, *, point: Enfo
                 notes.append(Note(policy_id, target, f.path, f.message))
             else:
                 violations.append(Violation(policy_id, weakest(resolved.action, f.action), target, f.path,
-                                            f.message, policy.runbook_path()))
+                                            f.message, policyset.runbook_url(policy.runbook_path())))
     if point == "ci" and policyset.mutations:
         # what the mutating webhook will add to the Pods, whether or not a policy mentioned it
         said = {(n.resource, n.message) for n in notes}

@@ -1,126 +1,126 @@
-"""Reading manifests for `mlguard check`: files, directories, stdin, kustomize directories."""
+"""Reading manifests: YAML/JSON text to Kubernetes objects, each with the file and line it came from.
+
+One libyaml pass per file: every document is composed (its node gives the line where it starts and the
+span of its text) and constructed; the node is then dropped. A field's line is found later, only for the
+objects that have a finding, by composing that one document's text again (`policies.locate`).
+Documents that are not Kubernetes objects are returned as `Skipped`, never dropped in silence.
+"""
 
 from __future__ import annotations
 
-import re
-import shutil
-import subprocess
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-KUSTOMIZATIONS = ("kustomization.yaml", "kustomization.yml", "Kustomization")
 MANIFEST_SUFFIXES = (".yaml", ".yml", ".json")
+KUSTOMIZATIONS = ("kustomization.yaml", "kustomization.yml", "Kustomization")
+_Loader: Any = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # libyaml when present: ~10x faster
 
 
 class ManifestError(ValueError):
     """Bad input: a file that cannot be read or parsed, named with its line."""
 
     def __init__(self, source: str, message: str, line: int | None = None) -> None:
-        self.source, self.line = source, line
+        self.source, self.line, self.problem = source, line, message
         where = f"{source}:{line}" if line else source
         super().__init__(f"{where}: {message}")
 
 
 @dataclass(frozen=True)
+class Span:
+    """Where a document's text sits in its file: ``text[start:end]`` begins on line ``line`` (1-based).
+    ``item`` is the index in a ``kind: List``'s items when the object is one of them."""
+
+    text: str = field(repr=False)
+    start: int
+    end: int
+    line: int
+    item: int | None = None
+
+
+@dataclass(frozen=True)
 class Located:
-    """An object and where it came from."""
+    """An object and where it came from: the file (as shown to people), its first line, its text."""
 
     obj: dict[str, Any]
     source: str
     line: int
+    span: Span | None = None
+    path: Path | None = None  # the file on disk, when there is one
 
 
-def parse_documents(text: str, source: str) -> list[Located]:
-    """Every object of a (multi-document) YAML or JSON text; `kind: List` is flattened."""
-    out: list[Located] = []
+@dataclass(frozen=True)
+class Skipped:
+    """A document that is not a Kubernetes object (a mapping with apiVersion and kind)."""
+
+    source: str
+    line: int
+    reason: str
+
+
+@dataclass
+class Parsed:
+    objects: list[Located] = field(default_factory=list)
+    skipped: list[Skipped] = field(default_factory=list)
+
+
+def _is_object(doc: Any) -> bool:
+    return isinstance(doc, dict) and isinstance(doc.get("kind"), str) and bool(doc.get("kind")) \
+        and isinstance(doc.get("apiVersion"), str) and bool(doc.get("apiVersion"))
+
+
+def _describe(doc: Any) -> str:
+    if isinstance(doc, dict):
+        missing = [k for k in ("apiVersion", "kind") if not isinstance(doc.get(k), str) or not doc.get(k)]
+        return f"not a Kubernetes object (no {' and no '.join(missing)})"
+    return f"not a Kubernetes object (a {type(doc).__name__}, not a mapping with apiVersion and kind)"
+
+
+def _line_start(text: str, index: int) -> int:
+    return text.rfind("\n", 0, index) + 1
+
+
+def parse_documents(text: str, source: str, *, path: Path | None = None) -> Parsed:
+    """Every object of a (multi-document) YAML or JSON text, with its line; `kind: List` (and `*List` with
+    items) is flattened. Raises ManifestError for text that is not YAML at all."""
+    out = Parsed()
+    loader = _Loader(text)
     try:
-        fast = _fast_documents(text)
-        if fast is not None:
-            for line, doc in fast:
-                if not isinstance(doc, dict) or not doc.get("kind") or not doc.get("apiVersion"):
-                    break
-                out.append(Located(doc, source, line))
-            else:
-                return out
-            out = []
-        pairs = _compose_and_construct(text)
+        while loader.check_node():
+            node = loader.get_node()
+            if node is None:
+                continue
+            doc = loader.construct_document(node)
+            line = node.start_mark.line + 1
+            if doc is None:
+                continue
+            if not _is_object(doc):
+                out.skipped.append(Skipped(source, line, _describe(doc)))
+                continue
+            start = _line_start(text, node.start_mark.index)
+            span = Span(text, start, node.end_mark.index, node.start_mark.line + 1)
+            kind = doc["kind"]
+            if kind == "List" or (kind.endswith("List") and isinstance(doc.get("items"), list)):
+                nodes = _items_nodes(node)
+                for i, item in enumerate(doc.get("items") or []):
+                    item_line = nodes[i].start_mark.line + 1 if i < len(nodes) else line
+                    if not _is_object(item):
+                        out.skipped.append(Skipped(source, item_line, f"items[{i}]: {_describe(item)}"))
+                        continue
+                    out.objects.append(Located(item, source, item_line,
+                                               Span(text, start, span.end, span.line, i), path))
+                continue
+            out.objects.append(Located(doc, source, line, span, path))
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         raise ManifestError(source, f"not valid YAML: {getattr(exc, 'problem', None) or exc}",
                             mark.line + 1 if mark else None) from exc
-    for node, doc in pairs:
-        if doc is None:
-            continue
-        line = node.start_mark.line + 1 if node is not None else 1
-        if not isinstance(doc, dict) or not doc.get("kind") or not doc.get("apiVersion"):
-            raise ManifestError(source, "not a Kubernetes object (a mapping with apiVersion and kind)", line)
-        if doc["kind"] == "List" or (doc["kind"].endswith("List") and isinstance(doc.get("items"), list)):
-            items = doc.get("items") or []
-            item_nodes = _items_nodes(node)
-            for i, item in enumerate(items):
-                if not isinstance(item, dict) or not item.get("kind"):
-                    raise ManifestError(source, f"items[{i}] is not a Kubernetes object", line)
-                item_line = item_nodes[i].start_mark.line + 1 if i < len(item_nodes) else line
-                out.append(Located(item, source, item_line))
-            continue
-        out.append(Located(doc, source, line))
-    return out
-
-
-_Loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # libyaml when present: ~10x faster
-
-
-_MARKER = re.compile(r"^---(?:[ \t]|$)")
-
-
-def _fast_documents(text: str) -> list[tuple[int, Any]] | None:
-    """Documents with their first line, parsed by libyaml in one pass; None when the marker scan
-    does not line up with what the parser saw (then the slower node-by-node path decides)."""
-    docs = list(yaml.load_all(text, Loader=_Loader))
-    starts: list[int] = []
-    pending: int | None = None
-    seen_content = False
-    for number, line in enumerate(text.splitlines(), start=1):
-        if _MARKER.match(line):
-            if pending is not None or seen_content:
-                starts.append(pending or number)
-            pending, seen_content = None, True
-            rest = line[3:].strip()
-            if rest and not rest.startswith("#"):
-                pending = number
-            continue
-        stripped = line.strip()
-        if stripped and not stripped.startswith("#") and not stripped.startswith("%") and pending is None:
-            pending = number
-        if stripped:
-            seen_content = True
-    if pending is not None:
-        starts.append(pending)
-    real = [d for d in docs if d is not None]
-    if len(starts) < len(real) or any(isinstance(d, dict) and str(d.get("kind", "")).endswith("List") for d in real):
-        return None
-    # empty documents have no content line: pair the non-empty ones in order
-    if len(starts) != len(real):
-        return None
-    return list(zip(starts, real, strict=True))
-
-
-def _compose_and_construct(text: str) -> list[tuple[yaml.Node, Any]]:
-    """Parse once, keeping each document's node (for line numbers) and its value."""
-    loader = _Loader(text)
-    try:
-        out: list[tuple[yaml.Node, Any]] = []
-        while loader.check_node():
-            node = loader.get_node()
-            if node is not None:
-                out.append((node, loader.construct_document(node)))
-        return out
     finally:
         loader.dispose()
+    return out
 
 
 def _items_nodes(node: yaml.Node) -> list[yaml.Node]:
@@ -131,61 +131,43 @@ def _items_nodes(node: yaml.Node) -> list[yaml.Node]:
     return []
 
 
-def render_kustomize(directory: Path) -> str:
-    kubectl = shutil.which("kubectl")
-    if kubectl is None:
-        raise ManifestError(str(directory), "is a kustomization but kubectl is not installed")
+def read_text(path: Path, source: str | None = None) -> str:
     try:
-        proc = subprocess.run([kubectl, "kustomize", str(directory)], capture_output=True, text=True,
-                              timeout=120, check=False)
-    except subprocess.TimeoutExpired as exc:
-        raise ManifestError(str(directory), "kubectl kustomize timed out") from exc
-    if proc.returncode != 0:
-        raise ManifestError(str(directory), f"kubectl kustomize failed: {proc.stderr.strip()}")
-    return proc.stdout
+        return path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ManifestError(source or str(path), f"cannot read: {getattr(exc, 'strerror', None) or exc}") from exc
 
 
-def _is_kustomization(directory: Path) -> bool:
-    return any((directory / k).is_file() for k in KUSTOMIZATIONS)
+def load_file(path: Path, source: str | None = None) -> Parsed:
+    return parse_documents(read_text(path, source), source or str(path), path=path)
 
 
 def load_paths(paths: list[str]) -> list[Located]:
-    """Load every path: `-` is stdin, a kustomization directory is rendered, other directories are
-    walked for .yaml/.yml/.json files (skipping nested kustomization roots' raw files)."""
+    """Objects of plain files, `-` (stdin) and kustomization directories, strictly: anything that is not a
+    Kubernetes object is an error. (`mlguard check` walks repositories with `policies.repo` instead; this is
+    for a single file of facts or manifests, as the webhook's facts file and `mlguard eval verify` read.)"""
+    from policies.kustomize import render_plain  # kustomize imports this module
+
     out: list[Located] = []
     for raw in paths:
         if raw == "-":
-            out.extend(parse_documents(sys.stdin.read(), "<stdin>"))
-            continue
-        path = Path(raw)
-        if not path.exists():
-            raise ManifestError(raw, "no such file or directory")
-        if path.is_dir():
-            out.extend(_load_dir(path))
-        elif path.suffix in MANIFEST_SUFFIXES:
-            out.extend(_load_file(path))
+            parsed = parse_documents(sys.stdin.read(), "<stdin>")
         else:
-            raise ManifestError(raw, f"unknown file type {path.suffix or '(none)'}: expected .yaml, .yml or .json")
-    return out
-
-
-def _load_file(path: Path) -> list[Located]:
-    try:
-        text = path.read_text()
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ManifestError(str(path), f"cannot read: {exc}") from exc
-    return parse_documents(text, str(path))
-
-
-def _load_dir(directory: Path) -> list[Located]:
-    if _is_kustomization(directory):
-        return parse_documents(render_kustomize(directory), f"{directory} (kustomize)")
-    out: list[Located] = []
-    for child in sorted(directory.iterdir()):
-        if child.name.startswith("."):
-            continue
-        if child.is_dir():
-            out.extend(_load_dir(child))
-        elif child.suffix in MANIFEST_SUFFIXES:
-            out.extend(_load_file(child))
+            p = Path(raw)
+            if p.is_dir() and any((p / k).is_file() for k in KUSTOMIZATIONS):
+                parsed = parse_documents(render_plain(p), f"{raw} (kustomize)")
+            elif p.is_dir():
+                out.extend(load_paths(sorted(str(c) for c in p.iterdir()
+                                             if c.suffix in MANIFEST_SUFFIXES and not c.name.startswith("."))))
+                continue
+            elif not p.exists():
+                raise ManifestError(raw, "no such file or directory")
+            elif p.suffix not in MANIFEST_SUFFIXES:
+                raise ManifestError(raw, f"unknown file type {p.suffix or '(none)'}: expected .yaml, .yml or .json")
+            else:
+                parsed = load_file(p, raw)
+        if parsed.skipped:
+            first = parsed.skipped[0]
+            raise ManifestError(first.source, first.reason, first.line)
+        out.extend(parsed.objects)
     return out

@@ -1,119 +1,222 @@
-"""Reports for people and machines: text, json, sarif (2.1.0), junit."""
+"""Reports for people and machines: text, json, sarif (2.1.0), junit, github (workflow annotations).
+
+Every format names the same file and line for a finding (`CheckResult.findings`): the file as a path
+relative to the repository root (the git work tree the check ran in) and the line of the offending field.
+SARIF gives that path with ``uriBaseId: "%SRCROOT%"`` (and the root's absolute URI in
+``originalUriBaseIds``), which is how GitHub code scanning places an alert on a line of the checkout.
+"""
 
 from __future__ import annotations
 
 import json
 import xml.etree.ElementTree as ET
-from collections.abc import Mapping
+from collections.abc import Callable
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
-from policies.model import Report, Resource, Violation
+from policies.check import CheckResult
+from policies.model import Resource, Violation
+from policies.policyset import PolicySet
 from policies.registry import all_policies
+from policies.sources import Location
 
 SARIF_SCHEMA = "https://json.schemastore.org/sarif-2.1.0.json"
+SRCROOT = "%SRCROOT%"
 LEVELS = {"deny": "error", "warn": "warning", "audit": "note"}
 WORD = {"deny": "DENY", "warn": "WARN", "audit": "AUDIT"}
-
-Locations = Mapping[Resource, tuple[str, int]]
-
-
-def _where(resource: Resource, locations: Locations) -> str:
-    loc = locations.get(resource)
-    return f"{loc[0]}:{loc[1]}" if loc else "<unknown source>"
+ORDER = ("deny", "warn", "audit")
 
 
-def render_text(report: Report, locations: Locations, *, color: bool = False) -> str:
+def mlguard_version() -> str:
+    try:
+        return version("mlguard")
+    except PackageNotFoundError:  # running from a source tree that was never installed
+        return "0+unknown"
+
+
+def _sorted(result: CheckResult) -> list[tuple[Violation, Location]]:
+    return sorted(((f.violation, f.location) for f in result.findings),
+                  key=lambda p: (ORDER.index(p[0].action), p[1].file, p[1].line, str(p[0].resource), p[0].policy))
+
+
+def _verdict(result: CheckResult, fail_on: str) -> bool:
+    return any(v.action in (("deny",) if fail_on == "deny" else ("deny", "warn")) for v in result.report.violations)
+
+
+def summary_line(result: CheckResult, fail_on: str = "deny") -> str:
+    s = result.report.summary()
+    verdict = f"FAILED ({'denied' if result.report.denied else 'warnings'})" if _verdict(result, fail_on) \
+        else "passed"
+    return (f"mlguard check: {s['resources']} resources, {s['deny']} denied, {s['warn']} warnings, "
+            f"{s['audit']} audit, {len(result.report.notes)} notes: {verdict}")
+
+
+def render_text(result: CheckResult, policyset: PolicySet, fail_on: str = "deny") -> str:
     lines: list[str] = []
-    for v in sorted(report.violations, key=lambda v: (("deny", "warn", "audit").index(v.action), str(v.resource))):
-        lines.append(f"{WORD[v.action]:<5} {v.policy}  {v.resource}  ({_where(v.resource, locations)})")
+    for v, loc in _sorted(result):
+        lines.append(f"{WORD[v.action]:<5} {v.policy}  {v.resource}  ({loc})")
         lines.append(f"      at:      {v.path or '<object>'}")
         lines.append(f"      fix:     {v.message}")
         lines.append(f"      runbook: {v.runbook}")
-    for n in report.notes:
-        lines.append(f"NOTE  {n.policy}  {n.resource}: {n.message}")
-    s = report.summary()
-    verdict = "FAILED (denied)" if report.denied else "passed"
-    lines.append(f"mlguard check: {s['resources']} resources, {s['deny']} denied, {s['warn']} warnings, "
-                 f"{s['audit']} audit, {len(report.notes)} notes: {verdict}")
+    for n in result.report.notes:
+        where = result.note_locations.get(id(n))
+        lines.append(f"NOTE  {n.policy}  {n.resource}: {n.message}" + (f"  ({where})" if where else ""))
+    lines.append(summary_line(result, fail_on))
     return "\n".join(lines) + "\n"
 
 
-def render_json(report: Report, locations: Locations) -> str:
-    data = report.to_json()
-    for v, out in zip(report.violations, data["violations"], strict=True):
-        loc = locations.get(v.resource)
-        if loc:
-            out["source"] = {"file": loc[0], "line": loc[1]}
+def _source(loc: Location) -> dict[str, Any]:
+    out: dict[str, Any] = {"file": loc.file, "line": loc.line}
+    if loc.rendered:
+        out["rendered"] = True
+        if loc.via:
+            out["via"] = loc.via
+    return out
+
+
+def render_json(result: CheckResult, policyset: PolicySet, fail_on: str = "deny") -> str:
+    violations = []
+    for v, loc in _sorted(result):
+        item = v.to_json()
+        item["source"] = _source(loc)
+        violations.append(item)
+    notes = []
+    for n in result.report.notes:
+        item = n.to_json()
+        where = result.note_locations.get(id(n))
+        if where:
+            item["source"] = _source(where)
+        notes.append(item)
+    data = {"violations": violations, "notes": notes, "summary": result.report.summary(),
+            "inputs": [{"source": i.source, "line": i.line, "message": i.message} for i in result.inputs],
+            "failed": _verdict(result, fail_on)}
     return json.dumps(data, indent=2) + "\n"
 
 
-def _rule(policy_id: str) -> dict[str, Any]:
+def _rule(policy_id: str, policyset: PolicySet) -> dict[str, Any]:
     policies = all_policies()
-    meta = policies[policy_id].metadata() if policy_id in policies else {"title": policy_id, "description": "",
-                                                                       "runbook": "", "severity": "high"}
-    return {
+    meta = policies[policy_id].metadata() if policy_id in policies else {
+        "title": policy_id, "description": "", "runbook": "", "severity": "high", "version": ""}
+    rule: dict[str, Any] = {
         "id": policy_id,
         "name": policy_id,
         "shortDescription": {"text": meta["title"]},
         "fullDescription": {"text": meta["description"] or meta["title"]},
-        "helpUri": meta["runbook"],
         "properties": {"severity": meta["severity"], "tags": ["kubernetes", "gpu", "mlguard"]},
     }
+    if meta["runbook"]:
+        rule["helpUri"] = policyset.runbook_url(meta["runbook"])
+        rule["help"] = {"text": f"Runbook: {rule['helpUri']}"}
+    if meta.get("version"):
+        rule["properties"]["version"] = meta["version"]
+    return rule
 
 
-def render_sarif(report: Report, locations: Locations) -> str:
-    rule_ids = sorted({v.policy for v in report.violations})
+def _artifact(loc: Location) -> dict[str, Any] | None:
+    if loc.file.startswith("<"):  # <stdin>: no artifact to point at
+        return None
+    if Path(loc.file).is_absolute():
+        return {"uri": Path(loc.file).as_uri()}
+    return {"uri": quote(loc.file), "uriBaseId": SRCROOT}
+
+
+def render_sarif(result: CheckResult, policyset: PolicySet, fail_on: str = "deny") -> str:
+    pairs = _sorted(result)
+    rule_ids = sorted({v.policy for v, _ in pairs})
     results = []
-    for v in report.violations:
-        loc = locations.get(v.resource)
+    for v, loc in pairs:
         location: dict[str, Any] = {
-            "logicalLocations": [{"fullyQualifiedName": f"{v.resource}#{v.path}", "kind": "resource"}],
-        }
-        if loc:
-            location["physicalLocation"] = {"artifactLocation": {"uri": loc[0].split(" (")[0]},
-                                            "region": {"startLine": loc[1]}}
+            "logicalLocations": [{"fullyQualifiedName": f"{v.resource}#{v.path}", "kind": "resource"}]}
+        artifact = _artifact(loc)
+        if artifact is not None:
+            location["physicalLocation"] = {"artifactLocation": artifact, "region": {"startLine": loc.line}}
+        text = f"{v.resource}: {v.path}: {v.message} (runbook: {v.runbook})"
+        if loc.rendered:
+            text += f" [rendered by kustomize{': ' + loc.via if loc.via else ''}]"
         results.append({
             "ruleId": v.policy,
             "ruleIndex": rule_ids.index(v.policy),
             "level": LEVELS[v.action],
-            "message": {"text": f"{v.resource}: {v.path}: {v.message} (runbook: {v.runbook})"},
+            "message": {"text": text},
             "locations": [location],
-            "properties": {"action": v.action, "resource": v.resource.to_json(), "path": v.path},
+            "partialFingerprints": {"mlguard/v1": f"{v.policy}|{v.resource}|{v.path}"},
+            "properties": {"action": v.action, "resource": v.resource.to_json(), "path": v.path,
+                           "rendered": loc.rendered},
         })
-    sarif = {
-        "$schema": SARIF_SCHEMA,
-        "version": "2.1.0",
-        "runs": [{
-            "tool": {"driver": {"name": "mlguard", "informationUri": "https://github.com/mlguard/mlguard",
-                                "version": "0.1.0", "rules": [_rule(r) for r in rule_ids]}},
-            "results": results,
-        }],
+    notifications = [{"level": "note", "message": {"text": str(i)}} for i in result.inputs]
+    notifications += [{"level": "error", "message": {"text": str(e)}} for e in result.errors]
+    run: dict[str, Any] = {
+        "tool": {"driver": {"name": "mlguard", "informationUri": "https://github.com/mlguard/mlguard",
+                            "version": mlguard_version(), "rules": [_rule(r, policyset) for r in rule_ids]}},
+        "originalUriBaseIds": {SRCROOT: {"uri": result.root.as_uri() + "/"}},
+        "invocations": [{"executionSuccessful": not result.errors,
+                         "toolExecutionNotifications": notifications}],
+        "results": results,
     }
+    sarif = {"$schema": SARIF_SCHEMA, "version": "2.1.0", "runs": [run]}
     return json.dumps(sarif, indent=2) + "\n"
 
 
-def render_junit(report: Report, locations: Locations) -> str:
-    by_resource: dict[Resource, list[Violation]] = {r: [] for r in report.resources}
-    for v in report.violations:
-        by_resource.setdefault(v.resource, []).append(v)
-    s = report.summary()
-    suite = ET.Element("testsuite", name="mlguard check", tests=str(len(by_resource)),
-                       failures=str(sum(1 for vs in by_resource.values() if any(v.action == "deny" for v in vs))),
-                       errors="0", skipped="0")
+def render_junit(result: CheckResult, policyset: PolicySet, fail_on: str = "deny") -> str:
+    failing = ("deny",) if fail_on == "deny" else ("deny", "warn")
+    by_resource: dict[Resource, list[tuple[Violation, Location]]] = {r: [] for r in result.report.resources}
+    for v, loc in _sorted(result):
+        by_resource.setdefault(v.resource, []).append((v, loc))
+    failures = sum(1 for vs in by_resource.values() if any(v.action in failing for v, _ in vs))
+    suite = ET.Element("testsuite", name="mlguard check", tests=str(len(by_resource)), failures=str(failures),
+                       errors=str(len(result.errors)), skipped="0")
+    ET.SubElement(suite, "properties").append(
+        ET.Element("property", name="summary", value=json.dumps(result.report.summary())))
     for resource, violations in by_resource.items():
         case = ET.SubElement(suite, "testcase", classname=f"{resource.kind}.{resource.namespace}",
-                             name=resource.name, file=_where(resource, locations).rsplit(":", 1)[0])
-        denies = [v for v in violations if v.action == "deny"]
-        if denies:
-            fail = ET.SubElement(case, "failure", message=f"{len(denies)} policy violation(s)", type="mlguard.deny")
-            fail.text = "\n".join(v.line() for v in denies)
-        others = [v for v in violations if v.action != "deny"]
+                             name=resource.name)
+        if violations:
+            case.set("file", violations[0][1].file)
+            case.set("line", str(violations[0][1].line))
+        bad = [(v, loc) for v, loc in violations if v.action in failing]
+        if bad:
+            fail = ET.SubElement(case, "failure", message=f"{len(bad)} policy violation(s)", type=f"mlguard.{fail_on}")
+            fail.text = "\n".join(f"{loc}: {v.line()}" for v, loc in bad)
+        others = [(v, loc) for v, loc in violations if v.action not in failing]
         if others:
-            ET.SubElement(case, "system-out").text = "\n".join(f"{v.action}: {v.line()}" for v in others)
-    suites = ET.Element("testsuites", name="mlguard", tests=str(len(by_resource)), failures=suite.get("failures", "0"))
+            ET.SubElement(case, "system-out").text = "\n".join(f"{v.action}: {loc}: {v.line()}" for v, loc in others)
+    if result.inputs:
+        ET.SubElement(suite, "system-err").text = "\n".join(str(i) for i in result.inputs)
+    suites = ET.Element("testsuites", name="mlguard", tests=suite.get("tests", "0"),
+                        failures=suite.get("failures", "0"))
     suites.append(suite)
-    ET.SubElement(suite, "properties").append(ET.Element("property", name="summary", value=json.dumps(s)))
     return ET.tostring(suites, encoding="unicode", xml_declaration=True) + "\n"
 
 
-RENDERERS = {"text": render_text, "json": render_json, "sarif": render_sarif, "junit": render_junit}
+def _escape_data(text: str) -> str:
+    # GitHub's workflow commands: % \r \n in data; also : and , in properties
+    return text.replace("%", "%25").replace("\r", "%0D").replace("\n", "%0A")
+
+
+def _escape_property(text: str) -> str:
+    return _escape_data(text).replace(":", "%3A").replace(",", "%2C")
+
+
+def render_github(result: CheckResult, policyset: PolicySet, fail_on: str = "deny") -> str:
+    """GitHub Actions workflow commands (`::error file=F,line=L,title=T::message`), one per finding: the
+    runner shows each on the pull request's changed line. Deny is an error, warn a warning, audit a notice."""
+    command = {"deny": "error", "warn": "warning", "audit": "notice"}
+    lines = []
+    for v, loc in _sorted(result):
+        props = ",".join([f"file={_escape_property(loc.file)}", f"line={loc.line}",
+                          f"title={_escape_property(f'mlguard {v.policy} ({v.action})')}"])
+        message = f"{v.resource}: {v.path}: {v.message} (runbook: {v.runbook})"
+        if loc.rendered:
+            message += f" [rendered by kustomize{': ' + loc.via if loc.via else ''}]"
+        lines.append(f"::{command[v.action]} {props}::{_escape_data(message)}")
+    for i in result.inputs:
+        lines.append(f"::notice title=mlguard input::{_escape_data(str(i))}")
+    lines.append(summary_line(result, fail_on))
+    return "\n".join(lines) + "\n"
+
+
+Renderer = Callable[[CheckResult, PolicySet, str], str]
+RENDERERS: dict[str, Renderer] = {"text": render_text, "json": render_json, "sarif": render_sarif,
+                                  "junit": render_junit, "github": render_github}

@@ -22,6 +22,9 @@ from policies.selectors import Subject, matches
 SCHEMA_PATH = Path(__file__).parent / "schema" / "policyset.schema.yaml"
 CATALOG = Path(__file__).parent / "catalog"
 ALWAYS_EXEMPT_NAMESPACES = ("kube-system",)
+# Where the runbooks are published; `spec.runbookBaseURL` points elsewhere (an internal mirror).
+DEFAULT_RUNBOOK_BASE_URL = "https://github.com/mlguard/mlguard/blob/main/runbooks/"
+RUNBOOK_PREFIX = "runbooks/"
 DEFAULT_ENVIRONMENT_LABEL = "mlguard.io/environment"
 
 
@@ -95,6 +98,18 @@ class PolicySet:
         return self.spec.get("mutations") or {}
 
     @property
+    def runbook_base_url(self) -> str:
+        base = str(self.spec.get("runbookBaseURL") or DEFAULT_RUNBOOK_BASE_URL)
+        return base if base.endswith("/") else base + "/"
+
+    def runbook_url(self, reference: str) -> str:
+        """A runbook reference (``runbooks/<file>.md#<section>``) as a full URL under `spec.runbookBaseURL`;
+        anything else unchanged."""
+        if reference.startswith(RUNBOOK_PREFIX):
+            return self.runbook_base_url + reference[len(RUNBOOK_PREFIX):]
+        return reference
+
+    @property
     def break_glass(self) -> Mapping[str, Any]:
         return self.spec.get("breakGlass") or {}
 
@@ -127,18 +142,23 @@ class PolicySet:
         return None
 
     def resolve(self, policy_id: str, *, subject: Subject, point: EnforcementPoint) -> Resolved:
-        """Action and params of a policy for this subject: policy action, else the environment's
-        default, else `defaultAction`; then every matching override in order."""
+        """Action and params of a policy for this subject. Precedence, each level over the one before:
+
+        1. `spec.defaultAction` (deny), for a policy that sets no action;
+        2. the policy's own `action`;
+        3. `spec.environments.defaults[<environment>]` for objects in a namespace of that environment
+           (a policy that is `off` stays off);
+        4. the policy's `overrides`, in order: every matching one applies, the last wins;
+        5. the policy's `match`/`exclude`: an object they leave out is not checked (`off`).
+        """
         policy = all_policies()[policy_id]
         config = self.policy_config(policy_id)
         if config is None:
             return Resolved("off", {}, False)
         envs = self.spec.get("environments") or {}
-        action: Any = config.get("action")
-        if action is None and subject.environment is not None:
-            action = (envs.get("defaults") or {}).get(subject.environment)
-        if action is None:
-            action = self.spec.get("defaultAction", "deny")
+        action: Any = config.get("action", self.spec.get("defaultAction", "deny"))
+        if subject.environment is not None and action != "off":
+            action = (envs.get("defaults") or {}).get(subject.environment, action)
         params = {**policy.defaults, **(config.get("params") or {})}  # read-only: policies never mutate params
         for override in config.get("overrides") or []:
             if matches(override["match"], None, subject):

@@ -106,5 +106,9 @@ def run_suite(path: Path) -> Iterator[CaseResult]:
         yield CaseResult(policy, path, name, not problems, "\n".join(problems), kinds, expect)
 
 
-def run_all(root: Path = LIBRARY) -> list[CaseResult]:
+class TestFileError(ValueError):
+    """A malformed test file, named with its line."""
+
+
+def run_all(root: Path = LIBRARY, *, policyset: Any = None) -> list[CaseResult]:
     return [r for suite in find_suites(root) for r in run_suite(suite)]

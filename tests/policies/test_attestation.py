@@ -527,7 +527,8 @@ def test_policy_admits_a_fresh_attestation_and_names_the_runbook(tmp_path: Path,
     ps = _gate_policyset(tmp_path, key)
     assert _gate([_deployment(sign_report(make_report(), key))], ps) == []
     [v] = _gate([_deployment(None)], ps)
-    assert v.runbook == "runbooks/eval-attestation-rejected.md" and v.action == "deny"
+    assert v.runbook == "https://github.com/mlguard/mlguard/blob/main/runbooks/eval-attestation-rejected.md" \
+        and v.action == "deny"
     assert v.path == "spec.template.metadata.annotations.mlguard.io/eval-attestation"
     assert v.line().startswith("eval-gate: spec.template.metadata.annotations.mlguard.io/eval-attestation: "
                                "eval attestation rejected at step 1 (annotation)")

@@ -54,7 +54,8 @@ def test_denied_manifests_exit_1_with_readable_text() -> None:
     assert proc.returncode == 1, proc.stderr
     assert "DENY  gpu-limits  Pod/team-a/requests-only" in proc.stdout
     assert "fix:     container `server` sets nvidia.com/gpu in requests (2) but not in limits" in proc.stdout
-    assert "runbook: runbooks/admission-denied.md#gpu-limits" in proc.stdout
+    assert "runbook: https://github.com/mlguard/mlguard/blob/main/runbooks/admission-denied.md#gpu-limits" \
+        in proc.stdout
     assert "FAILED (denied)" in proc.stdout
 
 

@@ -63,7 +63,7 @@ def test_default_params_accept_any_registry_but_want_a_digest() -> None:
     [v] = evaluate([_pod("quay.io/x/y:1")], ps, point="ci").violations
     assert v.path == "spec.containers[0].image"
     assert "pin it by digest: quay.io/x/y@sha256:<digest>" in v.message
-    assert v.runbook == "runbooks/admission-denied.md#image-digest"
+    assert v.runbook == "https://github.com/mlguard/mlguard/blob/main/runbooks/admission-denied.md#image-digest"
 
 
 def test_uppercase_or_short_digests_are_refused() -> None:

@@ -9,7 +9,6 @@ import yaml
 
 from policies.context import ManifestFacts
 from policies.gpu import GpuConfig
-from policies.manifests import ManifestError, parse_documents
 from policies.workload import extract
 
 GPU = GpuConfig()
@@ -135,30 +134,6 @@ spec:
     workload = extract(objs[-1], gpu=GPU, resolve_claim=facts.resolve_claim)
     assert workload.pod_gpus(0, GPU) == {"gpu.nvidia.com.deviceclass.resource.k8s.io/devices": Decimal(3)}
     assert workload.uses_gpu(0, GPU)
-
-
-def test_lists_and_multi_document_yaml_with_lines() -> None:
-    text = """apiVersion: v1
-kind: List
-items:
-  - {apiVersion: v1, kind: Pod, metadata: {name: a}, spec: {containers: []}}
-  - apiVersion: v1
-    kind: Pod
-    metadata: {name: b}
----
-apiVersion: apps/v1
-kind: Deployment
-metadata: {name: c}
-"""
-    docs = parse_documents(text, "x.yaml")
-    assert [(d.obj["metadata"]["name"], d.line) for d in docs] == [("a", 4), ("b", 5), ("c", 9)]
-
-
-def test_non_objects_are_bad_input_with_a_line() -> None:
-    with pytest.raises(ManifestError, match=r"x.yaml:4: not a Kubernetes object"):
-        parse_documents("apiVersion: v1\nkind: Pod\n---\njust: data\n", "x.yaml")
-    with pytest.raises(ManifestError, match=r"x.yaml:2: not valid YAML"):
-        parse_documents("a: b\n  c: : d\n", "x.yaml")
 
 
 @pytest.mark.parametrize("resources", [None, "4 GPUs", ["nvidia.com/gpu"], {"limits": "nvidia.com/gpu"}])

@@ -3,7 +3,9 @@
 Look-ahead: the GPUs a workload needs at full size (replicas x per-pod GPUs, plus rolling-update
 surge) must fit the namespace's quota minus what the other workloads use. The facts come through
 `ClusterFacts`: offline from the manifest set (`ManifestFacts`), online from the webhook's caches.
-Messages carry ``needs N`` (N = the full-size GPU count) so that `new_violations` can tell a
+Offline (`mlguard check`), a namespace whose ResourceQuotas are not in the checked set (nor in a
+`--cluster-facts` snapshot) gets no deny: an audit finding with the full-size need and how to make the
+check real. Messages carry ``needs N`` (N = the full-size GPU count) so that `new_violations` can tell a
 grown need from an old one on UPDATE.
 """
 
@@ -14,7 +16,7 @@ from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
 
-from policies.context import EvalContext
+from policies.context import EvalContext, QuotaKnowledge
 from policies.model import Finding
 from policies.quantity import QuantityError, format_quantity, parse_quantity
 from policies.registry import Policy, register
@@ -149,7 +151,7 @@ class GpuQuota(Policy):
     id = "gpu-quota"
     title = "GPU namespaces have a GPU quota, and workloads fit it at full size"
     severity = "high"
-    version = "1.0.0"
+    version = "1.1.0"  # 1.1: offline without the namespace's quotas, an audit finding instead of a deny
     runbook = "runbooks/gpu-quota-exhausted.md"
     description = (
         "A namespace that runs GPU pods has a ResourceQuota limiting each GPU resource it uses (requests.<name> or "
@@ -179,9 +181,14 @@ class GpuQuota(Policy):
         needs = self._needs(workload, ctx)
         if not needs:
             return
+        path = COUNT_PATHS.get(res.kind, workload.templates[0].spec_path if len(workload.templates) == 1 else "spec")
+        if ctx.point == "ci" and isinstance(ctx.facts, QuotaKnowledge) and not ctx.facts.quotas_known(res.namespace):
+            # offline, without the namespace's ResourceQuota: say what it needs, never deny as if it knew
+            for need in needs:
+                yield self._unknown(workload, need, path)
+            return
         quotas = [q for q in ctx.facts.quotas(res.namespace) if isinstance(q, Mapping)]
         usage: dict[str, Decimal] | None = None
-        path = COUNT_PATHS.get(res.kind, workload.templates[0].spec_path if len(workload.templates) == 1 else "spec")
         for need in needs:
             templates = [t for t, _ in need.parts]
             limiting = [(q, lim) for q in quotas if (lim := quota_limit(q, need.name)) is not None]
@@ -212,6 +219,16 @@ class GpuQuota(Policy):
             for name, per_pod in workload.pod_gpus(i, ctx.gpu).items():
                 parts.setdefault(name, []).append((tpl, per_pod))
         return [Need(name, tuple(p)) for name, p in sorted(parts.items())]
+
+    @staticmethod
+    def _unknown(workload: Workload, need: Need, path: str) -> Finding:
+        ns = workload.resource.namespace
+        return Finding(path, f"{workload.resource.kind} `{workload.resource.name}` needs "
+                             f"{format_quantity(need.total())} {need.name} at full size ({need.breakdown()}); the "
+                             f"ResourceQuotas of namespace `{ns}` are not in the checked manifests, so whether it "
+                             f"fits is not known offline: check the folder that holds them too (`mlguard check "
+                             f"platform/ apps/`), or pass --cluster-facts FILE written by `mlguard facts "
+                             f"--kubeconfig ...`", action="audit")
 
     @staticmethod
     def _missing(workload: Workload, need: Need, scoped_only: bool) -> Finding:
