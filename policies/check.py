@@ -154,25 +154,18 @@ def run_check(paths: Sequence[str], options: CheckOptions) -> CheckResult:
 
     # ---- one identity, once ----------------------------------------------------------------------
     judged: list[Entry] = []
-    first: dict[Identity, Entry] = {}
+    defined: dict[Identity, list[Entry]] = {}
     for _, entries in units:
-        in_unit: set[Identity] = set()
         for entry in entries:
-            key = identity(entry.obj)
-            if key in in_unit:
-                continue
-            in_unit.add(key)
-            seen = first.get(key)
-            if seen is None:
-                first[key] = entry
-            elif seen.obj == entry.obj:
-                continue  # the same object again (a link, a shared file): counted once
-            else:
-                res = Resource.of(entry.obj)
-                result.inputs.append(InputNote(_where(entry), f"{res} is also defined, differently, at "
-                                                              f"{_where(seen)} ({seen.unit}): both are checked; "
-                                                              "quota usage counts the larger",
-                                               kind="conflict"))
+            others = defined.setdefault(identity(entry.obj), [])
+            if any(seen.obj == entry.obj for seen in others):
+                continue  # the same object again (a link, a file read twice, a shared base): counted once
+            if others:
+                seen = others[0]
+                result.inputs.append(InputNote(
+                    _where(entry), f"{Resource.of(entry.obj)} is also defined, differently, at {_where(seen)}: "
+                                   "both definitions are checked; quota usage counts the larger", kind="conflict"))
+            others.append(entry)
             judged.append(entry)
 
     # ---- judge ------------------------------------------------------------------------------------

@@ -134,10 +134,6 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return _handover(module, "serve", args.rest)
 
 
-def cmd_facts(args: argparse.Namespace) -> int:
-    return _handover("webhook", "facts", args.rest)
-
-
 class _Formatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
     """Shows each option's default, keeps descriptions as written."""
 
@@ -185,11 +181,9 @@ def build_parser() -> argparse.ArgumentParser:
                       help="run the cases against this PolicySet instead of each suite's own one-policy set")
     test.set_defaults(func=cmd_test)
 
-    facts = sub.add_parser(
-        "facts", help="snapshot a cluster's quotas, namespace labels and GPU usage for `check --cluster-facts`",
-        add_help=False, description="Runs in the webhook package, which owns the cluster client.")
-    facts.add_argument("rest", nargs=argparse.REMAINDER, help="--kubeconfig FILE [--context NAME] [-o FILE]")
-    facts.set_defaults(func=cmd_facts)
+    # `mlguard facts ...` is handed over before parsing (main); listed here for the usage text
+    sub.add_parser("facts", help="snapshot a cluster's quotas, namespace labels and GPU usage for "
+                                 "`check --cluster-facts` (--kubeconfig FILE [--context NAME] [-o FILE])")
 
     add_eval_parser(sub)
 
@@ -204,8 +198,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    given = list(sys.argv[1:] if argv is None else argv)
+    if given[:1] == ["facts"]:  # every flag, --help included, is the webhook package's to parse
+        return _handover("webhook", "facts", given[1:])
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = parser.parse_args(given)
     if args.command is None:
         parser.print_help(sys.stderr)
         return EXIT_BAD_INPUT

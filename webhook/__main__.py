@@ -1,4 +1,5 @@
-"""``python -m webhook serve --host H --port P --cert F --key F [--policyset FILE] [--workers N]``.
+"""``python -m webhook serve --host H --port P --cert F --key F [--policyset FILE] [--workers N]``, and
+``python -m webhook facts --kubeconfig F`` (`mlguard facts`, see webhook/facts.py).
 
 Runs gunicorn with webhook/gunicorn.conf.py; the flags become ``MLGUARD_WEBHOOK_*`` variables for the
 workers. An invalid PolicySet does not stop the server: it starts not ready (/readyz 503) and logs
@@ -16,6 +17,11 @@ from webhook.config import ENV_PREFIX
 
 
 def main(argv: list[str] | None = None) -> int:
+    args_in = sys.argv[1:] if argv is None else argv
+    if args_in[:1] == ["facts"]:  # `mlguard facts`: the cluster snapshot for CI (this package owns the client)
+        from webhook.facts import main as facts_main
+
+        return facts_main(args_in[1:])
     parser = argparse.ArgumentParser(prog="python -m webhook", description="mlguard admission webhook")
     sub = parser.add_subparsers(dest="command", required=True)
     serve = sub.add_parser("serve", help="serve /validate and /mutate over TLS under gunicorn")

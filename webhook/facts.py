@@ -1,0 +1,173 @@
+"""`mlguard facts --kubeconfig FILE [--context NAME] [-o FILE]`: a cluster snapshot for CI.
+
+Lists, once and read-only (list only: no watch, no write), what the webhook's cache watches: namespaces,
+ResourceQuotas, pods, and the DRA ResourceClaims/Templates where the API serves them. Pods that finished
+(Succeeded, Failed) are left out, as the quota does; the others are trimmed to what GPU counting reads
+(owner references, containers' resources, resource claims, annotations). The file is what
+`mlguard check --cluster-facts FILE` reads (`policies.snapshot`, schema policies/schema/clusterfacts.schema.yaml).
+Runs here because this package owns the cluster client; `policies` only reads the file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import sys
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import yaml
+from kubernetes import client, config
+from kubernetes.client.exceptions import ApiException
+from urllib3.exceptions import HTTPError
+
+from policies.snapshot import API_VERSION, KIND, TERMINATED_PHASES
+from webhook.cluster import DRA_VERSIONS
+
+Obj = dict[str, Any]
+LAST_APPLIED = "kubectl.kubernetes.io/last-applied-configuration"
+
+
+class FactsError(Exception):
+    """The cluster could not be read: said in one line."""
+
+
+def _list(list_fn: Callable[..., Any], *args: Any) -> list[Obj]:
+    items: list[Obj] = []
+    token: str | None = None
+    while True:
+        kwargs: dict[str, Any] = {"limit": 500, "_preload_content": False, "_request_timeout": (5, 60)}
+        if token:
+            kwargs["_continue"] = token
+        body = json.loads(list_fn(*args, **kwargs).data)
+        items.extend(i for i in body.get("items") or [] if isinstance(i, dict))
+        token = (body.get("metadata") or {}).get("continue")
+        if not token:
+            return items
+
+
+def _meta(obj: Mapping[str, Any], *keys: str) -> Obj:
+    meta = obj.get("metadata") or {}
+    return {k: meta[k] for k in keys if k in meta}
+
+
+def _container(c: Mapping[str, Any]) -> Obj:
+    return {k: c[k] for k in ("name", "resources", "restartPolicy") if k in c}
+
+
+def trim_pod(pod: Mapping[str, Any]) -> Obj:
+    """The fields of a pod that GPU counting and ownership read, nothing else."""
+    meta = _meta(pod, "name", "namespace", "ownerReferences", "annotations")
+    refs = meta.get("ownerReferences")
+    if isinstance(refs, list):
+        meta["ownerReferences"] = [{k: r[k] for k in ("kind", "name", "controller") if k in r}
+                                   for r in refs if isinstance(r, Mapping)]
+    annotations = meta.get("annotations")
+    if isinstance(annotations, dict):
+        meta["annotations"] = {k: v for k, v in annotations.items() if k != LAST_APPLIED}
+    spec = pod.get("spec") or {}
+    out_spec: Obj = {"containers": [_container(c) for c in spec.get("containers") or [] if isinstance(c, Mapping)]}
+    if spec.get("initContainers"):
+        out_spec["initContainers"] = [_container(c) for c in spec["initContainers"] if isinstance(c, Mapping)]
+    for key in ("resourceClaims", "overhead"):
+        if spec.get(key):
+            out_spec[key] = spec[key]
+    return {"apiVersion": "v1", "kind": "Pod", "metadata": meta, "spec": out_spec,
+            "status": {"phase": (pod.get("status") or {}).get("phase")}}
+
+
+def _dra_version(api: client.ApiClient) -> str | None:
+    try:
+        groups = client.ApisApi(api).get_api_versions(_request_timeout=5)
+    except (ApiException, HTTPError):
+        return None
+    for group in groups.groups or []:
+        if group.name == "resource.k8s.io":
+            served = [v.version for v in group.versions or []]
+            return next((v for v in DRA_VERSIONS if v in served), None)
+    return None
+
+
+def snapshot(api: client.ApiClient, *, cluster: str = "") -> Obj:
+    """Read the cluster once; every list is complete or this raises."""
+    core = client.CoreV1Api(api)
+    namespaces = _list(core.list_namespace)
+    quotas = _list(core.list_resource_quota_for_all_namespaces)
+    pods = [p for p in _list(core.list_pod_for_all_namespaces)
+            if (p.get("status") or {}).get("phase") not in TERMINATED_PHASES]
+    out: Obj = {
+        "apiVersion": API_VERSION, "kind": KIND,
+        "metadata": {"cluster": cluster,
+                     "takenAt": dt.datetime.now(dt.UTC).replace(microsecond=0).isoformat().replace("+00:00", "Z")},
+        "namespaces": [{"name": str(_meta(n, "name").get("name")), "labels": dict(_meta(n, "labels").get("labels")
+                                                                                 or {})} for n in namespaces],
+        "resourceQuotas": [{"apiVersion": "v1", "kind": "ResourceQuota", "metadata": _meta(q, "name", "namespace"),
+                            "spec": q.get("spec") or {}, "status": q.get("status") or {}} for q in quotas],
+        "pods": [trim_pod(p) for p in pods],
+    }
+    # DRA: the version discovery names, else the first one the server lists (a 404 is "not served")
+    discovered = _dra_version(api)
+    custom = client.CustomObjectsApi(api)
+    for version in [discovered] if discovered else DRA_VERSIONS:
+        try:
+            claims = _list(custom.list_cluster_custom_object, "resource.k8s.io", version, "resourceclaims")
+            templates = _list(custom.list_cluster_custom_object, "resource.k8s.io", version,
+                              "resourceclaimtemplates")
+        except ApiException as exc:
+            if exc.status == 404:
+                continue
+            raise
+        for key, kind, items in (("resourceClaims", "ResourceClaim", claims),
+                                 ("resourceClaimTemplates", "ResourceClaimTemplate", templates)):
+            out[key] = [{"apiVersion": f"resource.k8s.io/{version}", "kind": kind,
+                         "metadata": _meta(i, "name", "namespace"), "spec": i.get("spec") or {}} for i in items]
+        break
+    return out
+
+
+def api_client(kubeconfig: str, context: str | None) -> tuple[client.ApiClient, str]:
+    configuration = client.Configuration()
+    try:
+        config.load_kube_config(config_file=kubeconfig, context=context, client_configuration=configuration)
+    except (config.ConfigException, OSError, TypeError, ValueError, yaml.YAMLError) as exc:
+        raise FactsError(f"--kubeconfig {kubeconfig}: {exc}") from exc
+    return client.ApiClient(configuration), str(configuration.host)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="mlguard facts", formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        description="Snapshot a cluster's namespaces (labels), ResourceQuotas, running pods' GPUs and DRA claims "
+                    "for `mlguard check --cluster-facts FILE`. Read-only: list permission on namespaces, pods, "
+                    "resourcequotas (and resource.k8s.io claims) is all it needs.")
+    parser.add_argument("--kubeconfig", required=True, metavar="FILE", help="kubeconfig to read the cluster with")
+    parser.add_argument("--context", metavar="NAME", help="kubeconfig context (default: its current context)")
+    parser.add_argument("--output", "-o", metavar="FILE", help="write the snapshot to FILE instead of stdout")
+    args = parser.parse_args(argv)
+    try:
+        api, host = api_client(args.kubeconfig, args.context)
+        with api:
+            data = snapshot(api, cluster=host)
+    except FactsError as exc:
+        print(f"mlguard facts: {exc}", file=sys.stderr)
+        return 2
+    except ApiException as exc:
+        print(f"mlguard facts: the API server answered {exc.status} {exc.reason}", file=sys.stderr)
+        return 2
+    except (HTTPError, OSError) as exc:
+        print(f"mlguard facts: cannot reach the API server: {exc}", file=sys.stderr)
+        return 2
+    text = yaml.safe_dump(data, sort_keys=False)
+    if args.output:
+        try:
+            Path(args.output).write_text(text)
+        except OSError as exc:
+            print(f"mlguard facts: cannot write {args.output}: {exc.strerror or exc}", file=sys.stderr)
+            return 2
+        print(f"mlguard facts: {len(data['namespaces'])} namespaces, {len(data['resourceQuotas'])} quotas, "
+              f"{len(data['pods'])} running pods from {host} -> {args.output}", file=sys.stderr)
+    else:
+        sys.stdout.write(text)
+    return 0
