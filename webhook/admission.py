@@ -15,6 +15,7 @@ from typing import Any
 import jsonpatch
 
 from policies.context import ClusterFacts, EmptyFacts, RequestInfo
+from policies.decision import break_glass, effective_violations
 from policies.engine import Evaluated, evaluate_object, new_violations
 from policies.model import Resource, Violation
 from policies.mutations import mutate_admitted_pod
@@ -22,7 +23,6 @@ from policies.policyset import PolicySet
 from policies.selectors import Subject
 from webhook.review import AdmissionRequest, Decision, clip_warning
 
-BREAK_GLASS_ANNOTATION = "mlguard.io/break-glass"
 QUOTA_POLICY = "gpu-quota"
 SCALABLE_KINDS = {"deployments": ("apps/v1", "Deployment"), "replicasets": ("apps/v1", "ReplicaSet"),
                   "statefulsets": ("apps/v1", "StatefulSet"), "rollouts": ("argoproj.io/v1alpha1", "Rollout"),
@@ -165,14 +165,7 @@ class Admission:
 
     def _decide(self, violations: list[Violation], errors: list[str], *, obj: Mapping[str, Any],
                 info: RequestInfo, policyset: PolicySet) -> Outcome:
-        dry_run = self.dry_run or policyset.dry_run
-        effective: list[Violation] = []
-        for v in violations:
-            if v.action == "deny" and dry_run:
-                effective.append(Violation(v.policy, "warn", v.resource, v.path, v.message, v.runbook))
-                effective.append(Violation(v.policy, "audit", v.resource, v.path, v.message, v.runbook))
-            elif v.action in ("deny", "warn", "audit"):
-                effective.append(v)
+        effective = effective_violations(violations, dry_run=self.dry_run or policyset.dry_run)
         denies = [v for v in effective if v.action == "deny"]
         warns = [v for v in effective if v.action == "warn"]
         audits = [v for v in effective if v.action == "audit"]
@@ -181,25 +174,15 @@ class Admission:
         for v in audits:
             line = f"{v.path}: {v.message}"
             audit[v.policy] = f"{audit[v.policy]}; {line}" if v.policy in audit else line
-        annotations = (_meta(obj).get("annotations") or {}) if isinstance(_meta(obj).get("annotations"), Mapping) \
-            else {}
-        reason = annotations.get(BREAK_GLASS_ANNOTATION)
-        lifted: list[str] = []
-        note = ""
-        if denies and isinstance(reason, str) and reason.strip():
-            groups = tuple((policyset.break_glass or {}).get("groups") or ())
-            users = tuple((policyset.break_glass or {}).get("users") or ())
-            if any(g in groups for g in info.groups) or (info.user and info.user in users):
-                lifted = sorted({v.policy for v in denies})
-                audit["break-glass"] = clip_warning(
-                    f"user {info.user} lifted {', '.join(lifted)}: {reason.strip()}")
-                warnings.insert(0, clip_warning(
-                    f"break-glass by {info.user}: denied by {', '.join(lifted)} but allowed; this is audited"))
-                warnings[1:1] = [clip_warning(v.line()) for v in denies]
-                denies = []
-            else:
-                note = (f"break-glass annotation {BREAK_GLASS_ANNOTATION} ignored: user {info.user or '<unknown>'} "
-                        f"is not in a break-glass group ({', '.join(groups) or 'none configured'})")
+        glass = break_glass(denies, obj=obj, info=info, policyset=policyset)
+        lifted = list(glass.lifted)
+        note = glass.note
+        if lifted:
+            audit["break-glass"] = clip_warning(f"user {info.user} lifted {', '.join(lifted)}: {glass.reason}")
+            warnings.insert(0, clip_warning(
+                f"break-glass by {info.user}: denied by {', '.join(lifted)} but allowed; this is audited"))
+            warnings[1:1] = [clip_warning(v.line()) for v in denies]
+            denies = []
         warnings = _bounded(warnings, self.max_warnings)
         if denies:
             lines = [v.line() for v in denies]

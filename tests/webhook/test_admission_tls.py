@@ -53,7 +53,7 @@ def test_pod_create_denied_with_every_violation_listed(server: WebhookServer) ->
     assert resp["status"]["message"] == expected_denial(bad)
     assert len(lines) >= 2
     assert lines[0].startswith("gpu-limits: spec.containers[0].resources.limits: ")
-    assert lines[0].endswith("(runbooks/admission-denied.md#gpu-limits)")
+    assert lines[0].endswith("(https://github.com/mlguard/mlguard/blob/main/runbooks/admission-denied.md#gpu-limits)")
     assert any(line.startswith("gpu-limits: spec.containers[1].resources.limits") for line in lines)
 
 
@@ -171,7 +171,7 @@ def test_namespace_without_gpu_quota_is_denied(server: WebhookServer) -> None:
     assert resp["allowed"] is False
     assert resp["status"]["message"].startswith("gpu-quota: metadata.namespace: Deployment `web` uses nvidia.com/gpu "
                                                 "but no ResourceQuota in namespace `team-b`")
-    assert resp["status"]["message"].endswith("(runbooks/gpu-quota-exhausted.md)")
+    assert resp["status"]["message"].endswith("(https://github.com/mlguard/mlguard/blob/main/runbooks/gpu-quota-exhausted.md)")
 
 
 def test_quota_look_ahead_uses_live_usage_from_the_watch(server: WebhookServer, fake_api) -> None:

@@ -51,7 +51,7 @@ def test_a_policy_that_raises_denies_and_is_counted(monkeypatch: pytest.MonkeyPa
     assert resp["status"]["code"] == 403
     assert resp["status"]["message"] == (
         "gpu-companion-resources: : policy gpu-companion-resources failed: RuntimeError('kaboom') "
-        "(runbooks/admission-denied.md#gpu-companion-resources)")
+        "(https://github.com/mlguard/mlguard/blob/main/runbooks/admission-denied.md#gpu-companion-resources)")
     after = REGISTRY.get_sample_value("mlguard_policy_errors_total", {"policy": "gpu-companion-resources"})
     assert after == before + 1
     # the other policies kept running: gpu-limits still reports its own violation
