@@ -28,6 +28,8 @@ from policies.snapshot import ClusterSnapshot
 from policies.sources import Entry, Location, Locator
 
 Identity = tuple[str, str, str, str]
+OWN_GROUP = "mlguard.io/"
+OWN_KINDS = ("PolicySet", "PolicyTest", "ClusterFacts")
 
 
 def identity(obj: Mapping[str, Any]) -> Identity:
@@ -139,7 +141,12 @@ def run_check(paths: Sequence[str], options: CheckOptions) -> CheckResult:
         for skipped in parsed.skipped:
             result.inputs.append(InputNote(skipped.source, f"{skipped.reason}: skipped", skipped.line,
                                            "not-object"))
-        files_entries.extend(Entry(o, "files", source=o) for o in parsed.objects)
+        for o in parsed.objects:
+            if str(o.obj.get("apiVersion", "")).startswith(OWN_GROUP) and o.obj.get("kind") in OWN_KINDS:
+                result.inputs.append(InputNote(o.source, f"mlguard's own {o.obj['kind']}, not a cluster object: "
+                                                         "not checked", o.line))
+                continue
+            files_entries.append(Entry(o, "files", source=o))
     if files_entries:
         units.append(("files", files_entries))
     for unit, rendered in zip(walk.units, _render(walk.units, display, index, walk.kustomizations, options.jobs),

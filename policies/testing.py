@@ -27,7 +27,7 @@ from policies.context import ManifestFacts, RequestInfo
 from policies.decision import break_glass, effective_violations
 from policies.engine import evaluate
 from policies.manifests import ManifestError, load_file
-from policies.model import Violation
+from policies.model import EnforcementPoint, Violation
 from policies.policyset import PolicySet, PolicySetError, _fmt_path, _line_of, load_policyset, parse_policyset
 from policies.workload import pod_templates
 
@@ -147,9 +147,9 @@ def _verdict(hits: list[Violation], *, point: str, objects: Sequence[Mapping[str
              info: RequestInfo | None, policyset: PolicySet) -> tuple[set[str], list[str]]:
     """The actions that reach the user (at admission: after dry-run and break-glass), and what happened."""
     if point != "admission":
-        return {v.action for v in hits}, []
+        return {str(v.action) for v in hits}, []
     effective = effective_violations(hits, dry_run=policyset.dry_run)
-    actions = {v.action for v in effective}
+    actions = {str(v.action) for v in effective}
     said: list[str] = []
     denies = [v for v in effective if v.action == "deny"]
     if denies and info is not None:
@@ -182,7 +182,7 @@ def run_suite(path: Path, *, policyset: PolicySet | None = None) -> Iterator[Cas
         request = case.get("request")
         info = RequestInfo(operation=request.get("operation", "CREATE"), user=request.get("user", ""),
                            groups=tuple(request.get("groups") or ())) if request is not None else None
-        point = case.get("point") or ("admission" if request is not None else "ci")
+        point: EnforcementPoint = case.get("point") or ("admission" if request is not None else "ci")
         report = evaluate(objects, ps, point=point, facts=facts, request=info)
         targets = [case["resource"]] if case.get("resource") else [
             _key(o) for o in objects if pod_templates(o) or o.get("kind") == "Rollout"]
