@@ -123,19 +123,26 @@ def cmd_test(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
-def _handover(module: str, command: str, rest: list[str]) -> int:
+def _handover(module: str, command: str, rest: list[str], *, prog: str) -> int:
     argv = [sys.executable, "-m", module, command, *rest]
-    os.execv(sys.executable, argv)
+    os.execve(sys.executable, argv, {**os.environ, "MLGUARD_PROG": prog})
     return EXIT_BAD_INPUT  # pragma: no cover - execv does not return
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
     module = {"webhook": "webhook", "analysis": "rollouts"}[args.component]
-    return _handover(module, "serve", args.rest)
+    return _handover(module, "serve", args.rest, prog=f"mlguard serve {args.component}")
 
 
-class _Formatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
-    """Shows each option's default, keeps descriptions as written."""
+class _Formatter(argparse.RawDescriptionHelpFormatter):
+    """Shows each option's default (where it has one worth showing), keeps descriptions as written."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = action.help or ""
+        if action.default not in (None, False, argparse.SUPPRESS) and "default" not in text \
+                and action.option_strings:
+            text += " (default: %(default)s)"
+        return text
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -200,7 +207,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     given = list(sys.argv[1:] if argv is None else argv)
     if given[:1] == ["facts"]:  # every flag, --help included, is the webhook package's to parse
-        return _handover("webhook", "facts", given[1:])
+        return _handover("webhook", "facts", given[1:], prog="mlguard facts")
     parser = build_parser()
     args = parser.parse_args(given)
     if args.command is None:

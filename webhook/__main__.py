@@ -24,15 +24,17 @@ def main(argv: list[str] | None = None) -> int:
         return facts_main(args_in[1:])
     parser = argparse.ArgumentParser(prog="python -m webhook", description="mlguard admission webhook")
     sub = parser.add_subparsers(dest="command", required=True)
-    serve = sub.add_parser("serve", help="serve /validate and /mutate over TLS under gunicorn")
-    serve.add_argument("--host", default="0.0.0.0")
-    serve.add_argument("--port", type=int, default=8443)
+    # `mlguard serve webhook` hands over here and names itself in MLGUARD_PROG, so the usage says what was typed
+    serve = sub.add_parser("serve", help="serve /validate and /mutate over TLS under gunicorn",
+                           prog=os.environ.get("MLGUARD_PROG") or None)
+    serve.add_argument("--host", default="0.0.0.0", help="address to listen on (default: 0.0.0.0)")
+    serve.add_argument("--port", type=int, default=8443, help="TLS port (default: 8443)")
     serve.add_argument("--cert", required=True, help="PEM certificate (chain) file")
     serve.add_argument("--key", required=True, help="PEM private key file")
     serve.add_argument("--policyset", help="PolicySet file (default: the baseline catalog set)")
-    serve.add_argument("--workers", type=int, default=0, help="gunicorn workers (default 2)")
+    serve.add_argument("--workers", type=int, default=0, help="gunicorn workers (default: 2)")
     serve.add_argument("--threads", type=int, default=0,
-                       help="app threads per worker (default 4; 1 runs the app in the event loop)")
+                       help="app threads per worker (default: 4; 1 runs the app in the event loop)")
     args = parser.parse_args(argv)
     for flag, path in (("--cert", args.cert), ("--key", args.key)):
         if not Path(path).is_file():

@@ -138,7 +138,7 @@ def api_client(kubeconfig: str, context: str | None) -> tuple[client.ApiClient, 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="mlguard facts", formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        prog="mlguard facts",
         description="Snapshot a cluster's namespaces (labels), ResourceQuotas, running pods' GPUs and DRA claims "
                     "for `mlguard check --cluster-facts FILE`. Read-only: list permission on namespaces, pods, "
                     "resourcequotas (and resource.k8s.io claims) is all it needs.")

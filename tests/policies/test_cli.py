@@ -139,3 +139,69 @@ def test_mlguard_test_runs_the_library() -> None:
     proc = mlguard("test")
     assert proc.returncode == 0, proc.stdout[-2000:]
     assert " 0 failed" in proc.stdout.splitlines()[-1]
+
+
+# ---- exit codes and input ---------------------------------------------------------------------------
+def test_output_that_cannot_be_written_is_exit_2_in_one_line(tmp_path: Path) -> None:
+    proc = mlguard("check", "-o", str(tmp_path / "no-such-dir" / "report.sarif"), str(DENIED))
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == [
+        f"mlguard: cannot write the report to {tmp_path}/no-such-dir/report.sarif: No such file or directory"]
+
+
+def test_a_path_without_objects_says_so_and_require_objects_makes_it_exit_2(tmp_path: Path) -> None:
+    (tmp_path / "values.yaml").write_text("replicas: 2\n")
+    proc = mlguard("check", str(tmp_path))
+    assert proc.returncode == 0
+    assert f"no Kubernetes objects found in {tmp_path}" in proc.stderr
+    assert "values.yaml:1: not a Kubernetes object (no apiVersion and no kind): skipped" in proc.stderr
+    strict = mlguard("check", "--require-objects", str(tmp_path))
+    assert strict.returncode == 2 and f"no Kubernetes objects found in {tmp_path}" in strict.stderr
+
+
+def test_non_objects_are_skipped_every_one_named_unless_strict_input(tmp_path: Path) -> None:
+    (tmp_path / "a.yaml").write_text(ALLOWED_POD + "---\nfoo: bar\n")
+    (tmp_path / "b.json").write_text('{"extends": ["config:base"]}')
+    proc = mlguard("check", str(tmp_path))
+    assert proc.returncode == 0, proc.stderr
+    assert "a.yaml:7: not a Kubernetes object" in proc.stderr and "b.json:1: not a Kubernetes object" in proc.stderr
+    strict = mlguard("check", "--strict-input", str(tmp_path))
+    assert strict.returncode == 2 and "--strict-input: 2 document(s) are not Kubernetes objects" in strict.stderr
+
+
+def test_version_and_usage() -> None:
+    version = mlguard("--version")
+    assert version.returncode == 0 and version.stdout.startswith("mlguard 0.")
+    bare = subprocess.run([sys.executable, "-m", "policies.cli"], capture_output=True, text=True, cwd=ROOT,
+                          timeout=60, check=False)
+    assert bare.returncode == 2 and bare.stderr.startswith("usage: mlguard ")
+    assert "check" in bare.stderr and "facts" in bare.stderr and "python -m" not in bare.stderr
+
+
+def test_help_names_mlguard_and_shows_defaults() -> None:
+    check = mlguard("check", "--help").stdout
+    assert check.startswith("usage: mlguard check ")
+    assert "(default: text)" in check and "(default: deny)" in check and "(default: None)" not in check
+    serve = mlguard("serve", "webhook", "--help").stdout
+    assert serve.startswith("usage: mlguard serve webhook ") and "(default: 8443)" in serve
+    facts = mlguard("facts", "--help").stdout
+    assert facts.startswith("usage: mlguard facts ") and "--kubeconfig FILE" in facts
+
+
+def test_exclude_and_mlguardignore_follow_gitignore_rules(tmp_path: Path) -> None:
+    bad = ALLOWED_POD.replace("limits: {nvidia.com/gpu: 1}", "requests: {nvidia.com/gpu: 1}")
+    for rel in ("apps/a.yaml", "drafts/b.yaml", "apps/c.generated.yaml"):
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / rel).write_text(bad.replace("name: ok", f"name: {Path(rel).stem.replace('.', '-')}"))
+    assert mlguard("check", str(tmp_path)).stdout.count("DENY") == 3
+    (tmp_path / ".mlguardignore").write_text("drafts/\n")
+    proc = mlguard("check", "--exclude", "*.generated.yaml", str(tmp_path))
+    assert proc.stdout.count("DENY") == 1 and "Pod/team-a/a " in proc.stdout
+
+
+def test_format_github_annotates_the_field_line() -> None:
+    proc = mlguard("check", "--format", "github", str(DENIED))
+    assert proc.returncode == 1
+    first = proc.stdout.splitlines()[0]
+    assert first.startswith("::error file=policies/library/gpu_limits/tests/denied.yaml,line=")
+    assert ",title=mlguard gpu-limits (deny)::Pod/team-a/" in first
