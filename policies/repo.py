@@ -111,7 +111,7 @@ class Walker:
     def __init__(self, *, excludes: Sequence[str] = (), display: Callable[[Path], str], cwd: Path | None = None
                  ) -> None:
         self.display = display
-        self.ignore = _Ignore(excludes, cwd or Path.cwd())
+        self.ignore = _Ignore(excludes, (cwd or Path.cwd()).resolve())
         self.out = Walk()
         self._visited: set[Path] = set()
         self._found: list[Path] = []           # kustomization directories met in the walk
@@ -184,6 +184,12 @@ class Walker:
                 self._candidates.append((child, owner or child.parent))
 
     def _explicit_file(self, path: Path, raw: str) -> None:
+        absolute = Path(os.path.abspath(path))
+        root = _stop_dir(absolute.parent) or (self.ignore.cwd if self.ignore.cwd in absolute.parents
+                                              else absolute.parent)
+        if self.ignore.ignored(absolute, root, is_dir=False):  # pre-commit passes ignored files by name too
+            self.out.notes.append(InputNote(self.display(path), f"ignored (--exclude or {IGNORE_FILE})"))
+            return
         if path.suffix not in MANIFEST_SUFFIXES:
             self.out.errors.append(ManifestError(raw, f"unknown file type {path.suffix or '(none)'}: expected "
                                                       ".yaml, .yml or .json"))
@@ -196,13 +202,13 @@ class Walker:
             if kustomization_file(parent) is None:
                 continue
             k = self._kustomization(parent)
+            # a file a kustomization reads checks that kustomization (or, when another one in this run builds
+            # on it, that one: a base file and its overlay's patch changed together check the overlay)
             if path.name in ("kustomization.yaml", "kustomization.yml", "Kustomization") and parent == path.parent:
-                self._explicit.append(parent)
                 self._found.append(parent)
                 return
             files = {f.resolve() for kk in closure(parent, self.out.kustomizations) for f in kk.files()}
             if path.resolve() in files:
-                self._explicit.append(parent)
                 self._found.append(parent)
                 return
             if k is not None:
