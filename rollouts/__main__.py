@@ -69,6 +69,7 @@ def _serve(args: argparse.Namespace) -> int:
 def _check(args: argparse.Namespace) -> int:
     from rollouts.errors import AnalysisError
     from rollouts.service import AnalysisService
+    from rollouts.verdict import link_runbooks
 
     params: dict[str, str] = {}
     for item in args.param:
@@ -78,15 +79,16 @@ def _check(args: argparse.Namespace) -> int:
             return EXIT_ERROR
         params[key] = value
     try:
-        service = AnalysisService(load_config(_overrides(args)))
+        config = load_config(_overrides(args))
+        service = AnalysisService(config)
         verdict = service.analyze(args.check, params, caller="job")
     except ConfigError as exc:
         _emit({"error": {"type": "config_error", "message": str(exc)}}, args.format, error=True)
         return EXIT_ERROR
     except AnalysisError as exc:
-        _emit(exc.to_json(), args.format, error=True)
+        _emit(link_runbooks(exc.to_json(), config.runbook_base_url), args.format, error=True)
         return EXIT_ERROR
-    body = verdict.to_json()
+    body = link_runbooks(verdict.to_json(), config.runbook_base_url)
     _emit(body, args.format, error=False)
     return EXIT[verdict.verdict]
 

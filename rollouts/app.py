@@ -13,6 +13,7 @@ to the client). Argo counts non-2xx as a measurement Error, never as Successful.
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Mapping
 from typing import Any
@@ -26,6 +27,7 @@ from rollouts.errors import ERROR_RUNBOOK, AnalysisError, BusyError, ParamError
 from rollouts.metrics import caller_of
 from rollouts.service import AnalysisService
 from rollouts.worker import arrived_at
+from rollouts.verdict import link_runbooks
 
 log = logging.getLogger("rollouts.app")
 analyses = Blueprint("analyses", __name__)
@@ -105,6 +107,14 @@ def create_app(config: AnalysisConfig | Mapping[str, Any] | None = None) -> Flas
     from rollouts.flagger import flagger
 
     app.register_blueprint(flagger)
+
+    @app.after_request
+    def runbook_links(response: Response) -> Response:
+        """Every JSON answer (verdict or error) links its runbook under `runbookBaseURL`."""
+        body = response.get_json(silent=True) if response.is_json else None
+        if isinstance(body, dict) and "runbook" in body:
+            response.set_data(json.dumps(link_runbooks(body, cfg.runbook_base_url)))
+        return response
 
     @app.errorhandler(AnalysisError)
     def on_analysis_error(exc: AnalysisError) -> Response:

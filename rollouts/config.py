@@ -26,10 +26,11 @@ File format (all keys optional)::
     deadlineSeconds: 7           # per answer, counted from the request's arrival
     maxConcurrentAnalyses: 1     # per worker process; more wait for a slot ...
     minStartSeconds: 1           # ... and get 503 at once if less than this is left of the budget
+    runbookBaseURL: https://github.com/mlguard/mlguard/blob/main/runbooks/   # where answers link runbooks
 
 Environment: ``MLGUARD_ANALYSIS_CONFIG`` (file), ``MLGUARD_ANALYSIS_PROMETHEUS`` (URL),
 ``MLGUARD_ANALYSIS_SAMPLE_STORES`` (JSON object name -> dir or URL),
-``MLGUARD_ANALYSIS_ALLOW_RAW_QUERIES`` (true/false).
+``MLGUARD_ANALYSIS_ALLOW_RAW_QUERIES`` (true/false), ``MLGUARD_ANALYSIS_RUNBOOK_BASE_URL`` (URL).
 """
 
 from __future__ import annotations
@@ -50,6 +51,8 @@ DEFAULT_CONFIG_PATH = "/etc/mlguard/analysis/config.yaml"
 STORE_NAME_RE = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
 LABEL_NAME_RE = re.compile(r"^[a-zA-Z_][a-zA-Z0-9_]{0,127}$")
 QUERY_NAME_RE = re.compile(r"^[a-z][a-z0-9_]{0,62}$")
+# where the runbooks are published (the same default as a PolicySet's spec.runbookBaseURL)
+DEFAULT_RUNBOOK_BASE_URL = "https://github.com/mlguard/mlguard/blob/main/runbooks/"
 
 
 class ConfigError(ValueError):
@@ -105,6 +108,7 @@ _SCHEMA: dict[str, Any] = {
         "maxConcurrentAnalyses": {"type": "integer", "minimum": 1, "maximum": 64},
         "minStartSeconds": {"type": "number", "minimum": 0.1, "maximum": 7},
         "maxBodyBytes": {"type": "integer", "minimum": 1024, "maximum": 16777216},
+        "runbookBaseURL": {"type": "string", "pattern": "^https?://[^\\s]+$"},
     },
 }
 
@@ -130,6 +134,7 @@ class AnalysisConfig:
     max_concurrent_analyses: int = 1
     min_start_seconds: float = 1.0
     max_body_bytes: int = 1024 * 1024
+    runbook_base_url: str = DEFAULT_RUNBOOK_BASE_URL
 
     def summary(self) -> dict[str, Any]:
         """What /readyz shows: no secrets, only what helps an operator."""
@@ -194,6 +199,7 @@ def _from_document(doc: Mapping[str, Any]) -> dict[str, Any]:
         (defaults, "alpha", "alpha"), (defaults, "mode", "mode"), (defaults, "maxLooks", "max_looks"),
         (doc, "deadlineSeconds", "deadline_seconds"), (doc, "maxBodyBytes", "max_body_bytes"),
         (doc, "maxConcurrentAnalyses", "max_concurrent_analyses"), (doc, "minStartSeconds", "min_start_seconds"),
+        (doc, "runbookBaseURL", "runbook_base_url"),
     ]
     for section, key, attr in mapping:
         if key in section:
@@ -214,6 +220,8 @@ def _from_env(env: Mapping[str, str]) -> dict[str, Any]:
         if not isinstance(parsed, dict):
             raise ConfigError(f"{ENV_PREFIX}SAMPLE_STORES must be a JSON object")
         out["sample_stores"] = parsed
+    if env.get(ENV_PREFIX + "RUNBOOK_BASE_URL"):
+        out["runbook_base_url"] = env[ENV_PREFIX + "RUNBOOK_BASE_URL"]
     raw = env.get(ENV_PREFIX + "ALLOW_RAW_QUERIES")
     if raw:
         out["allow_raw_queries"] = raw.lower() in ("1", "true", "yes")
@@ -254,6 +262,9 @@ def load_config(
     url = values.get("prometheus_url")
     if url is not None and not re.match(r"^https?://[^\s]+$", str(url)):
         raise ConfigError(f"prometheus url must be http(s)://..., got {url!r}")
+    base = values.get("runbook_base_url")
+    if base is not None and not re.match(r"^https?://[^\s]+$", str(base)):
+        raise ConfigError(f"runbookBaseURL must be http(s)://..., got {base!r}")
     if values.get("mode", "anytime") not in ("anytime", "fixed"):
         raise ConfigError("defaults.mode must be anytime or fixed")
     return AnalysisConfig(**values)

@@ -75,6 +75,18 @@ class Verdict:
         return out
 
 
+def link_runbooks(body: dict[str, Any], base_url: str) -> dict[str, Any]:
+    """An answer (verdict or error) with its ``runbooks/<file>.md`` references as URLs under ``base_url``
+    (the `runbookBaseURL` setting), in ``runbook`` and in the reason's "see ..." clause."""
+    base = base_url if base_url.endswith("/") else base_url + "/"
+    runbook = body.get("runbook")
+    if isinstance(runbook, str) and runbook.startswith("runbooks/"):
+        body["runbook"] = base + runbook[len("runbooks/"):]
+        if isinstance(body.get("reason"), str):
+            body["reason"] = body["reason"].replace(f"see {runbook}", f"see {body['runbook']}")
+    return body
+
+
 def inconclusive(
     *, check: str, method: str, samples: dict[str, int], reason: str, mode: Mode,
     threshold: float | None = None, details: dict[str, Any] | None = None,

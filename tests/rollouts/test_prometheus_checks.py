@@ -35,8 +35,9 @@ def test_latency_fail_when_canary_slower(server, lib, mode):
     assert body["mode"] == mode
     assert body["p_value"] < 0.01
     assert body["details"]["relative_increase"] > 0.3
-    assert body["runbook"] == "runbooks/model-rollback-via-canary.md"
-    assert "runbooks/model-rollback-via-canary.md" in body["reason"]
+    # the answer links its runbook under runbookBaseURL (default: the published runbooks)
+    assert body["runbook"] == "https://github.com/mlguard/mlguard/blob/main/runbooks/model-rollback-via-canary.md"
+    assert f"see {body['runbook']}" in body["reason"]
 
 
 def test_latency_relative_threshold_is_honoured(server, lib):
@@ -133,7 +134,7 @@ def test_query_error_is_502(server, lib):
     resp = lib.analysis(server.url, "latency", lib.vllm_params(lib.VLLM_GOOD, latency_query="broken_latency"))
     assert resp.status_code == 502
     assert resp.json()["error"]["type"] == "source_query_error"
-    assert resp.json()["runbook"] == "runbooks/analysis-provider-errors.md"
+    assert resp.json()["runbook"] == "https://github.com/mlguard/mlguard/blob/main/runbooks/analysis-provider-errors.md"
 
 
 def test_raw_promql_refused_by_default(server, lib):

@@ -25,7 +25,7 @@ def test_input_drift_pass_and_fail(server, lib, store):
                                                       "features": FEATURES}).json()
     assert shifted["verdict"] == "fail", shifted
     assert "prompt_tokens" in shifted["reason"] and "temperature" not in shifted["reason"]
-    assert shifted["runbook"] == "runbooks/drift-alert-investigation.md"
+    assert shifted["runbook"] == "https://github.com/mlguard/mlguard/blob/main/runbooks/drift-alert-investigation.md"
 
 
 def test_input_drift_default_features_psi_and_bonferroni(server, lib):

@@ -18,7 +18,7 @@ from rollouts.params import Params, parse_duration
 from rollouts.presets import PRESETS, all_preset_queries
 from rollouts.sources.prometheus import build_selector, escape_label_value, render
 from rollouts.sources.samples import validate_key
-from rollouts.verdict import CHECK_RUNBOOKS, Verdict, json_safe
+from rollouts.verdict import CHECK_RUNBOOKS, Verdict, json_safe, link_runbooks
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -130,6 +130,20 @@ def test_verdict_json_is_always_valid_json():
     assert body["details"]["x"] == [1.0, None] and body["details"]["ok"] is True
     assert body["runbook"] == "runbooks/model-rollback-via-canary.md" and body["runbook"] in body["reason"]
     assert json_safe({"a": (np.float32(0.5),)}) == {"a": [0.5]}
+
+
+def test_answers_link_runbooks_under_the_configured_base_url():
+    v = Verdict(check="input-drift", verdict="fail", method="ks", statistic=0.5, p_value=1e-9, threshold=0.01,
+                samples={"baseline": 10, "canary": 10}, reason="drifted", mode="fixed")
+    body = link_runbooks(v.to_json(), "https://wiki.example.com/mlguard")
+    assert body["runbook"] == "https://wiki.example.com/mlguard/drift-alert-investigation.md"
+    assert body["reason"] == "drifted; see https://wiki.example.com/mlguard/drift-alert-investigation.md"
+    cfg = load_config({"document": {"runbookBaseURL": "https://wiki.example.com/rb/"}}, env={})
+    assert cfg.runbook_base_url == "https://wiki.example.com/rb/"
+    assert load_config({}, env={"MLGUARD_ANALYSIS_RUNBOOK_BASE_URL": "https://x.example/"}).runbook_base_url == \
+        "https://x.example/"
+    with pytest.raises(ConfigError):
+        load_config({"document": {"runbookBaseURL": "wiki"}}, env={})
 
 
 def test_prometheus_timeout_is_504_within_budget(lib):
