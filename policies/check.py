@@ -9,6 +9,7 @@ each identity once (`ManifestFacts`).
 
 from __future__ import annotations
 
+import functools
 import os
 import sys
 from collections.abc import Callable, Mapping, Sequence
@@ -48,6 +49,7 @@ def repository_root(start: Path | None = None) -> Path:
 
 
 def displayer(root: Path) -> Callable[[Path], str]:
+    @functools.lru_cache(maxsize=65536)
     def display(path: Path) -> str:
         absolute = Path(os.path.abspath(path))
         try:

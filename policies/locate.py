@@ -13,6 +13,7 @@ defines them, as a strategic-merge patch merges lists by name.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -161,3 +162,180 @@ def compose_text(text: str) -> list[yaml.Node]:
         return [n for n in yaml.compose_all(text, Loader=_Loader) if n is not None]
     except yaml.YAMLError:
         return []
+
+
+# ---- the fast path: block-style YAML read line by line -----------------------------------------------
+# Most manifests are block-style YAML as kubectl, kustomize and editors write them. For those, a field's line
+# is found from indentation alone, without composing the document again (which costs about as much as
+# parsing it). Anything this reader does not fully understand (flow collections on the path, quoted or
+# complex keys, tabs, anchors) makes it give up (None), and `compose_span` + `walk` decide instead.
+# A property test checks that it never disagrees with the composer.
+_PLAIN_KEY = re.compile(r"([^\s'\"{}\[\],&*!|>%@`#?:-][^\s:#]*(?::[^\s#][^\s:#]*)*|-[^\s:#]+):(?:\s|$)")
+
+
+class _Unsure(Exception):
+    """The fast reader cannot be sure: let the composer decide."""
+
+
+_TAB_INDENT = re.compile(r"^ *\t", re.M)
+
+
+class _Lines:
+    """A document's lines, each with (indent, is a list item, content column), or None (blank, comment)."""
+
+    def __init__(self, text: str) -> None:
+        if _TAB_INDENT.search(text):
+            raise _Unsure
+        self.lines = text.split("\n")
+        self.info = [self.shape(line, line.lstrip(" ")) for line in self.lines]
+
+    @staticmethod
+    def shape(line: str, stripped: str) -> tuple[int, bool, int] | None:
+        if not stripped or stripped[0] == "#":
+            return None
+        indent = len(line) - len(stripped)
+        if stripped[0] == "-" and (len(stripped) == 1 or stripped[1] == " "):
+            rest = stripped[1:].lstrip(" ")
+            return (indent, True, len(line) - len(rest) if rest and rest[0] != "#" else -1)
+        return (indent, False, indent)
+
+    def key_at(self, i: int, col: int) -> str | None:
+        """The plain key that line ``i`` holds at column ``col``; _Unsure for a key it cannot read."""
+        text = self.lines[i][col:]
+        m = _PLAIN_KEY.match(text)
+        if m:
+            return m.group(1)
+        if text[:1] in ("'", '"', "?", "{", "[", "&", "*", "!", "|", ">", "%", "@", "`") or ": " in text \
+                or text.endswith(":"):
+            raise _Unsure
+        return None   # a scalar (a list item's value): no key here
+
+    def value_start(self, i: int, col: int, key: str) -> str:
+        return self.lines[i][col + len(key) + 1:].strip()
+
+
+def _region_end(lines: _Lines, start: int, end: int, col: int) -> int:
+    """Where the value of the key on line ``start`` (keys at column ``col``) ends."""
+    for j in range(start + 1, end):
+        info = lines.info[j]
+        if info is None:
+            continue
+        indent, dash, _ = info
+        if indent < col or (indent == col and not dash):
+            return j
+    return end
+
+
+def _find_key(lines: _Lines, first: int, end: int, col: int, key: str) -> int | None:
+    """The line of ``key`` in the mapping whose keys sit at ``col`` (its first line may be a list item's)."""
+    for j in range(first, end):
+        info = lines.info[j]
+        if info is None:
+            continue
+        indent, dash, content = info
+        if indent < col and not (dash and j == first):
+            break
+        at = content if (dash and j == first) else (indent if not dash else -1)
+        if at != col:
+            continue
+        found = lines.key_at(j, col)
+        if found == key:
+            return j
+        if found is None and not dash:
+            raise _Unsure   # a line at key level that is not a key
+    return None
+
+
+def scan(text: str, toks: Sequence[Token], judged: Any, *, offset: int) -> Hit | None:
+    """The line of the deepest existing field of ``toks`` in block-style YAML ``text``; None when unsure."""
+    try:
+        return _scan(_Lines(text), toks, judged, offset)
+    except (_Unsure, IndexError):
+        return None
+
+
+def _scan(lines: _Lines, toks: Sequence[Token], judged: Any, offset: int) -> Hit | None:
+    first = next((j for j in range(len(lines.lines)) if lines.info[j] is not None
+                  and not lines.lines[j].startswith(("---", "%"))), None)
+    if first is None:
+        return None
+    info = lines.info[first]
+    assert info is not None
+    if info[1]:
+        raise _Unsure
+    col, end = info[0], len(lines.lines)
+    hit = Hit(0, first + 1 + offset)
+    kind = "map"   # what the current region is: a mapping with keys at `col`, or a sequence
+    for depth, tok in enumerate(toks):
+        if isinstance(tok, str):
+            if kind != "map":
+                raise _Unsure
+            j = _find_key(lines, first, end, col, tok)
+            if j is None:
+                return hit
+            hit = Hit(depth + 1, j + 1 + offset)
+            value = lines.value_start(j, col, tok)
+            stop = _region_end(lines, j, end, col)
+            judged = judged.get(tok) if isinstance(judged, Mapping) else None
+            if depth + 1 == len(toks):
+                return hit
+            if value and not value.startswith("#"):
+                raise _Unsure   # an inline value (flow collection, scalar, anchor) on the path
+            nxt = next((k for k in range(j + 1, stop) if lines.info[k] is not None), None)
+            if nxt is None:
+                return hit
+            n_indent, n_dash, _ = lines.info[nxt]  # type: ignore[misc]
+            first, end = nxt, stop
+            if n_dash:
+                kind, col = "seq", n_indent
+            else:
+                kind, col = "map", n_indent
+        else:
+            if kind != "seq":
+                raise _Unsure
+            items = [k for k in range(first, end) if (i := lines.info[k]) is not None and i[1] and i[0] == col]
+            pick = _pick_line(lines, items, end, tok, judged)
+            if pick is None:
+                return hit
+            hit = Hit(depth + 1, pick + 1 + offset)
+            judged = judged[tok] if isinstance(judged, list) and -len(judged) <= tok < len(judged) else None
+            if depth + 1 == len(toks):
+                return hit
+            item_end = next((k for k in items if k > pick), end)
+            _, _, content = lines.info[pick]  # type: ignore[misc]
+            if content < 0:   # "-" alone: the item's mapping starts on the next line
+                nxt = next((k for k in range(pick + 1, item_end) if lines.info[k] is not None), None)
+                if nxt is None:
+                    return hit
+                first, end, col = nxt, item_end, lines.info[nxt][0]  # type: ignore[index]
+            else:
+                if lines.key_at(pick, content) is None:
+                    raise _Unsure   # a scalar item on the path
+                first, end, col = pick, item_end, content
+            kind = "map"
+    return hit
+
+
+def _pick_line(lines: _Lines, items: list[int], end: int, index: int, judged: Any) -> int | None:
+    if isinstance(judged, list) and -len(judged) <= index < len(judged) and isinstance(judged[index], Mapping):
+        for key in MERGE_KEYS:
+            want = judged[index].get(key)
+            if want is None:
+                continue
+            for n, start in enumerate(items):
+                stop = items[n + 1] if n + 1 < len(items) else end
+                _, _, content = lines.info[start]  # type: ignore[misc]
+                cols = {content} if content >= 0 else set()
+                for j in range(start, stop):
+                    info = lines.info[j]
+                    if info is not None and not info[1]:
+                        cols.add(info[0])
+                        break
+                for col in cols:
+                    at = _find_key(lines, start, stop, col, key)
+                    if at is not None and lines.value_start(at, col, key).strip("'\"") == str(want):
+                        return start
+            break
+    if -len(items) <= index < len(items):
+        return items[index]
+    return None

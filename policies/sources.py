@@ -20,7 +20,7 @@ from typing import Any
 import yaml
 
 from policies.kustomize import Origin, PatchRef
-from policies.locate import Hit, Token, compose_span, compose_text, exists, tokens, walk
+from policies.locate import Hit, Token, compose_span, compose_text, exists, scan, tokens, walk
 from policies.manifests import Located
 
 
@@ -102,8 +102,13 @@ class Locator:
         best: tuple[Hit, Path | None, str] | None = None   # (hit, file, what)
 
         if source is not None and source.span is not None:
-            node, offset = compose_span(source.span)
-            hit = walk(node, toks, judged, offset=offset)
+            span = source.span
+            # block-style YAML: found from indentation alone; anything else is composed again
+            hit = scan(span.text[span.start:span.end], toks, judged, offset=span.line - 1) \
+                if span.item is None else None
+            if hit is None:
+                node, offset = compose_span(span)
+                hit = walk(node, toks, judged, offset=offset)
             if hit is not None:
                 best = (hit, source.path, "source")
         full = len(toks)
