@@ -101,3 +101,42 @@ def test_list_items_are_located_inside_their_list() -> None:
     text = "apiVersion: v1\nkind: List\nitems:\n- apiVersion: v1\n  kind: Pod\n  metadata: {name: a}\n" \
            "  spec:\n    containers: []\n"
     assert _line(text, 0, "spec.containers") == (8, 2)
+
+
+TRICKY = """apiVersion: v1
+kind: ConfigMap
+metadata: {name: tricky, labels: &labels {a: "1", b: on}}
+data:
+  octal: 010
+  hex: 0x1F
+  big: 123456789012345678901234567890
+  negative: -3
+  float: 1.5e3
+  inf: .inf
+  sexagesimal: 1:30
+  bools: [yes, No, TRUE, off, y]
+  nulls: [~, null, ""]
+  when: 2026-11-20T10:00:00Z
+  day: 2026-11-20
+  bin: !!binary aGVsbG8=
+  quoted: "007"
+  alias: *labels
+  merged:
+    <<: *labels
+    c: 3
+  "key with: colon": 1
+  ? [complex, key]
+  : x
+"""
+
+
+def test_the_parser_builds_exactly_what_pyyaml_builds() -> None:
+    import yaml
+
+    text = TRICKY.replace("  ? [complex, key]\n  : x\n", "")
+    [located] = parse_documents(text, "x.yaml").objects
+    assert located.obj == yaml.safe_load(text)
+    assert located.obj["data"]["octal"] == 8 and located.obj["data"]["sexagesimal"] == 90
+    assert located.obj["data"]["merged"] == {"a": "1", "b": True, "c": 3}
+    with pytest.raises(ManifestError, match="x.yaml:23: not valid YAML: found unhashable key"):
+        parse_documents(TRICKY, "x.yaml")   # refused as PyYAML refuses it
