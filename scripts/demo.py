@@ -150,10 +150,10 @@ def _signal_group(proc: subprocess.Popen, sig: int) -> None:
         os.killpg(proc.pid, sig)
 
 
-def stop_all(procs: list[subprocess.Popen], *, grace: float = 25.0) -> None:
-    """Stop every server: SIGTERM (gunicorn finishes in-flight requests), then SIGKILL after ``grace`` seconds,
-    or at once on a second Ctrl-C. Further signals cannot interrupt the clean-up; it always ends with every
-    process group gone."""
+def stop_all(procs: list[subprocess.Popen], *, grace: float = 8.0) -> None:
+    """Stop every server: SIGINT to each gunicorn master (its quick shutdown; nothing is in flight once the
+    demo's own sessions are closed), then SIGKILL after ``grace`` seconds, or at once on a second Ctrl-C.
+    Further signals cannot interrupt the clean-up; it always ends with every process group gone."""
     forced = False
 
     def force(signum: int, frame: object) -> None:
@@ -167,8 +167,9 @@ def stop_all(procs: list[subprocess.Popen], *, grace: float = 25.0) -> None:
     for sig in STOP_SIGNALS:
         signal.signal(sig, force)
     for proc in procs:
-        if proc.poll() is None:
-            _signal_group(proc, signal.SIGTERM)
+        if proc.poll() is None:  # SIGINT: gunicorn's quick shutdown (SIGTERM would wait out graceful_timeout)
+            with contextlib.suppress(ProcessLookupError):
+                proc.send_signal(signal.SIGINT)
     deadline = time.monotonic() + grace
     for proc in procs:
         while proc.poll() is None:
@@ -285,6 +286,7 @@ def main(argv: list[str] | None = None) -> int:
     for sig in STOP_SIGNALS:
         signal.signal(sig, interrupted)
     procs: list[subprocess.Popen] = []
+    sessions: list[requests.Session] = []
     work = Path(tempfile.mkdtemp(prefix="mlguard-demo-"))
     try:
         ca, cert, key = make_certs(work)
@@ -292,6 +294,7 @@ def main(argv: list[str] | None = None) -> int:
         print("cluster facts (no cluster here): namespace ml-serving (staging) with a ResourceQuota of 8 GPUs")
         port = args.port if port_free(args.port) else free_port()
         session = requests.Session()
+        sessions.append(session)
         session.trust_env = False
         session.verify = str(ca)
         webhook_log = work / "webhook.log"
@@ -312,6 +315,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"webhook:  {base}  (gunicorn, TLS, pid {webhook.pid}; PolicySet {ready['policyset']['name']} "
               f"sha256:{ready['policyset']['digest'][:12]}; log {webhook_log})")
         plain = requests.Session()
+        sessions.append(plain)
         plain.trust_env = False
         wait_ready(plain, analysis_url + "/healthz", analysis, analysis_log)
         print(f"analysis: {analysis_url}  (pid {analysis.pid}; Argo Rollouts web metric provider: GET "
@@ -341,6 +345,8 @@ def main(argv: list[str] | None = None) -> int:
         print("\nstopping the servers (Ctrl-C again to kill them at once)", flush=True)
         return 0
     finally:
+        for s in sessions:  # idle keep-alive connections would hold the servers' workers until their timeout
+            s.close()
         stop_all(procs)
         shutil.rmtree(work, ignore_errors=True)
         print(f"stopped; removed {work}", flush=True)
