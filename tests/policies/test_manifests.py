@@ -138,5 +138,5 @@ def test_the_parser_builds_exactly_what_pyyaml_builds() -> None:
     assert located.obj == yaml.safe_load(text)
     assert located.obj["data"]["octal"] == 8 and located.obj["data"]["sexagesimal"] == 90
     assert located.obj["data"]["merged"] == {"a": "1", "b": True, "c": 3}
-    with pytest.raises(ManifestError, match="x.yaml:23: not valid YAML: found unhashable key"):
+    with pytest.raises(ManifestError, match=r"x\.yaml:23: not valid YAML: found unhashable key"):
         parse_documents(TRICKY, "x.yaml")   # refused as PyYAML refuses it
