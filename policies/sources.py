@@ -5,7 +5,7 @@ file that may have written the field is asked: the file that defines the object 
 annotation) and each patch that targets it — a strategic-merge patch by the field's path in the patch, a
 JSON 6902 patch by its operations' paths. The deepest match wins; a patch wins a tie only when it holds the
 whole path (it overrides the base's value). When the field exists in the rendered object but in none of
-those files (a transformer, an inline patch, a generator set it), the location says `(rendered)` and names
+those files (a transformer, an inline patch, a generator set it), the location says `[rendered: ...]` and names
 what may have added it, pointing at the kustomization entry that lists it.
 """
 
@@ -39,7 +39,7 @@ class Location:
     def __str__(self) -> str:
         where = f"{self.file}:{self.line}"
         if self.rendered:
-            where += f" (rendered{'; ' + self.via if self.via else ''})"
+            where += f" [rendered{': ' + self.via if self.via else ''}]"
         return where
 
 
