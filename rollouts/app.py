@@ -26,8 +26,8 @@ from rollouts.config import AnalysisConfig, load_config
 from rollouts.errors import ERROR_RUNBOOK, AnalysisError, BusyError, ParamError
 from rollouts.metrics import caller_of
 from rollouts.service import AnalysisService
-from rollouts.worker import arrived_at
 from rollouts.verdict import link_runbooks
+from rollouts.worker import arrived_at
 
 log = logging.getLogger("rollouts.app")
 analyses = Blueprint("analyses", __name__)
