@@ -1,10 +1,10 @@
-"""The `mlguard` command line: check, test, facts, eval, serve.
+"""The `mlguard` command line: check, test, facts, eval, serve, report.
 
 Exit codes of `mlguard check`: 0 nothing fails (warnings and audit findings may be printed), 1 something is
 denied (or, with ``--fail-on warn``, warned), 2 bad input (unparseable YAML, a kustomization that does not
-render, an invalid PolicySet, a report that cannot be written). Commands that read a cluster (`facts`) and
-`serve` hand over to the package that owns the cluster client or the server (``python -m webhook ...``,
-``python -m rollouts serve``), so this package never imports them.
+render, an invalid PolicySet, a report that cannot be written). Commands that read a cluster (`facts`) or
+Prometheus (`report gpu`) and `serve` hand over to the package that owns the client or the server
+(``python -m webhook ...``, ``python -m rollouts serve|report``), so this package never imports them.
 """
 
 from __future__ import annotations
@@ -134,6 +134,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return _handover(module, "serve", args.rest, prog=f"mlguard serve {args.component}")
 
 
+def cmd_report(args: argparse.Namespace) -> int:
+    return _handover("rollouts", "report", [args.kind, *args.rest], prog=f"mlguard report {args.kind}")
+
+
 class _Formatter(argparse.RawDescriptionHelpFormatter):
     """Shows each option's default (where it has one worth showing), keeps descriptions as written."""
 
@@ -201,6 +205,13 @@ def build_parser() -> argparse.ArgumentParser:
                             "analysis: --host H --port P [--config FILE] [--prometheus URL] "
                             "[--sample-store NAME=DIR_OR_URL]")
     serve.set_defaults(func=cmd_serve)
+
+    report = sub.add_parser("report", help="reports from Prometheus over what already runs",
+                            description="`mlguard report gpu --help` lists the flags (python -m rollouts report gpu).")
+    report.add_argument("kind", choices=["gpu"], help="gpu: allocation, idle time and cost per team and model")
+    report.add_argument("rest", nargs=argparse.REMAINDER,
+                        help="--prometheus URL [--window 7d] [--prices FILE] [--format table|json|csv] ...")
+    report.set_defaults(func=cmd_report)
     return parser
 
 

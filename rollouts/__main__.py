@@ -1,4 +1,5 @@
-"""``python -m rollouts serve ...`` (gunicorn) and ``python -m rollouts check ...`` (job mode).
+"""``python -m rollouts serve ...`` (gunicorn), ``python -m rollouts check ...`` (job mode) and
+``python -m rollouts report gpu ...`` (GPU allocation, idle time and cost; see rollouts/report/).
 
 serve: ``--host H --port P [--config FILE] [--prometheus URL] [--sample-store NAME=DIR_OR_URL ...]
 [--workers N]``; the flags are handed to the gunicorn workers as ``MLGUARD_ANALYSIS_*`` variables.
@@ -6,6 +7,9 @@ serve: ``--host H --port P [--config FILE] [--prometheus URL] [--sample-store NA
 check (for Argo's ``job`` metric provider): ``CHECK [--param k=v ...] [--config FILE]
 [--prometheus URL] [--sample-store ...] [--format json|text]``; exit 0 pass, 1 fail,
 2 inconclusive, 3 error.
+
+report gpu: ``--prometheus URL [--window 7d] [--prices FILE] [--format table|json|csv] ...``; exit 0
+report, 2 bad input, 3 Prometheus error.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from rollouts.config import ENV_PREFIX, ConfigError, load_config, parse_store_spec
+from rollouts.report.cli import add_report_parser, run_gpu
 
 EXIT = {"pass": 0, "fail": 1, "inconclusive": 2}
 EXIT_ERROR = 3
@@ -117,7 +122,10 @@ def main(argv: list[str] | None = None) -> int:
     check.add_argument("--param", action="append", default=[], metavar="K=V")
     check.add_argument("--format", choices=("json", "text"), default="json")
     _add_source_flags(check)
+    add_report_parser(sub)
     args = parser.parse_args(argv)
+    if args.command == "report":
+        return run_gpu(args)
     try:
         if args.command == "serve":
             return _serve(args)

@@ -80,6 +80,10 @@ def render(
 
 DEFAULT_MAX_BYTES = 8 * 1024 * 1024
 
+# A series of a multi-series answer: its labels, and its value (instant) or its points (range).
+LabelledValue = tuple[dict[str, str], float]
+LabelledSeries = tuple[dict[str, str], list[tuple[float, float]]]
+
 
 class PrometheusSource:
     """Instant and range queries, each bounded in time (inside the shared deadline) and in bytes."""
@@ -175,6 +179,41 @@ class PrometheusSource:
         except (KeyError, TypeError, ValueError):
             raise SourceQueryError("unexpected range-query result shape", source=self.name) from None
         return values
+
+    def vector(self, query: str, *, deadline: Deadline, at: dt.datetime | None = None) -> list[LabelledValue]:
+        """Every series of an instant query, with its labels (the metric name dropped) and value.
+
+        For queries that return one series per group (reports); the byte cap bounds the answer."""
+        params = {"query": query}
+        if at is not None:
+            params["time"] = f"{at.timestamp():.3f}"
+        result = self._result(self._get("/api/v1/query", params, deadline=deadline), "vector", query)
+        out: list[LabelledValue] = []
+        try:
+            for item in result:
+                labels = {str(k): str(v) for k, v in item["metric"].items() if k != "__name__"}
+                out.append((labels, float(item["value"][1])))
+        except (KeyError, IndexError, TypeError, ValueError, AttributeError):
+            raise SourceQueryError("unexpected instant-query result shape", source=self.name) from None
+        return out
+
+    def matrix(
+        self, query: str, *, start: dt.datetime, end: dt.datetime, step_seconds: int, deadline: Deadline,
+    ) -> list[LabelledSeries]:
+        """Every series of a range query: labels (metric name dropped) and (unix seconds, value) points.
+
+        Points are as Prometheus answers them: only the steps where the series had a value."""
+        params = {"query": query, "start": f"{start.timestamp():.3f}", "end": f"{end.timestamp():.3f}",
+                  "step": f"{step_seconds}s"}
+        result = self._result(self._get("/api/v1/query_range", params, deadline=deadline), "matrix", query)
+        out: list[LabelledSeries] = []
+        try:
+            for item in result:
+                labels = {str(k): str(v) for k, v in item["metric"].items() if k != "__name__"}
+                out.append((labels, [(float(ts), float(raw)) for ts, raw in item["values"]]))
+        except (KeyError, IndexError, TypeError, ValueError, AttributeError):
+            raise SourceQueryError("unexpected range-query result shape", source=self.name) from None
+        return out
 
     def _result(self, data: Any, kind: str, query: str) -> list[Any]:
         if not isinstance(data, dict) or not isinstance(data.get("result"), list):
