@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -17,12 +18,20 @@ from kustomize_testlib import (
     kustomization_roots,
     root_id,
 )
+from promdata import Prom, loaded_prometheus
 
 
 @pytest.fixture(scope="session")
 def renders() -> Renders:
     """`renders(path)`: the objects `kubectl kustomize path` renders (each path rendered once)."""
     return Renders()
+
+
+@pytest.fixture(scope="session")
+def prometheus() -> Iterator[Prom]:
+    """Debian's Prometheus with six hours of GPU fleet and mlguard series (promdata.py)."""
+    with loaded_prometheus() as prom:
+        yield prom
 
 
 @pytest.fixture(scope="session")
