@@ -137,6 +137,8 @@ def check_mlguard(argv: list[str], mlguard_args: list[str]) -> list[str]:
     except SystemExit as exc:
         if exc.code not in (0, None):
             return [f"mlguard's parser exits {exc.code}: {stderr.getvalue().strip().splitlines()[-1:]}"]
+    if mlguard_args[:1] == ["report"]:  # mlguard execs `python -m rollouts report ...`: its parser decides
+        return check_rollouts(["python", "-m", "rollouts", *mlguard_args])
     return []
 
 
@@ -148,9 +150,11 @@ def check_rollouts(argv: list[str]) -> list[str]:
     from rollouts.errors import ParamError
     from rollouts.params import Params
 
+    from rollouts.report.cli import settings_from
+
     seen: list[object] = []
-    saved = entry._check, entry._serve
-    entry._check = entry._serve = lambda args: seen.append(args) or 0  # type: ignore[assignment]
+    saved = entry._check, entry._serve, entry.run_gpu
+    entry._check = entry._serve = entry.run_gpu = lambda args: seen.append(args) or 0  # type: ignore[assignment]
     stderr = io.StringIO()
     try:
         with contextlib.redirect_stderr(stderr), contextlib.redirect_stdout(io.StringIO()):
@@ -160,7 +164,13 @@ def check_rollouts(argv: list[str]) -> list[str]:
             return [f"rollouts' parser exits {exc.code}: {stderr.getvalue().strip().splitlines()[-1:]}"]
         return []
     finally:
-        entry._check, entry._serve = saved
+        entry._check, entry._serve, entry.run_gpu = saved
+    if seen and getattr(seen[0], "command", None) == "report":
+        try:
+            settings_from(seen[0])  # the values too: --by dimensions, durations, label keys
+        except ParamError as exc:
+            return [str(exc)]
+        return []
     if not seen or getattr(seen[0], "command", None) != "check":
         return []
     args = seen[0]

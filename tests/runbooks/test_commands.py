@@ -73,6 +73,15 @@ def test_mlguard_checker_rejects_bad_flags_and_values() -> None:
     assert not check_mlguard([], ["check", "--format", "json", "--policyset", "p.yaml", "x.yaml"])
 
 
+def test_mlguard_checker_runs_report_flags_through_the_report_parser() -> None:
+    base = ["report", "gpu", "--prometheus", "http://p:9090"]
+    assert check_mlguard([], [*base, "--format", "yaml"])
+    assert check_mlguard([], [*base, "--by", "teams"])
+    assert check_mlguard([], [*base, "--window", "7days"])
+    assert check_mlguard([], ["report", "gpu", "--window", "7d"])  # --prometheus is required
+    assert not check_mlguard([], [*base, "--window", "7d", "--by", "team,model", "--format", "json"])
+
+
 def test_rollouts_checker_rejects_unknown_checks_and_parameters() -> None:
     base = ["python", "-m", "rollouts", "check"]
     assert check_rollouts([*base, "no-such-check"])
