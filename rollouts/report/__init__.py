@@ -63,20 +63,20 @@ class GpuReport:
 
 
 def _collect(source: PrometheusSource, settings: ReportSettings, *, end: dt.datetime | None, deadline: Deadline,
-             chunk_points: int) -> tuple[Observations, Collector]:
+             chunk_points: int | None) -> tuple[Observations, Collector]:
     collector = Collector(source, settings, deadline=deadline, chunk_points=chunk_points)
     return collector.collect(end), collector
 
 
 def collect(source: PrometheusSource, settings: ReportSettings, *, deadline: Deadline,
-            end: dt.datetime | None = None, chunk_points: int = DEFAULT_CHUNK_POINTS) -> Observations:
+            end: dt.datetime | None = None, chunk_points: int | None = DEFAULT_CHUNK_POINTS) -> Observations:
     """What Prometheus says about the window (input of :func:`assemble` and :func:`workloads_from`)."""
     return _collect(source, settings, end=end, deadline=deadline, chunk_points=chunk_points)[0]
 
 
 def gpu_report(source: PrometheusSource, settings: ReportSettings, *, deadline: Deadline,
                prices: PriceTable | None = None, end: dt.datetime | None = None,
-               chunk_points: int = DEFAULT_CHUNK_POINTS) -> GpuReport:
+               chunk_points: int | None = DEFAULT_CHUNK_POINTS) -> GpuReport:
     """The report over the window ending at ``end`` (default: now, rounded down to the step)."""
     obs, collector = _collect(source, settings, end=end, deadline=deadline, chunk_points=chunk_points)
     return assemble(obs, settings, prices=prices, queries=collector.stats)

@@ -71,7 +71,7 @@ def add_report_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) 
                         help="for the whole report (default 900)")
     limits.add_argument("--max-bytes", type=int, default=32 << 20, metavar="BYTES",
                         help="largest answer accepted from Prometheus (default 32 MiB)")
-    limits.add_argument("--chunk-points", type=int, default=DEFAULT_CHUNK_POINTS, help=argparse.SUPPRESS)
+    limits.add_argument("--chunk-points", type=int, default=DEFAULT_CHUNK_POINTS, help=argparse.SUPPRESS)  # tests
 
 
 def parse_time(value: str) -> dt.datetime:

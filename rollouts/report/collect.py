@@ -2,11 +2,12 @@
 provider's client, :class:`~rollouts.sources.prometheus.PrometheusSource`), shaped into
 :class:`~rollouts.report.compute.Observations`.
 
-Whole-window figures come from instant queries with subqueries (one number per pod), asked side by
-side (``PARALLEL_QUERIES``); only the idle points, whose order matters, come back point by point, in
-range queries of at most ``chunk_points`` grid points each. A chunk whose answer exceeds the byte
-cap is split in two and asked again, so a large cluster costs more queries, never more memory than
-one capped answer.
+Per pod and grid point, Prometheus answers what each pod requests, whether it is Pending or Running,
+and how busy its GPUs are (range queries of ``chunk_points`` points, sized to the pods; the five of a chunk
+side by side); :class:`~rollouts.report.compute.Accumulator` adds each chunk into whole-window
+figures, so memory holds one chunk, not the week. Labels, owners and counters are instant queries.
+A range answer above the byte cap is split in two and asked again: a large cluster costs more
+queries, never more memory than one capped answer.
 """
 
 from __future__ import annotations
@@ -17,16 +18,24 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
 
 from rollouts.errors import SourceQueryError
-from rollouts.report.compute import Allocation, IdleRuns, Observations, PodKey
-from rollouts.report.promql import Queries
+from rollouts.report.compute import Accumulator, Chunk, Observations, PodKey
+from rollouts.report.promql import NAMESPACE_RE, Queries
 from rollouts.report.settings import ReportSettings, ksm_label
 from rollouts.sources import Deadline
 from rollouts.sources.prometheus import LabelledSeries, LabelledValue, PrometheusSource
 
 PARALLEL_QUERIES = 4
-DEFAULT_CHUNK_POINTS = 1440  # one day at one minute: ~25 KB per pod and chunk in the worst case (always idle)
+# Grid points per range query: about POINT_BUDGET series x points, from MIN to MAX points. A parsed point
+# costs ~160 bytes until it becomes an array, and five queries run at once: ~80 MB at most. Measured on
+# the benchmark's 168 pods over a day: 1,440 points per chunk peaked at 185 MB, 360 at 94 MB, no slower.
+POINT_BUDGET = 100_000
+MIN_CHUNK_POINTS, MAX_CHUNK_POINTS = 60, 1440
+DEFAULT_CHUNK_POINTS: int | None = None  # sized from the number of GPU pods
 ALLOWLIST_HINT = ("kube-state-metrics exports only the labels named in --metric-labels-allowlist, "
                   "e.g. --metric-labels-allowlist=pods=[{pods}],nodes=[{nodes}]")
 
@@ -53,12 +62,13 @@ def _too_large(exc: SourceQueryError) -> bool:
 
 class Collector:
     def __init__(self, source: PrometheusSource, settings: ReportSettings, *, deadline: Deadline,
-                 chunk_points: int = DEFAULT_CHUNK_POINTS) -> None:
+                 chunk_points: int | None = DEFAULT_CHUNK_POINTS) -> None:
         self.source = source
         self.settings = settings
         self.q = Queries(settings)
         self.deadline = deadline
-        self.chunk_points = max(1, chunk_points)
+        self.chunk_points = max(1, chunk_points) if chunk_points else MAX_CHUNK_POINTS
+        self._auto_chunks = not chunk_points
         self.stats = QueryStats()
         self._lock = threading.Lock()
 
@@ -83,13 +93,25 @@ class Collector:
             self._count("instant", time.monotonic() - started)
         return result
 
-    def _matrix(self, query: str, start: dt.datetime, end: dt.datetime) -> list[LabelledSeries]:
+    def _matrix(self, query: str, at: dt.datetime, a: int, b: int) -> list[LabelledSeries]:
+        """Grid points ``a .. b`` (indices, 0 = ``at``); halves and asks again while the answer is too large."""
+        step = self.settings.step_seconds
         started = time.monotonic()
         try:
-            return self.source.matrix(query, start=start, end=end, step_seconds=self.settings.step_seconds,
+            return self.source.matrix(query, start=at + dt.timedelta(seconds=a * step),
+                                      end=at + dt.timedelta(seconds=b * step), step_seconds=step,
                                       deadline=self.deadline)
+        except SourceQueryError as exc:
+            if not _too_large(exc):
+                raise
+            if a == b:
+                raise SourceQueryError(f"Prometheus answered more than {self.source.max_bytes} bytes for a single "
+                                       "point of a per-pod query; raise --max-bytes", source=exc.source) from None
         finally:
             self._count("range", time.monotonic() - started)
+        self._count("split")
+        mid = (a + b) // 2
+        return self._matrix(query, at, a, mid) + self._matrix(query, at, mid + 1, b)
 
     # ---- the report's data
 
@@ -99,72 +121,74 @@ class Collector:
         step = self.settings.step_seconds
         return dt.datetime.fromtimestamp(math.floor(ts / step) * step, dt.UTC)
 
-    @staticmethod
-    def _allocations(steps: list[LabelledValue], now: list[LabelledValue]) -> list[Allocation]:
-        def ident(lab: dict[str, str]) -> tuple[str, str, str, str]:
-            return lab.get("namespace", ""), lab.get("pod", ""), lab.get("node", ""), lab.get("resource", "")
+    def chunks(self) -> list[tuple[int, int]]:
+        """Grid index ranges, inclusive, in time order: from grace - 1 points before the window (an idle
+        stretch that began earlier counts once it is long enough) to the end (0)."""
+        lo = -(self.settings.steps - 1) - (self.settings.grace_steps - 1)
+        return [(a, min(a + self.chunk_points - 1, 0)) for a in range(lo, 1, self.chunk_points)]
 
-        current = {ident(lab): v for lab, v in now}
-        out = [Allocation(*ident(lab), gpu_steps=v, gpus_now=current.get(ident(lab), 0.0)) for lab, v in steps]
-        return sorted(out, key=lambda a: (a.namespace, a.pod, a.resource))
+    def chunk(self, at: dt.datetime, a: int, b: int, namespaces: list[str], pool: ThreadPoolExecutor) -> Chunk:
+        """One stretch of the grid: the four per-pod series and the busy unallocated GPUs, side by side."""
+        queries = {"app": self.q.app_requests, "init": self.q.init_requests, "active": self.q.active_pods(namespaces),
+                   "utilisation": self.q.utilisation_by_pod, "unallocated": self.q.unallocated_busy}
+        futures = {name: pool.submit(self._matrix, query, at, a, b) for name, query in queries.items()}
+        got = {name: future.result() for name, future in futures.items()}
+        chunk = Chunk(first=a, length=b - a + 1)
+        at_ts, step = at.timestamp(), self.settings.step_seconds
 
-    def idle(self, at: dt.datetime) -> IdleRuns:
-        s = self.settings
-        first = -(s.steps - 1)
-        runs = IdleRuns(grace_steps=s.grace_steps, first_index=first)
-        # Grid indices, inclusive, in time order: from grace - 1 points before the window (a run that
-        # began earlier counts once long enough) to the end.
-        lo, hi = first - (s.grace_steps - 1), 0
-        chunks = [(a, min(a + self.chunk_points - 1, hi)) for a in range(lo, hi + 1, self.chunk_points)]
-        while chunks:
-            a, b = chunks.pop(0)
-            start = at + dt.timedelta(seconds=a * s.step_seconds)
-            end = at + dt.timedelta(seconds=b * s.step_seconds)
-            try:
-                series = self._matrix(self.q.idle_candidates, start, end)
-            except SourceQueryError as exc:
-                if not _too_large(exc) or a == b:
-                    if _too_large(exc):
-                        raise SourceQueryError(
-                            f"Prometheus answered more than {self.source.max_bytes} bytes for a single point "
-                            "of the idle query; raise --max-bytes", source=exc.source) from None
-                    raise
-                mid = (a + b) // 2
-                self._count("split")
-                chunks[0:0] = [(a, mid), (mid + 1, b)]
-                continue
-            at_ts = at.timestamp()
-            for labels, points in series:
-                key = _key(labels)
-                for ts, gpus in points:
-                    runs.add(key, round((ts - at_ts) / s.step_seconds), gpus)
-        return runs
+        def place(into: dict[Any, np.ndarray], key: Any, ts: np.ndarray, values: np.ndarray, empty: float) -> None:
+            arr = into.get(key)
+            if arr is None:
+                arr = into[key] = np.full(chunk.length, empty)
+            arr[np.rint((ts - at_ts) / step).astype(np.int64) - a] = values
+
+        for name in ("app", "init"):
+            for labels, ts, values in got[name]:
+                key = (labels.get("namespace", ""), labels.get("pod", ""), labels.get("node", ""),
+                       labels.get("resource", ""))
+                place(getattr(chunk, name), key, ts, values, np.nan)
+        for labels, ts, values in got["active"]:
+            place(chunk.active, _key(labels), ts, values > 0, False)
+        for labels, ts, values in got["utilisation"]:
+            place(chunk.utilisation, _key(labels), ts, values, np.nan)
+        for labels, ts, values in got["unallocated"]:
+            arr = np.full(chunk.length, np.nan)
+            arr[np.rint((ts - at_ts) / step).astype(np.int64) - a] = values
+            chunk.unallocated.append((labels.get("modelName", ""), arr))
+        return chunk
 
     def collect(self, end: dt.datetime | None = None) -> Observations:
         at = self.end_of(end)
         obs = Observations(end=at.timestamp())
-        names = ("gpu_steps", "gpus_now", "measured_gpu_steps", "utilisation_gpu_steps", "pod_labels", "pod_owners",
-                 "node_labels", "requests", "tokens", "unallocated_busy_gpu_steps",
-                 "unallocated_busy_utilisation_steps")
-        # Independent queries run side by side (Prometheus evaluates up to 20 at once); the idle points
-        # come in order, chunk after chunk, in one of the threads. The first error is raised.
+        names = ("gpu_pods", "pod_labels", "pod_owners", "node_labels", "requests", "tokens")
+        # Independent queries run side by side (Prometheus evaluates up to 20 at once); the first error
+        # is raised, and nothing is reported from data that did not arrive.
         with ThreadPoolExecutor(max_workers=PARALLEL_QUERIES) as pool:
-            idle = pool.submit(self.idle, at)
-            futures = {name: pool.submit(self._vector, getattr(self.q, name), at) for name in names}
             try:
+                futures = {name: pool.submit(self._vector, getattr(self.q, name), at) for name in names}
                 got = {name: future.result() for name, future in futures.items()}
-                runs = idle.result()
+                found = {lab.get("namespace", "") for lab, _ in got["gpu_pods"]} - {""}
+                namespaces = sorted(n for n in found if NAMESPACE_RE.match(n))
+                if len(namespaces) < len(found):
+                    obs.warnings.append(f"skipped GPU pods in namespaces whose names are not Kubernetes names: "
+                                        f"{sorted(found - set(namespaces))[:5]}")
+                if not namespaces:
+                    self._explain_no_data(obs, at)
+                    return obs
+                if self._auto_chunks:
+                    self.chunk_points = min(MAX_CHUNK_POINTS, max(MIN_CHUNK_POINTS,
+                                                                  POINT_BUDGET // max(1, len(got["gpu_pods"]))))
+                accumulator = Accumulator(self.settings)
+                for a, b in self.chunks():
+                    accumulator.add(self.chunk(at, a, b, namespaces, pool))
             except BaseException:
                 pool.shutdown(wait=True, cancel_futures=True)
                 raise
-        obs.allocations = self._allocations(got["gpu_steps"], got["gpus_now"])
+        accumulator.into(obs)
         if not obs.allocations:
             self._explain_no_data(obs, at)
             return obs
         gpu_pods = {(a.namespace, a.pod) for a in obs.allocations}
-        obs.measured_gpu_steps = {_key(lab): v for lab, v in got["measured_gpu_steps"]}
-        obs.utilisation_gpu_steps = {_key(lab): v for lab, v in got["utilisation_gpu_steps"]}
-        obs.idle = runs.finish()
         self._labels(obs, at, gpu_pods, got["pod_labels"], got["pod_owners"], got["node_labels"])
         for lab, v in got["requests"]:
             key = _key(lab)
@@ -173,13 +197,9 @@ class Collector:
         for lab, v in got["tokens"]:
             key = _key(lab)
             obs.tokens[key] = obs.tokens.get(key, 0.0) + v
-        if any(obs.measured_gpu_steps.get(k, 0) > 0 for k in gpu_pods):
-            # Only when utilisation reaches pods: with the pod label misnamed, every GPU would look unallocated.
-            obs.unallocated_busy_gpu_steps = {lab.get("modelName", ""): v
-                                              for lab, v in got["unallocated_busy_gpu_steps"]}
-            obs.unallocated_busy_utilisation = {lab.get("modelName", ""): v
-                                                for lab, v in got["unallocated_busy_utilisation_steps"]}
-        else:
+        if not any(obs.measured_gpu_steps.get(k, 0) > 0 for k in gpu_pods):
+            # With the pod label misnamed every GPU looks unallocated: no "busy without a pod" guesses then.
+            obs.unallocated_busy_gpu_steps, obs.unallocated_busy_utilisation = {}, {}
             self._explain_no_utilisation(obs, at)
         return obs
 

@@ -17,6 +17,8 @@ from collections import defaultdict
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
+import numpy as np
+
 from rollouts.report.prices import PriceTable
 from rollouts.report.settings import (
     DIMENSIONS,
@@ -29,6 +31,7 @@ from rollouts.report.settings import (
 )
 
 PodKey = tuple[str, str]  # (namespace, pod)
+AllocKey = tuple[str, str, str, str]  # (namespace, pod, node, resource as kube-state-metrics spells it)
 
 
 # ---------------------------------------------------------------------------------- idle stretches
@@ -61,17 +64,30 @@ class IdleRuns:
         self._done: dict[PodKey, IdleResult] = defaultdict(IdleResult)
 
     def add(self, key: PodKey, k: int, gpus: float) -> None:
+        """One idle point."""
+        self._add_run(key, k, k, gpus if self.first_index <= k <= self.last_index else 0.0)
+
+    def add_chunk(self, key: PodKey, first: int, idle: np.ndarray, gpus: np.ndarray) -> None:
+        """The points ``first, first + 1, ...`` of one pod: ``idle`` says which are idle, ``gpus`` how
+        many GPUs it holds at each. Work grows with the runs, not the points."""
+        edges = np.flatnonzero(np.diff(np.concatenate(([0], idle.astype(np.int8), [0]))))
+        k = first + np.arange(idle.size)
+        counted = np.where((k >= self.first_index) & (k <= self.last_index), gpus, 0.0)
+        for start, stop in zip(edges[::2], edges[1::2], strict=True):
+            self._add_run(key, first + int(start), first + int(stop) - 1, float(counted[start:stop].sum()))
+
+    def _add_run(self, key: PodKey, start: int, last: int, gpu_steps_in_window: float) -> None:
         run = self._open.get(key)
-        if run is not None and k <= run.last:
-            raise ValueError(f"idle points of {key} out of order ({k} after {run.last})")
-        if run is None or k != run.last + 1:
-            if run is not None:
-                self._close(key, run)
-            run = self._open[key] = _Run(last=k, length=0, gpu_steps_in_window=0.0)
-        run.last = k
-        run.length += 1
-        if self.first_index <= k <= self.last_index:
-            run.gpu_steps_in_window += gpus
+        if run is not None and start <= run.last:
+            raise ValueError(f"idle points of {key} out of order ({start} after {run.last})")
+        if run is not None and start == run.last + 1:
+            run.length += last - start + 1
+            run.gpu_steps_in_window += gpu_steps_in_window
+            run.last = last
+            return
+        if run is not None:
+            self._close(key, run)
+        self._open[key] = _Run(last=last, length=last - start + 1, gpu_steps_in_window=gpu_steps_in_window)
 
     def _close(self, key: PodKey, run: _Run) -> None:
         result = self._done[key]
@@ -120,6 +136,78 @@ class Observations:
     unallocated_busy_gpu_steps: dict[str, float] = field(default_factory=dict)  # DCGM modelName -> steps
     unallocated_busy_utilisation: dict[str, float] = field(default_factory=dict)  # modelName -> sum of util
     warnings: list[str] = field(default_factory=list)
+
+
+# ---------------------------------------------------------------------------------- chunks of the grid
+
+@dataclass
+class Chunk:
+    """What Prometheus answered for grid points ``first .. first + length - 1``: one array per series,
+    NaN (or False) where the series had no value."""
+
+    first: int
+    length: int
+    app: dict[AllocKey, np.ndarray] = field(default_factory=dict)  # containers' GPU requests
+    init: dict[AllocKey, np.ndarray] = field(default_factory=dict)  # largest init container's
+    active: dict[PodKey, np.ndarray] = field(default_factory=dict)  # Pending or Running (bool)
+    utilisation: dict[PodKey, np.ndarray] = field(default_factory=dict)  # mean of the pod's GPUs, percent
+    unallocated: list[tuple[str, np.ndarray]] = field(default_factory=list)  # (modelName, util while busy)
+
+
+class Accumulator:
+    """Adds chunk after chunk (in time order) into the whole-window figures of :class:`Observations`."""
+
+    def __init__(self, settings: ReportSettings) -> None:
+        self.settings = settings
+        self.first_index = -(settings.steps - 1)
+        self.gpu_steps: dict[AllocKey, float] = defaultdict(float)
+        self.gpus_now: dict[AllocKey, float] = {}
+        self.measured: dict[PodKey, float] = defaultdict(float)
+        self.utilisation: dict[PodKey, float] = defaultdict(float)
+        self.unallocated_steps: dict[str, float] = defaultdict(float)
+        self.unallocated_utilisation: dict[str, float] = defaultdict(float)
+        self.idle = IdleRuns(grace_steps=settings.grace_steps, first_index=self.first_index)
+
+    def add(self, chunk: Chunk) -> None:
+        k = chunk.first + np.arange(chunk.length)
+        in_window = (k >= self.first_index) & (k <= 0)
+        last = chunk.length - 1 if k[-1] == 0 else None
+        inactive = np.zeros(chunk.length, dtype=bool)
+        held: dict[PodKey, np.ndarray] = {}
+        for key in sorted(set(chunk.app) | set(chunk.init)):
+            pod = (key[0], key[1])
+            requested = np.fmax(chunk.app.get(key, np.full(chunk.length, np.nan)),
+                                chunk.init.get(key, np.full(chunk.length, np.nan)))
+            gpus = np.where(chunk.active.get(pod, inactive), np.nan_to_num(requested), 0.0)
+            self.gpu_steps[key] += float(gpus[in_window].sum())
+            if last is not None:
+                self.gpus_now[key] = float(gpus[last])
+            held[pod] = held[pod] + gpus if pod in held else gpus
+        threshold = self.settings.idle_threshold
+        for pod, gpus in held.items():
+            util = chunk.utilisation.get(pod)
+            if util is None:
+                continue
+            measured = (gpus > 0) & ~np.isnan(util)
+            self.measured[pod] += float(gpus[measured & in_window].sum())
+            self.utilisation[pod] += float((gpus * np.nan_to_num(util))[measured & in_window].sum())
+            self.idle.add_chunk(pod, chunk.first, measured & (np.nan_to_num(util, nan=np.inf) < threshold), gpus)
+        for model_name, util in chunk.unallocated:
+            busy = ~np.isnan(util) & in_window
+            self.unallocated_steps[model_name] += float(busy.sum())
+            self.unallocated_utilisation[model_name] += float(util[busy].sum())
+
+    def into(self, obs: Observations) -> None:
+        obs.allocations = sorted(
+            (Allocation(*key, gpu_steps=steps, gpus_now=self.gpus_now.get(key, 0.0))
+             for key, steps in self.gpu_steps.items() if steps > 0 or self.gpus_now.get(key, 0.0) > 0),
+            key=lambda a: (a.namespace, a.pod, a.resource, a.node))
+        held = {(a.namespace, a.pod) for a in obs.allocations}
+        obs.measured_gpu_steps = {p: v for p, v in self.measured.items() if p in held}
+        obs.utilisation_gpu_steps = {p: v for p, v in self.utilisation.items() if p in held}
+        obs.idle = {p: v for p, v in self.idle.finish().items() if p in held}
+        obs.unallocated_busy_gpu_steps = dict(self.unallocated_steps)
+        obs.unallocated_busy_utilisation = dict(self.unallocated_utilisation)
 
 
 # ---------------------------------------------------------------------------------- per pod

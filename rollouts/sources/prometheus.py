@@ -26,6 +26,7 @@ import re
 import string
 from typing import Any
 
+import numpy as np
 import orjson
 
 from rollouts.errors import (
@@ -82,7 +83,7 @@ DEFAULT_MAX_BYTES = 8 * 1024 * 1024
 
 # A series of a multi-series answer: its labels, and its value (instant) or its points (range).
 LabelledValue = tuple[dict[str, str], float]
-LabelledSeries = tuple[dict[str, str], list[tuple[float, float]]]
+LabelledSeries = tuple[dict[str, str], "np.ndarray", "np.ndarray"]  # labels, timestamps, values
 
 
 class PrometheusSource:
@@ -200,9 +201,9 @@ class PrometheusSource:
     def matrix(
         self, query: str, *, start: dt.datetime, end: dt.datetime, step_seconds: int, deadline: Deadline,
     ) -> list[LabelledSeries]:
-        """Every series of a range query: labels (metric name dropped) and (unix seconds, value) points.
-
-        Points are as Prometheus answers them: only the steps where the series had a value."""
+        """Every series of a range query: labels (metric name dropped), timestamps (unix seconds) and
+        values as arrays. Points are as Prometheus answers them: only the steps where the series had
+        a value."""
         params = {"query": query, "start": f"{start.timestamp():.3f}", "end": f"{end.timestamp():.3f}",
                   "step": f"{step_seconds}s"}
         result = self._result(self._get("/api/v1/query_range", params, deadline=deadline), "matrix", query)
@@ -210,7 +211,9 @@ class PrometheusSource:
         try:
             for item in result:
                 labels = {str(k): str(v) for k, v in item["metric"].items() if k != "__name__"}
-                out.append((labels, [(float(ts), float(raw)) for ts, raw in item["values"]]))
+                values = item["values"]
+                out.append((labels, np.fromiter((p[0] for p in values), float, len(values)),
+                            np.fromiter((p[1] for p in values), float, len(values))))
         except (KeyError, IndexError, TypeError, ValueError, AttributeError):
             raise SourceQueryError("unexpected range-query result shape", source=self.name) from None
         return out

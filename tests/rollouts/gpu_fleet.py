@@ -15,6 +15,7 @@ series were written from), not from anything Prometheus answers.
 from __future__ import annotations
 
 import contextlib
+import math
 import shutil
 import subprocess
 from collections import defaultdict
@@ -247,13 +248,13 @@ class OpenMetricsWriter:
         self.families[name].append((f"{name}{{{lab}}} ", np.asarray(t, dtype=np.float64),
                                     np.asarray(values, dtype=np.float64)))
 
-    def write(self, directory: Path) -> tuple[list[Path], int]:
-        """One file per block that holds samples; returns the files and the number of samples."""
+    def write(self, directory: Path, *, file_blocks: int = FILE_BLOCKS) -> tuple[list[Path], int]:
+        """One file per ``file_blocks`` blocks that hold samples; returns the files and the sample count."""
         directory.mkdir(parents=True, exist_ok=True)
         lo = min(float(t[0]) for chunks in self.families.values() for _, t, _ in chunks)
         hi = max(float(t[-1]) for chunks in self.families.values() for _, t, _ in chunks)
         files, samples = [], 0
-        span = BLOCK_SECONDS * FILE_BLOCKS
+        span = BLOCK_SECONDS * file_blocks
         block = int(lo // span) * span
         while block <= hi:
             path = directory / f"block-{block}.om"
@@ -303,7 +304,7 @@ def series(fleet: Fleet, *, extra: OpenMetricsWriter | None = None) -> tuple[Ope
             labels["label_karpenter_sh_capacity_type"] = node.capacity
         out.add("kube_node_labels", {**labels, "job": "kube-state-metrics"}, t, np.ones(t.size))
     node_of = {n.name: n for n in fleet.nodes}
-    used: dict[str, set[int]] = defaultdict(set)
+    held_until: dict[str, dict[int, float]] = defaultdict(dict)  # node -> GPU index -> free again from
     for (ns, rs_name), (kind, name) in fleet.replicasets.items():
         out.add("kube_replicaset_owner", {"namespace": ns, "replicaset": rs_name, "owner_kind": kind,
                                           "owner_name": name, "owner_is_controller": "true",
@@ -339,9 +340,10 @@ def series(fleet: Fleet, *, extra: OpenMetricsWriter | None = None) -> tuple[Ope
         truth.util[pod.name] = np.where(has_util, util.mean(axis=0), np.nan)
         if pod.node:
             node = node_of[pod.node]
-            first = next(i for i in range(node.gpus) if i not in used[pod.node])
-            gpus = [first + k for k in range(pod.gpus)]
-            used[pod.node].update(gpus)
+            gpus = [i for i in range(node.gpus) if held_until[pod.node].get(i, -math.inf) <= pod.created][:pod.gpus]
+            assert len(gpus) == pod.gpus, f"{node.name} has no {pod.gpus} free GPUs for {pod.name}"
+            for gpu in gpus:
+                held_until[pod.node][gpu] = pod.deleted
             if pod.dcgm:
                 for k, gpu in enumerate(gpus):
                     out.add("DCGM_FI_DEV_GPU_UTIL", _dcgm(node, gpu, pod), t[has_util], util[k][has_util])
@@ -360,7 +362,7 @@ def series(fleet: Fleet, *, extra: OpenMetricsWriter | None = None) -> tuple[Ope
     # GPUs allocated to no pod: DCGM reports them with empty pod labels
     for node in fleet.nodes:
         for gpu in range(node.gpus):
-            if gpu in used[node.name]:
+            if gpu in held_until[node.name]:  # (a GPU a pod gave back reads 0%: not written)
                 continue
             util = np.zeros(t.size)
             for where, index, lo, hi, level in fleet.squatters:

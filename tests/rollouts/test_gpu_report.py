@@ -156,7 +156,9 @@ def test_the_bill_matches_the_fleet_to_a_tenth_of_a_percent(loaded: Loaded, cli_
     assert any("no price for unknown (on-demand)" in w for w in doc["warnings"])
     # A pod that never got a node holds nothing.
     assert not any(r["model"] == "llama-3.1-405b-instruct" for r in doc["rows"])
-    assert doc["queries"]["instant"] + doc["queries"]["range"] <= 16  # per report, not per pod
+    # Queries grow with the window's chunks (1,440 points each, five series per chunk), never with pods.
+    chunks = math.ceil((WINDOW // STEP + GRACE // STEP - 1) / 1440)
+    assert doc["queries"]["range"] == 5 * chunks and doc["queries"]["instant"] <= 8
     assert doc["currency"] == "USD" and doc["no_data"] is False
 
 
@@ -164,11 +166,8 @@ def test_a_lull_shorter_than_the_grace_is_not_idle(loaded: Loaded, observations)
     llama = ("team-llm", "llm", "cc-4410", "llama-3.1-70b-instruct", gf.H100)
     rows = {row_key(r): r for r in to_json(assemble(observations, settings()))["rows"]}
     # The 15-minute dip at noon is below the threshold: idle with a 5-minute grace, not with 30.
-    # (Only the idle points depend on the grace: ask for those again, keep the rest.)
     short = settings(grace_seconds=STEP)
-    collector = Collector(PrometheusSource(loaded.url, timeout=60), short, deadline=Deadline(120))
-    idle = collector.idle(dt.datetime.fromtimestamp(loaded.end, dt.UTC)).finish()
-    shorter = {row_key(r): r for r in to_json(assemble(dataclasses.replace(observations, idle=idle), short))["rows"]}
+    shorter = {row_key(r): r for r in to_json(assemble(observe(loaded, grace_seconds=STEP), short))["rows"]}
     want = gf.expected(loaded.fleet, loaded.truth, window=WINDOW, threshold=gf.THRESHOLD, grace=STEP)
     close(shorter[llama]["idle_gpu_hours"], want[llama].idle_gpu_hours, what="llama idle, 5m grace")
     assert shorter[llama]["idle_gpu_hours"] - rows[llama]["idle_gpu_hours"] == pytest.approx(7 * 4 * 0.25)
@@ -227,18 +226,17 @@ def test_idle_workloads_for_the_audit(loaded: Loaded) -> None:
     assert finished.gpus_now == 0 and not finished.idle_now and finished.gpu_hours == pytest.approx(96.0)
 
 
-def test_answers_too_large_for_the_cap_are_split_not_lost(loaded: Loaded) -> None:
+def test_answers_too_large_for_the_cap_are_split_not_lost(loaded: Loaded, observations) -> None:
     end = dt.datetime.fromtimestamp(loaded.end, dt.UTC)
-
-    def idle(max_bytes: int) -> tuple[dict, Collector]:
-        collector = Collector(PrometheusSource(loaded.url, timeout=30, max_bytes=max_bytes), settings(),
-                              deadline=Deadline(120), chunk_points=2100)
-        return collector.idle(end).finish(), collector
-
-    whole, plain = idle(32 << 20)
-    split, small = idle(65536)
-    assert plain.stats.split == 0 and small.stats.split > 0 and small.stats.range > plain.stats.range
-    assert split == whole and sum(r.idle_gpu_steps for r in whole.values()) > 0
+    collector = Collector(PrometheusSource(loaded.url, timeout=30, max_bytes=65536), settings(),
+                          deadline=Deadline(120), chunk_points=2100)
+    split = collector.collect(end)
+    assert collector.stats.split > 0 and collector.stats.range > 5  # one chunk of five queries, split up
+    # The same figures (utilisation sums only up to float rounding: other chunk boundaries, other order).
+    assert split.utilisation_gpu_steps == pytest.approx(observations.utilisation_gpu_steps, rel=1e-12)
+    assert dataclasses.replace(split, utilisation_gpu_steps={}) == dataclasses.replace(
+        observations, utilisation_gpu_steps={})
+    assert sum(r.idle_gpu_steps for r in split.idle.values()) > 0
 
 
 def test_misnamed_labels_make_figures_unknown_and_say_which_flag_fixes_it(loaded: Loaded, cli_report: dict) -> None:

@@ -144,15 +144,22 @@ def test_the_serving_counters_are_the_presets_metrics() -> None:
 def test_every_query_parses(tmp_path: Path, changes: dict) -> None:
     q = Queries(ReportSettings(**changes))
     names = [n for n in dir(Queries) if isinstance(getattr(Queries, n), property)
-             and n not in ("window", "subquery_range", "pod_label_names", "node_label_names")]
+             and n not in ("window", "pod_label_names", "node_label_names")]
     rules = [{"record": f"report:{n}", "expr": getattr(q, n)} for n in names]
     rules.append({"record": "report:utilisation_series", "expr": q.utilisation_series_with("pod")})
+    rules.append({"record": "report:active", "expr": q.active_pods(["team-llm", "research"])})
     path = tmp_path / "rules.yaml"
     path.write_text(yaml.safe_dump({"groups": [{"name": "report", "rules": rules}]}))
     proc = subprocess.run(["promtool", "check", "rules", str(path)], capture_output=True, text=True, timeout=60,
                           check=False)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert len(rules) >= 14
+
+
+@pytest.mark.parametrize("namespaces", [[], ['team"} or vector(1) #'], ["a|.*"], ["Team"]])
+def test_namespace_names_from_prometheus_are_checked_before_they_reach_a_query(namespaces: list[str]) -> None:
+    with pytest.raises(ParamError):
+        Queries(ReportSettings()).active_pods(namespaces)
 
 
 @pytest.mark.parametrize("changes", [
