@@ -5,6 +5,7 @@ from __future__ import annotations
 import subprocess
 from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
 from hypothesis import given, settings
@@ -14,7 +15,9 @@ from rollouts.errors import ParamError
 from rollouts.presets import PRESETS
 from rollouts.report import workloads_from
 from rollouts.report.compute import (
+    Accumulator,
     Allocation,
+    Chunk,
     IdleRuns,
     Observations,
     PodUsage,
@@ -64,6 +67,27 @@ def test_idle_runs_match_the_brute_force(candidate: list[bool], grace: int, befo
     assert (result.idle_gpu_steps, result.longest_run_steps, result.current_run_steps) == (idle, longest, current)
 
 
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.booleans(), min_size=1, max_size=120), st.lists(st.integers(1, 40), min_size=1, max_size=10),
+       st.integers(1, 10), st.integers(0, 40))
+def test_idle_runs_fed_in_chunks_equal_point_by_point(candidate: list[bool], sizes: list[int], grace: int,
+                                                      before: int) -> None:
+    n = len(candidate)
+    first_k, window_first = -(n - 1), min(0, -(n - 1) + before)
+    gpus = np.array([1.0 + (i % 3) for i in range(n)])
+    by_point = IdleRuns(grace_steps=grace, first_index=window_first)
+    for i, c in enumerate(candidate):
+        if c:
+            by_point.add(("ns", "p"), first_k + i, float(gpus[i]))
+    by_chunk = IdleRuns(grace_steps=grace, first_index=window_first)
+    i, j = 0, 0
+    while i < n:
+        size = sizes[j % len(sizes)]
+        by_chunk.add_chunk(("ns", "p"), first_k + i, np.array(candidate[i:i + size]), gpus[i:i + size])
+        i, j = i + size, j + 1
+    assert by_chunk.finish() == by_point.finish()
+
+
 def test_idle_runs_refuse_points_out_of_order() -> None:
     runs = IdleRuns(grace_steps=2, first_index=-10)
     runs.add(("ns", "p"), -3, 1.0)
@@ -77,6 +101,30 @@ def test_a_run_begun_before_the_window_counts_only_inside_it() -> None:
         runs.add(("ns", "p"), k, 2.0)
     result = runs.finish()[("ns", "p")]
     assert result.idle_gpu_steps == 6.0 and result.current_run_steps == 6
+
+
+def test_the_accumulator_joins_requests_phase_and_utilisation() -> None:
+    s = ReportSettings(window_seconds=600, step_seconds=60, grace_seconds=120)  # 10 points, grace 2
+    acc = Accumulator(s)
+    nan = np.nan
+    chunk = Chunk(first=-10, length=11)  # one point before the window (k=-10), then k=-9 .. 0
+    key = ("ns", "p", "node-a", "nvidia_com_gpu")
+    chunk.app[key] = np.array([1, 1, 1, 1, 1, 1, 1, 1, 1, 1, nan])  # the series ends before the last point
+    chunk.init[key] = np.array([2, 2, 0, 0, 0, 0, 0, 0, 0, 0, 0], dtype=float)  # an init container asks for 2
+    chunk.active[("ns", "p")] = np.array([1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 1], dtype=bool)  # finished at k=-2
+    chunk.utilisation[("ns", "p")] = np.array([0, 1, 50, 2, 3, 4, nan, 1, 1, 1, 1], dtype=float)
+    acc.add(chunk)
+    obs = Observations(end=0.0)
+    acc.into(obs)
+    (alloc,) = obs.allocations
+    # held at k=-9 (2 GPUs: init) and k=-8 .. -3 (1 GPU); inactive at -2, -1; no request at 0
+    assert alloc.gpu_steps == 2 + 6 and alloc.gpus_now == 0.0
+    # measured: all held points but k=-4 (no utilisation)
+    assert obs.measured_gpu_steps[("ns", "p")] == 2 + 5
+    assert obs.utilisation_gpu_steps[("ns", "p")] == 2 * 1 + 50 + 2 + 3 + 4 + 1
+    # idle (< 5%): k=-10 (before the window, 2 GPUs), -9 (2) = run of 2 >= grace -> counts 2 in the window;
+    # k=-7 .. -5 (1 GPU each) = run of 3 -> counts 3; k=-3 alone -> too short
+    assert obs.idle[("ns", "p")].idle_gpu_steps == 2 + 3 and obs.idle[("ns", "p")].current_run_steps == 0
 
 
 # ------------------------------------------------------------------------------------------ names
