@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -29,8 +30,11 @@ DEFAULTS = ReportSettings()
 def add_report_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     report = sub.add_parser("report", help="reports over what already runs")
     kinds = report.add_subparsers(dest="report", required=True)
+    # `mlguard report gpu` hands over here naming itself in MLGUARD_PROG: the usage says what was typed
+    prog = os.environ.get("MLGUARD_PROG", "")
     gpu = kinds.add_parser(
-        "gpu", help="GPU allocation, utilisation, idle time and cost per namespace, team, cost center, model, class",
+        "gpu", prog=prog if prog.startswith("mlguard report") else None,
+        help="GPU allocation, utilisation, idle time and cost per namespace, team, cost center, model, class",
         description="Exit 0 with the report (also when no GPU was held), 2 for bad input, 3 when Prometheus "
                     "cannot answer.")
     gpu.add_argument("--prometheus", required=True, metavar="URL", help="Prometheus base URL")

@@ -149,7 +149,6 @@ def check_rollouts(argv: list[str]) -> list[str]:
     from rollouts.checks import COMMON_PARAMS, _registry
     from rollouts.errors import ParamError
     from rollouts.params import Params
-
     from rollouts.report.cli import settings_from
 
     seen: list[object] = []
