@@ -40,6 +40,7 @@ LABEL_VALUES = {
     "action": ["deny", "warn", "audit"], "result": ["success", "refused"],
     "check": ["latency", "error-rate", "input-drift"], "verdict": ["pass", "fail", "inconclusive", "error"],
     "caller": ["argo", "flagger"], "source": ["prometheus", "sample-store"],
+    "reason": ["handshake_timeout", "read_timeout", "evicted"],
 }
 AUDIT_RESULTS = ("pass", "fail", "warn", "error", "skip")
 

@@ -102,7 +102,8 @@ def test_the_dashboard_covers_what_the_issue_asks_for() -> None:
     for metric in ("mlguard_admission_requests_total", "mlguard_violations_total",
                    "mlguard_admission_duration_seconds_bucket", "mlguard_policy_errors_total", "mlguard_audit_results",
                    "mlguard_analysis_requests_total", "mlguard_analysis_duration_seconds_bucket",
-                   "mlguard_analysis_source_errors_total", "kube_pod_container_resource_requests",
+                   "mlguard_analysis_source_errors_total", "mlguard_webhook_connections",
+                   "kube_pod_container_resource_requests",
                    "DCGM_FI_DEV_GPU_UTIL", "vllm:num_requests_waiting"):
         assert metric in exprs, metric
 
