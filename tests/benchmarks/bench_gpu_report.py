@@ -67,20 +67,30 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+# The report in a child process that says its own peak memory (VmHWM: ru_maxrss would keep the forking
+# parent's high-water mark across exec, see bench_check.py) and CPU time when it is done.
+CHILD = """
+import json, resource, sys
+from rollouts.__main__ import main
+code = main(sys.argv[1:])
+hwm = next(line for line in open("/proc/self/status") if line.startswith("VmHWM:"))
+usage = resource.getrusage(resource.RUSAGE_SELF)
+print(json.dumps({"code": code, "mib": int(hwm.split()[1]) / 1024, "cpu": usage.ru_utime + usage.ru_stime}))
+"""
+
+
 def run_report(url: str, end: int, out: Path, *extra: str) -> tuple[dict, float, float, float]:
-    """The report in a child process: (JSON answer, wall seconds, peak RSS MB and CPU seconds of that
-    process alone)."""
+    """(JSON answer, wall seconds, peak RSS MiB, CPU seconds of the report process)."""
     started = time.monotonic()
-    with open(out.with_suffix(".err"), "w") as err:
-        proc = subprocess.Popen([sys.executable, "-m", "rollouts", "report", "gpu", "--prometheus", url, "--end",
-                                 str(end), "--format", "json", "--output", str(out), *extra], cwd=ROOT,
-                                stdout=subprocess.DEVNULL, stderr=err)
-        _, status, usage = os.wait4(proc.pid, 0)
+    proc = subprocess.run([sys.executable, "-c", CHILD, "report", "gpu", "--prometheus", url, "--end", str(end),
+                           "--format", "json", "--output", str(out), *extra], cwd=ROOT, capture_output=True,
+                          text=True, check=False)
     wall = time.monotonic() - started
-    proc.returncode = os.waitstatus_to_exitcode(status)
-    if proc.returncode != 0:
-        raise RuntimeError(f"report failed ({proc.returncode}): {out.with_suffix('.err').read_text()[-2000:]}")
-    return json.loads(out.read_text()), wall, usage.ru_maxrss / 1024, usage.ru_utime + usage.ru_stime
+    lines = proc.stdout.strip().splitlines()
+    stats = json.loads(lines[-1]) if lines else {"code": proc.returncode}
+    if stats["code"] != 0:
+        raise RuntimeError(f"report failed ({stats['code']}): {proc.stderr[-2000:]}")
+    return json.loads(out.read_text()), wall, stats["mib"], stats["cpu"]
 
 
 def main() -> int:
@@ -131,7 +141,7 @@ def main() -> int:
             total = doc["total"]
             ok_hours = abs(total["gpu_hours"] - sum(w.gpu_hours for w in want.values())) <= 1e-3 * total["gpu_hours"]
             line = (f"report, {label}: {wall:.1f} s wall ({cpu:.1f} s CPU in the report, {prom_cpu:.1f} s in "
-                    f"Prometheus), peak RSS {rss:.0f} MB, {q['instant']} instant + {q['range']} range queries "
+                    f"Prometheus), peak RSS {rss:.0f} MiB, {q['instant']} instant + {q['range']} range queries "
                     f"({q['split']} split), {total['gpu_hours']:,.0f} GPU-hours "
                     f"{'match' if ok_hours else 'DO NOT match'} the fleet")
             if not extra:
@@ -139,7 +149,7 @@ def main() -> int:
                 ok_idle = abs(total["idle_gpu_hours"] - idle_want) <= 1e-3 * max(idle_want, 1)
                 line += f", {total['idle_gpu_hours']:,.0f} idle GPU-hours {'match' if ok_idle else 'DO NOT match'}"
             print(line)
-        print(f"prometheus: peak RSS {peak_rss_mb(prom.pid):.0f} MB")
+        print(f"prometheus: peak RSS {peak_rss_mb(prom.pid):.0f} MiB")
     if not args.keep:
         shutil.rmtree(tmp, ignore_errors=True)
     return 0
