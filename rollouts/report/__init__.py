@@ -121,7 +121,9 @@ class WorkloadIdle:
     gpu_hours: float
     idle_gpu_hours: float | None  # None: no utilisation was measured for any of its pods
     utilisation_pct: float | None
-    idle_for_seconds: int  # every pod holding GPUs now has been idle at least this long (0: some pod is busy)
+    # every pod holding GPUs now has been idle at least this long (0: some pod is busy, or idle for less
+    # than the grace period); measured within the window plus the grace period before it
+    idle_for_seconds: int
     idle_now: bool  # GPUs held now, and all idle for at least the grace period
 
 
