@@ -185,8 +185,11 @@ class Collector:
                 pool.shutdown(wait=True, cancel_futures=True)
                 raise
         accumulator.into(obs)
-        if not obs.allocations:
-            self._explain_no_data(obs, at)
+        if not obs.allocations:  # GPU requests on nodes, but never a Pending or Running pod
+            obs.warnings.append(
+                f"no data: {len(got['gpu_pods'])} pod(s) requested GPUs on a node in the window, but "
+                "kube_pod_status_phase never showed one Pending or Running (finished pods hold nothing; is "
+                "kube_pod_status_phase exported?)")
             return obs
         gpu_pods = {(a.namespace, a.pod) for a in obs.allocations}
         self._labels(obs, at, gpu_pods, got["pod_labels"], got["pod_owners"], got["node_labels"])
