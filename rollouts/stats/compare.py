@@ -1,4 +1,5 @@
-"""Canary against stable on one metric: Mann-Whitney U, two proportions, McNemar (paired)."""
+"""Canary against stable on one metric: Mann-Whitney U (values or histogram bins), two proportions,
+McNemar (paired), a rate against a ceiling."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from rollouts.stats.result import (
     as_booleans,
     as_sample,
     check_alternative,
+    check_positive,
     check_trials,
     finite_or_none,
 )
@@ -85,16 +87,22 @@ def two_proportion_test(x_candidate: int, n_candidate: int, x_reference: int, n_
     return TestResult("two-proportion", float(z), min(1.0, p_value), n_r, n_c, details)
 
 
-def mcnemar_test(reference_correct: Sequence[bool], candidate_correct: Sequence[bool]) -> TestResult:
-    """McNemar's test on paired per-item correctness (two-sided).
+def mcnemar_test(reference_correct: Sequence[bool], candidate_correct: Sequence[bool], *,
+                 alternative: str = "two-sided") -> TestResult:
+    """McNemar's test on paired per-item correctness.
 
-    ``b`` = items the reference got right and the candidate wrong, ``c`` = the reverse. With fewer
-    than 25 discordant pairs: exact binomial test of ``b`` out of ``b + c`` at 1/2
-    (``scipy.stats.binomtest``; ``statistic = min(b, c)``); otherwise chi-square with continuity
-    correction, ``(|b - c| - 1)^2 / (b + c)`` on 1 degree of freedom.
+    ``b`` = items the reference got right and the candidate wrong, ``c`` = the reverse; under the
+    null each discordant pair is ``b`` or ``c`` with probability 1/2. ``alternative="greater"``: the
+    candidate is worse (``b > c``), the one-sided question a canary asks -- a two-sided test used for
+    it has size alpha/2. With fewer than 25 discordant pairs: exact binomial test of ``b`` out of
+    ``b + c`` at 1/2 (``scipy.stats.binomtest``; two-sided ``statistic = min(b, c)``, one-sided
+    ``statistic = b``); otherwise the normal approximation with continuity correction: two-sided
+    chi-square ``(|b - c| - 1)^2 / (b + c)`` on 1 degree of freedom, one-sided
+    ``z = (b - c -+ 1) / sqrt(b + c)``.
     """
     ref = as_booleans(reference_correct, name="reference_correct")
     cand = as_booleans(candidate_correct, name="candidate_correct")
+    check_alternative(alternative)
     if ref.size != cand.size:
         raise ValueError(f"mcnemar: paired results must have the same length, got {ref.size} and {cand.size}")
     b = int(np.count_nonzero(ref & ~cand))
@@ -103,15 +111,90 @@ def mcnemar_test(reference_correct: Sequence[bool], candidate_correct: Sequence[
     if discordant == 0:
         statistic, p_value, test = 0.0, 1.0, "no-discordant-pairs"
     elif discordant < MCNEMAR_EXACT_BELOW:
-        statistic = float(min(b, c))
-        p_value = float(stats.binomtest(b, discordant, 0.5, alternative="two-sided").pvalue)
+        statistic = float(min(b, c) if alternative == "two-sided" else b)
+        p_value = float(stats.binomtest(b, discordant, 0.5, alternative=alternative).pvalue)
         test = "exact-binomial"
-    else:
+    elif alternative == "two-sided":
         statistic = (abs(b - c) - 1.0) ** 2 / discordant
         p_value = float(stats.chi2.sf(statistic, 1))
         test = "chi2-continuity"
+    else:
+        shift = -1.0 if alternative == "greater" else 1.0
+        statistic = (b - c + shift) / math.sqrt(discordant)
+        p_value = _z_p_value(statistic, alternative)
+        test = "z-continuity"
     details = {
-        "test": test, "b": b, "c": c, "items": int(ref.size),
+        "test": test, "alternative": alternative, "b": b, "c": c, "items": int(ref.size),
         "reference_accuracy": float(ref.mean()), "candidate_accuracy": float(cand.mean()),
     }
     return TestResult("mcnemar", float(statistic), min(1.0, p_value), int(ref.size), int(cand.size), details)
+
+
+def mann_whitney_binned(candidate_counts: Sequence[float] | np.ndarray,
+                        reference_counts: Sequence[float] | np.ndarray, *, alternative: str = "greater") -> TestResult:
+    """Mann-Whitney U on values known only by ordered bin (histogram buckets): ties within a bin.
+
+    ``candidate_counts[j]`` and ``reference_counts[j]`` are how many values of each side fall in bin
+    ``j`` (bins in increasing order; whole numbers). ``U`` of the candidate counts a candidate value
+    above a reference value as 1 and one in the same bin as 1/2; the normal approximation uses the
+    tie-corrected variance ``n_c n_r / 12 * ((N + 1) - sum(t^3 - t) / (N (N - 1)))`` and a continuity
+    correction of 1/2, as ``scipy.stats.mannwhitneyu(method="asymptotic")`` does on the expanded
+    values. When every value of both sides is in one bin there is nothing to rank: ``z = 0``, ``p = 1``.
+    ``details.prob_superiority`` = ``U / (n_c n_r)``.
+    """
+    cand = _bin_counts(candidate_counts, name="candidate_counts")
+    ref = _bin_counts(reference_counts, name="reference_counts")
+    if cand.size != ref.size:
+        raise ValueError(f"mann_whitney_binned: {cand.size} candidate bins but {ref.size} reference bins")
+    check_alternative(alternative)
+    n_c, n_r = float(cand.sum()), float(ref.sum())
+    if n_c < 1 or n_r < 1:
+        raise ValueError("mann_whitney_binned: each side needs at least one value")
+    below = np.concatenate([[0.0], np.cumsum(ref)[:-1]])
+    u = float(np.sum(cand * (below + ref / 2.0)))
+    total = n_c + n_r
+    ties = cand + ref
+    tie_term = float(np.sum(ties ** 3 - ties)) / (total * (total - 1.0))
+    var = n_c * n_r / 12.0 * ((total + 1.0) - tie_term)
+    mean = n_c * n_r / 2.0
+    one_bin = var <= 1e-9 * mean * mean  # all values in one bin (up to rounding): no ranking information
+    if one_bin:
+        z, p_value = 0.0, 1.0
+    else:
+        diff = u - mean
+        if alternative == "two-sided":
+            z = math.copysign(max(abs(diff) - 0.5, 0.0), diff) / math.sqrt(var)
+        else:
+            z = (diff - 0.5 if alternative == "greater" else diff + 0.5) / math.sqrt(var)
+        p_value = _z_p_value(z, alternative)
+    details = {
+        "alternative": alternative, "u": u, "z": z, "prob_superiority": u / (n_c * n_r),
+        "variance": 0.0 if one_bin else var, "bins": int(cand.size),
+        "occupied_bins": int(np.count_nonzero(ties)),
+    }
+    return TestResult("mann-whitney-binned", float(z), min(1.0, float(p_value)), int(n_r), int(n_c), details)
+
+
+def _bin_counts(values: Sequence[float] | np.ndarray, *, name: str) -> np.ndarray:
+    arr = as_sample(values, name=name)
+    if (arr < 0).any() or not np.all(arr == np.round(arr)):
+        raise ValueError(f"{name}: bin counts must be whole numbers >= 0")
+    return arr
+
+
+def rate_above_test(errors: int, total: int, ceiling: float, *, alpha: float = 0.05) -> TestResult:
+    """Is the rate behind ``errors / total`` above ``ceiling``? Exact one-sided binomial test.
+
+    ``p = P(X >= errors | total, ceiling)``; ``p < alpha`` exactly when the one-sided
+    (1 - ``alpha``) Clopper-Pearson lower confidence bound of the rate, ``details.lower_bound``, is
+    above the ceiling: a point estimate above the ceiling is not enough (2 errors in 100 requests
+    against a 1 % ceiling: lower bound 0.12 %, p = 0.26). ``statistic`` is the observed rate.
+    """
+    x, n = check_trials(errors, total, name="rate")
+    c = check_positive(ceiling, name="ceiling", upper=1.0)
+    level = check_positive(alpha, name="alpha", upper=1.0)
+    p_value = float(stats.binom.sf(x - 1, n, c)) if x > 0 else 1.0
+    lower = float(stats.beta.ppf(level, x, n - x + 1)) if x > 0 else 0.0
+    details = {"ceiling": c, "rate": x / n, "lower_bound": lower, "confidence": 1.0 - level,
+               "bound": "one-sided Clopper-Pearson"}
+    return TestResult("binomial-ceiling", x / n, min(1.0, p_value), 0, n, details)

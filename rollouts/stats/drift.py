@@ -65,7 +65,8 @@ def chi2_test(reference: Sequence[Hashable], candidate: Sequence[Hashable]) -> T
     if len(cats) == 1:
         return TestResult("chi2", 0.0, 1.0, n_ref, n_cand, {
             "categories": 1, "dof": 0, "min_expected": None, "yates_correction": False,
-            "note": "a single category in both windows",
+            "note": "a single category in both windows", "new_categories": [], "new_category_count": 0,
+            "new_category_share": 0.0,
         })
     res = stats.chi2_contingency(table, correction=True)
     dof = int(res.dof)
@@ -73,7 +74,7 @@ def chi2_test(reference: Sequence[Hashable], candidate: Sequence[Hashable]) -> T
     expected = res.expected_freq
     contrib = ((table - expected) ** 2 / expected).sum(axis=0)
     top = np.argsort(-contrib)[:5]
-    details = {
+    details: dict[str, object] = {
         "categories": len(cats),
         "dof": dof,
         "min_expected": float(expected.min()),
@@ -84,7 +85,26 @@ def chi2_test(reference: Sequence[Hashable], candidate: Sequence[Hashable]) -> T
             for i in top
         ],
     }
+    details.update(new_categories(ref_counts, cand_counts))
     return TestResult("chi2", float(res.statistic), float(res.pvalue), n_ref, n_cand, details)
+
+
+def new_categories(reference: Counter[Hashable], candidate: Counter[Hashable], *, top: int = 10) -> dict[str, object]:
+    """Categories the candidate has and the reference never had (largest first), and their total share.
+
+    A new value (an unseen language, a new client version) is news in itself, whatever a test on
+    the whole mix says: the chi-square test needs about 2 % of the rows in a new category to notice
+    it at alpha 0.01, so the checks report every new category next to the test.
+    """
+    n_cand = sum(candidate.values())
+    fresh = sorted(((c, n) for c, n in candidate.items() if c not in reference), key=lambda cn: (-cn[1], str(cn[0])))
+    return {
+        "new_categories": [
+            {"category": str(c), "candidate": int(n), "candidate_share": n / n_cand} for c, n in fresh[:top]
+        ],
+        "new_category_count": len(fresh),
+        "new_category_share": sum(n for _, n in fresh) / n_cand if n_cand else 0.0,
+    }
 
 
 def psi(reference: np.ndarray, candidate: np.ndarray, *, bins: int = 10, epsilon: float = 1e-4) -> TestResult:
@@ -92,9 +112,17 @@ def psi(reference: np.ndarray, candidate: np.ndarray, *, bins: int = 10, epsilon
 
     Cut points are the reference's ``1/bins ... (bins-1)/bins`` quantiles, taken as observed values
     (inverted CDF; duplicates from ties dropped, so a discrete feature gets fewer bins, never empty
-    ones; the outer bins are open-ended). A bin is ``(lower, upper]``. Empty bins (only the candidate
-    can have them) get proportion ``epsilon`` and both distributions are then
+    ones). A bin is ``(lower, upper]``. Candidate values below the reference's minimum or above its
+    maximum get a bin of their own, with the reference's share ``1/(m + 1)`` (the chance that a new
+    value falls outside ``m`` earlier ones), so a constant reference against a moved candidate is
+    not a PSI of 0. Empty bins get proportion ``epsilon`` and both distributions are then
     renormalised, so the index stays finite. ``PSI = sum((c - r) * ln(c / r))``; no p-value.
+
+    PSI grows as the windows shrink: without any drift its expectation is about
+    ``(bins - 1) (1/n + 1/m)`` (it is a chi-square statistic divided by the sample size), reported as
+    ``details.expected_without_drift``. At 100 rows per side and 10 bins that is 0.18, so fixed
+    thresholds (0.1, 0.25) flag a quarter of undrifted features: the checks report PSI and never
+    decide on it.
     """
     ref = as_sample(reference, name="reference")
     cand = as_sample(candidate, name="candidate")
@@ -105,15 +133,28 @@ def psi(reference: np.ndarray, candidate: np.ndarray, *, bins: int = 10, epsilon
     cuts = cuts[cuts < ref.max()]  # a cut at the maximum would leave the top bin empty in the reference
     k = cuts.size + 1
     ref_p = np.bincount(np.searchsorted(cuts, ref, side="left"), minlength=k) / ref.size
-    cand_p = np.bincount(np.searchsorted(cuts, cand, side="left"), minlength=k) / cand.size
+    inner = np.searchsorted(cuts, cand, side="left")
+    below, above = cand < ref.min(), cand > ref.max()
+    inner[below | above] = k  # set apart, counted below
+    cand_p = np.bincount(inner, minlength=k + 1)[:k] / cand.size
+    outside = {"below": float(below.mean()), "above": float(above.mean())}
+    tails = [share for share in (outside["below"], outside["above"]) if share > 0]
+    if tails:  # out-of-range candidate values: bins of their own
+        # The chance that a new value from the reference's distribution falls below (above) all m
+        # reference values is 1/(m + 1): the reference's share of such a bin, then renormalised.
+        ref_p = np.concatenate([ref_p, np.full(len(tails), 1.0 / (ref.size + 1))])
+        ref_p /= ref_p.sum()
+        cand_p = np.concatenate([cand_p, np.asarray(tails)])
     empty = {"reference": int((ref_p == 0).sum()), "candidate": int((cand_p == 0).sum())}
     ref_s = np.where(ref_p == 0, eps, ref_p)
     cand_s = np.where(cand_p == 0, eps, cand_p)
     ref_s, cand_s = ref_s / ref_s.sum(), cand_s / cand_s.sum()
     value = float(np.sum((cand_s - ref_s) * np.log(cand_s / ref_s)))
     details = {
-        "bins": int(k),
+        "bins": int(ref_p.size),
         "bins_requested": int(bins),
+        "outside_reference_range": outside,
+        "expected_without_drift": (ref_p.size - 1) * (1.0 / ref.size + 1.0 / cand.size),
         "epsilon": eps,
         "empty_bins": empty,
         "cut_points": [float(c) for c in cuts],

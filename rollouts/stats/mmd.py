@@ -10,7 +10,11 @@ so all permutations need one matrix product ``K @ S`` (``S``: indicator columns)
 
 from __future__ import annotations
 
+import math
+from collections.abc import Callable
+
 import numpy as np
+from scipy import stats
 
 from rollouts.stats.result import TestResult, as_sample
 from rollouts.stats.sampling import subsample
@@ -86,14 +90,21 @@ def mmd2_from_sums(q: np.ndarray | float, r: np.ndarray | float, total: float, *
     return kxx / (n * (n - 1)) + kyy / (m * (m - 1)) - 2.0 * kxy / (n * m)
 
 
-def permutation_statistics(kernel: np.ndarray, perms: np.ndarray, *, n: int) -> np.ndarray:
-    """Unbiased MMD^2 for every permutation (first ``n`` of each row = reference), as matrix products."""
+def permutation_statistics(kernel: np.ndarray, perms: np.ndarray, *, n: int,
+                           stop: Callable[[], bool] | None = None) -> np.ndarray:
+    """Unbiased MMD^2 for every permutation (first ``n`` of each row = reference), as matrix products.
+
+    ``stop`` is asked before each block of permutations after the first; when it says so, the
+    statistics computed so far are returned (fewer rows than ``perms``).
+    """
     n_total = kernel.shape[0]
     m = n_total - n
     rowsum = kernel.sum(axis=1)
     total = float(rowsum.sum())
     out = np.empty(perms.shape[0])
     for start in range(0, perms.shape[0], _BLOCK):
+        if start and stop is not None and stop():
+            return out[:start]
         block = perms[start:start + _BLOCK, :n]
         cols = block.shape[0]
         s = np.zeros((n_total, cols))
@@ -120,13 +131,17 @@ def permutation_statistics_loop(kernel: np.ndarray, perms: np.ndarray, *, n: int
 
 
 def mmd_test(reference: np.ndarray, candidate: np.ndarray, *, permutations: int = 500,
-             seed: int = 0, max_samples: int | None = None, vectorised: bool = True) -> TestResult:
+             seed: int = 0, max_samples: int | None = None, vectorised: bool = True,
+             stop: Callable[[], bool] | None = None) -> TestResult:
     """Two-sample MMD test with an RBF kernel (median heuristic) and a permutation p-value.
 
     Rows are samples (a 1-D input is one feature). With ``max_samples`` each side is first capped
     to that many rows (seeded subsample; ``details.subsampled_from`` keeps the original sizes).
-    ``p = (1 + #{permuted MMD^2 >= observed}) / (1 + permutations)``. ``vectorised=False`` runs the
-    same permutations one at a time (the slow reference; same p-value), for tests and benchmarks.
+    ``p = (1 + #{permuted MMD^2 >= observed}) / (1 + B)`` over the ``B`` permutations run:
+    ``permutations``, or fewer when ``stop`` (asked between blocks of 512, e.g. a deadline) ends
+    the run early -- ``details.permutations`` says how many, ``details.exceedances`` how many
+    reached the observed statistic. ``vectorised=False`` runs the same permutations one at a time
+    (the slow reference; same p-value), for tests and benchmarks.
     """
     ref = as_sample(reference, name="reference", ndim=2, min_size=2)
     cand = as_sample(candidate, name="candidate", ndim=2, min_size=2)
@@ -150,18 +165,20 @@ def mmd_test(reference: np.ndarray, candidate: np.ndarray, *, permutations: int 
     q_obs = float(kernel[:n, :n].sum())
     observed = float(mmd2_from_sums(q_obs, float(rowsum[:n].sum()), total, n=n, m=m))
     perms = permutation_indices(n + m, int(permutations), seed=seed)
-    engine = permutation_statistics if vectorised else permutation_statistics_loop
-    null = engine(kernel, perms, n=n)
+    null = (permutation_statistics(kernel, perms, n=n, stop=stop) if vectorised
+            else permutation_statistics_loop(kernel, perms, n=n))
     # A relative tolerance so that sums taken in another order (a loop) count the same ties.
     tol = 1e-12 * max(1.0, abs(observed))
     exceed = int(np.count_nonzero(null >= observed - tol))
-    p_value = (1 + exceed) / (1 + int(permutations))
+    p_value = (1 + exceed) / (1 + int(null.size))
     details.update(
         kernel="rbf",
         bandwidth=sigma,
         bandwidth_rule="median pairwise distance of the pooled sample"
         + (f" (pairs of {MEDIAN_ROWS} random rows)" if n + m > MEDIAN_ROWS else ""),
-        permutations=int(permutations),
+        permutations=int(null.size),
+        permutations_requested=int(permutations),
+        exceedances=exceed,
         seed=int(seed),
         estimator="unbiased MMD^2",
         engine="matrix products" if vectorised else "loop",
@@ -170,3 +187,41 @@ def mmd_test(reference: np.ndarray, candidate: np.ndarray, *, permutations: int 
         dimensions=int(ref.shape[1]),
     )
     return TestResult("mmd", observed, p_value, n, m, details)
+
+
+# Permutation work allowed for one answer: permutations x (pooled rows)^2. At 2 x 1,000 rows that is
+# 8,000 permutations, about 2 s on 2 shared cores (tests/benchmarks/bench_drift.py): inside the 7 s
+# answer budget with room for loading the objects.
+MAX_PERMUTATION_WORK = 32_000_000_000
+# A capped run still decides "not significant" when its exceedances make p < threshold this unlikely.
+UNDECIDED_BELOW = 1e-3
+
+
+def permutations_needed(threshold: float) -> int:
+    """Permutations for a p-value that can fall to half of ``threshold``: ``ceil(2 / threshold)``.
+
+    ``threshold`` is the smallest level the test may have to pass in its family: alpha of the look
+    divided by the number of tests (Bonferroni, and Benjamini-Hochberg when it is the only discovery).
+    """
+    if not 0.0 < threshold < 1.0:
+        raise ValueError(f"threshold must be between 0 and 1, got {threshold!r}")
+    return math.ceil(2.0 / threshold)
+
+
+def permutation_budget(pooled_rows: int) -> int:
+    """The most permutations ``MAX_PERMUTATION_WORK`` allows for a kernel of ``pooled_rows`` rows."""
+    return max(1, MAX_PERMUTATION_WORK // max(1, pooled_rows) ** 2)
+
+
+def permutation_undecided(exceedances: int, permutations: int, threshold: float) -> bool:
+    """Could the exact permutation p-value still be below ``threshold`` when this run's is not?
+
+    With ``e`` of ``B`` permutations at or above the observed statistic, the run's p-value is
+    ``(1 + e) / (1 + B)``. If that is below ``threshold`` the test is significant; otherwise it is
+    decided "not significant" only when ``e`` exceptions would be implausible (probability below
+    ``UNDECIDED_BELOW``) for a test whose exact p-value were ``threshold``: ``P(Bin(B, t) >= e)``.
+    Too few permutations to tell (a cap, a deadline) is undecided, never a pass.
+    """
+    if (1 + exceedances) / (1 + permutations) < threshold:
+        return False
+    return float(stats.binom.sf(exceedances - 1, permutations, threshold)) >= UNDECIDED_BELOW

@@ -30,10 +30,12 @@ Which guarantee each test gives:
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import numpy as np
-from scipy import special
+from scipy import optimize, special
 
+from rollouts.stats.compare import mann_whitney_binned
 from rollouts.stats.result import (
     TestResult,
     as_sample,
@@ -47,7 +49,7 @@ from rollouts.stats.result import (
 _LOG_E_CAP = 690.0
 
 
-def _evidence(log_e: float) -> tuple[float, float, dict[str, float]]:
+def evidence_from_log_e(log_e: float) -> tuple[float, float, dict[str, float]]:
     """(statistic, p_value, details) from a log e-value."""
     log_e = float(min(max(log_e, -_LOG_E_CAP), _LOG_E_CAP))
     p_value = float(min(1.0, math.exp(-log_e)))
@@ -87,7 +89,7 @@ def sequential_proportion_test(x_candidate: int, n_candidate: int, x_reference: 
         (alternative == "greater" and rate_c <= rate_r) or (alternative == "less" and rate_c >= rate_r)
     )
     log_e = mixture - (at_free if inside_null else at_pooled)
-    statistic, p_value, evidence = _evidence(log_e)
+    statistic, p_value, evidence = evidence_from_log_e(log_e)
     null = {"greater": "candidate rate <= reference rate", "less": "candidate rate >= reference rate",
             "two-sided": "candidate rate == reference rate"}[alternative]
     details = {
@@ -125,7 +127,7 @@ def sequential_count_test(count_candidate: int, count_reference: int, *, exposur
         post, prior = 1.0, 1.0
     log_mix += (math.log(post) if post > 0 else -math.inf) - math.log(prior)
     log_null = float(special.xlogy(x, rho0) + special.xlog1py(y, -rho0))
-    statistic, p_value, evidence = _evidence(log_mix - log_null)
+    statistic, p_value, evidence = evidence_from_log_e(log_mix - log_null)
     details = {
         **evidence, "alternative": alternative, "exposure_ratio": ratio, "null_candidate_share": rho0,
         "candidate_share": x / (x + y) if x + y else None,
@@ -134,6 +136,25 @@ def sequential_count_test(count_candidate: int, count_reference: int, *, exposur
         "assumes": "a constant exposure ratio over the window",
     }
     return TestResult("msprt-poisson", statistic, p_value, y, x, details)
+
+
+def normal_mixture_log_e(z: float, lam: float, alternative: str) -> float:
+    """log e-value of the normal-mixture mSPRT for a statistic ``z = estimate / sqrt(v)``.
+
+    ``lam = tau^2 / v`` (mixing variance over the estimate's variance): ``log E = -log(1 + lam)/2 +
+    z^2 lam / (2 (1 + lam))``; the one-sided versions mix over a half-normal
+    (``+ log 2 + log Phi(+-z sqrt(lam / (1 + lam)))``).
+    """
+    log_e = -0.5 * math.log1p(lam) + z * z * lam / (2.0 * (1.0 + lam))
+    if alternative != "two-sided":
+        signed = z if alternative == "greater" else -z
+        log_e += math.log(2.0) + float(special.log_ndtr(signed * math.sqrt(lam / (1.0 + lam))))
+    return log_e
+
+
+def confidence_half_width(v: float, lam: float, alpha: float) -> float:
+    """Half-width of the two-sided (1 - alpha) normal-mixture confidence sequence for the estimate."""
+    return math.sqrt(v * 2.0 * (1.0 + lam) / lam * (math.log(1.0 / alpha) + 0.5 * math.log1p(lam)))
 
 
 def sequential_mean_test(candidate: np.ndarray, reference: np.ndarray, *, alternative: str = "greater",
@@ -160,12 +181,8 @@ def sequential_mean_test(candidate: np.ndarray, reference: np.ndarray, *, altern
     tau2 = eff * eff * (var_c + var_r) / 2.0
     lam = tau2 / v
     z = diff / math.sqrt(v)
-    log_e = -0.5 * math.log1p(lam) + z * z * lam / (2.0 * (1.0 + lam))
-    if alternative != "two-sided":
-        signed = z if alternative == "greater" else -z
-        log_e += math.log(2.0) + float(special.log_ndtr(signed * math.sqrt(lam / (1.0 + lam))))
-    statistic, p_value, evidence = _evidence(log_e)
-    half = math.sqrt(v * 2.0 * (1.0 + lam) / lam * (math.log(1.0 / level) + 0.5 * math.log1p(lam)))
+    statistic, p_value, evidence = evidence_from_log_e(normal_mixture_log_e(z, lam, alternative))
+    half = confidence_half_width(v, lam, level)
     details = {
         **evidence, "alternative": alternative, "difference": diff, "z": z,
         "candidate_mean": float(cand.mean()), "reference_mean": float(ref.mean()),
@@ -174,3 +191,83 @@ def sequential_mean_test(candidate: np.ndarray, reference: np.ndarray, *, altern
         "validity": "asymptotic (normal approximation, plug-in variance)",
     }
     return TestResult("msprt-mean", statistic, p_value, int(ref.size), int(cand.size), details)
+
+
+def sequential_rate_above_test(errors: int, total: int, ceiling: float, *, alpha: float = 0.05,
+                               prior_strength: float = 10.0) -> TestResult:
+    """Anytime-valid test that a rate is above ``ceiling`` (errors of a canary against an absolute limit).
+
+    The e-value is the Beta(``k c``, ``k (1 - c)``) mixture, restricted to rates above ``c`` =
+    ``ceiling`` (``k`` = ``prior_strength``), of the likelihood ratio of each rate against ``c``. For
+    every true rate at or below ``c`` each such ratio is a supermartingale in the requests, so the
+    mixture is one too and ``P(E_t >= 1/alpha for some t) <= alpha`` (Ville): failing the first time
+    ``p < alpha`` keeps the chance of ever failing a canary that is within its ceiling at alpha,
+    however often Argo looks. (It is the test of ``sequential_count_test`` with a known null share
+    ``c``.) ``details.lower_bound`` is the matching anytime-valid lower confidence bound of the rate:
+    the largest rate ``c'`` that the same test rejects at ``alpha``; ``p < alpha`` exactly when it
+    is above the ceiling. ``statistic`` is ``log E``.
+    """
+    x, n = check_trials(errors, total, name="rate")
+    c = check_positive(ceiling, name="ceiling", upper=1.0)
+    level = check_positive(alpha, name="alpha", upper=1.0)
+    k = check_positive(prior_strength, name="prior_strength")
+    log_e = _rate_above_log_e(x, n, c, k)
+    statistic, p_value, evidence = evidence_from_log_e(log_e)
+    target = math.log(1.0 / level)
+    rate = x / n
+    lower = 0.0
+    if x > 0 and _rate_above_log_e(x, n, rate, k) < target:
+        lo = min(rate, 1e-12)
+        if _rate_above_log_e(x, n, lo, k) >= target:
+            lower = float(optimize.brentq(lambda c0: _rate_above_log_e(x, n, c0, k) - target, lo, rate,
+                                          xtol=1e-12, rtol=1e-10))
+    details = {
+        **evidence, "ceiling": c, "rate": rate, "lower_bound": lower, "confidence": 1.0 - level,
+        "bound": "anytime-valid (restricted Beta-mixture martingale)", "prior_strength": k,
+    }
+    return TestResult("msprt-ceiling", statistic, p_value, 0, n, details)
+
+
+def _rate_above_log_e(x: int, n: int, c: float, k: float) -> float:
+    a, b = k * c, k * (1.0 - c)
+    post, prior = special.betaincc(a + x, b + n - x, c), special.betaincc(a, b, c)
+    if post <= 0.0:
+        return -math.inf
+    log_mix = float(special.betaln(a + x, b + n - x) - special.betaln(a, b)) + math.log(post) - math.log(prior)
+    return log_mix - float(special.xlogy(x, c) + special.xlog1py(n - x, -c))
+
+
+def sequential_mann_whitney_binned(candidate_counts: Sequence[float] | np.ndarray,
+                                   reference_counts: Sequence[float] | np.ndarray, *,
+                                   alternative: str = "greater", effect_size: float = 0.1,
+                                   alpha: float = 0.05) -> TestResult:
+    """Anytime-valid (asymptotic) Mann-Whitney test on histogram buckets of the cumulative window.
+
+    The estimate is ``theta = U / (n_c n_r) - 1/2`` (the probability that a candidate value beats a
+    reference value, less a half; ties count half) with its tie-corrected variance ``v``; the
+    e-value is the normal-mixture mSPRT on ``z = theta / sqrt(v)`` with mixing scale
+    ``tau = effect_size`` on ``theta`` (``lam = tau^2 / v``). Like ``sequential_mean_test`` it rests
+    on the normal approximation of a rank statistic (tens of values per side or more).
+    ``details.confidence_sequence`` bounds ``theta`` at every look. ``statistic`` is ``log E``.
+    """
+    base = mann_whitney_binned(candidate_counts, reference_counts, alternative=alternative)
+    eff = check_positive(effect_size, name="effect_size", upper=0.5)
+    level = check_positive(alpha, name="alpha", upper=1.0)
+    n_c, n_r = base.n_candidate, base.n_reference
+    theta = float(base.details["prob_superiority"]) - 0.5
+    v = float(base.details["variance"]) / float(n_c * n_r) ** 2
+    if v <= 0.0:  # all values in one bucket: nothing to rank, no evidence either way
+        log_e, half = 0.0, 0.5
+    else:
+        lam = eff * eff / v
+        log_e = normal_mixture_log_e(theta / math.sqrt(v), lam, alternative)
+        half = confidence_half_width(v, lam, level)
+    statistic, p_value, evidence = evidence_from_log_e(log_e)
+    details = {
+        **evidence, "alternative": alternative, "theta": theta, "prob_superiority": theta + 0.5,
+        "z": theta / math.sqrt(v) if v > 0 else 0.0, "effect_size": eff,
+        "confidence_sequence": {"level": 1.0 - level, "lower": theta - half, "upper": theta + half},
+        "bins": base.details["bins"], "occupied_bins": base.details["occupied_bins"],
+        "validity": "asymptotic (normal approximation of U)",
+    }
+    return TestResult("msprt-mann-whitney-binned", statistic, p_value, n_r, n_c, details)
