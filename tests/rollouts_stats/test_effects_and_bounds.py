@@ -81,20 +81,16 @@ def test_binned_mann_whitney_with_all_values_in_one_bin_is_deterministic() -> No
 
 
 # ---------------------------------------------------------------- McNemar, one-sided
-def test_mcnemar_one_sided_exact_and_normal() -> None:
+def test_mcnemar_one_sided_is_the_mid_p_binomial() -> None:
     ref = [True] * 12 + [False] * 3 + [True] * 50
     cand = [False] * 12 + [True] * 3 + [True] * 50  # b = 12, c = 3
     got = mcnemar_test(ref, cand, alternative="greater")
-    assert got.details["test"] == "exact-binomial"
-    assert got.p_value == pytest.approx(stats.binomtest(12, 15, 0.5, alternative="greater").pvalue, abs=1e-15)
-    assert got.p_value == pytest.approx(mcnemar_test(ref, cand).p_value / 2, rel=1e-12)  # symmetric null
-    ref = [True] * 40 + [False] * 20
-    cand = [False] * 40 + [True] * 20  # b = 40, c = 20
-    z = mcnemar_test(ref, cand, alternative="greater")
-    assert z.details["test"] == "z-continuity"
-    assert z.statistic == pytest.approx((40 - 20 - 1) / math.sqrt(60))
-    assert z.p_value == pytest.approx(stats.norm.sf(19 / math.sqrt(60)))
-    assert mcnemar_test(ref, cand, alternative="less").p_value > 0.99
+    assert got.details["test"] == "mid-p-binomial" and got.statistic == 12
+    exact = stats.binomtest(12, 15, 0.5, alternative="greater").pvalue  # P(B >= 12)
+    assert got.p_value == pytest.approx(exact - 0.5 * stats.binom.pmf(12, 15, 0.5), abs=1e-15)
+    assert got.p_value < exact < mcnemar_test(ref, cand).p_value  # two-sided: size alpha/2 for this question
+    less = mcnemar_test(ref, cand, alternative="less")
+    assert less.p_value == pytest.approx(1 - got.p_value, abs=1e-12)  # mid-p: the two tails add up to 1
 
 
 # ---------------------------------------------------------------- ceilings
