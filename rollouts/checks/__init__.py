@@ -5,11 +5,13 @@ Each check is a module with ``PARAMS`` (the parameters it accepts besides the co
 statistics come from :mod:`rollouts.stats` (pure functions of arrays); the verdict is built by
 :mod:`rollouts.verdict`.
 
-Modes (issue 6): ``mode=anytime`` (default) keeps the false-alarm rate at or below ``alpha`` however
-often Argo looks: Prometheus-fed checks run sequential tests on the cumulative window since the
-canary started; sample-store checks, whose objects are snapshots, split ``alpha`` across at most
-``max_looks`` looks (Bonferroni over looks, valid for any dependence between looks).
-``mode=fixed`` runs the classical fixed-sample test at ``alpha`` on each look.
+Modes (issues 6 and 17): ``mode=anytime`` (default) keeps the false-alarm rate at or below ``alpha``
+however often Argo looks: Prometheus-fed checks run sequential tests on the cumulative window since
+the canary started (stable's window cut to the canary's lifetime, see :meth:`CheckContext.aligned_window`);
+sample-store checks, whose objects are snapshots, spend ``alpha`` by information fraction over a
+halving grid of canary sizes (:mod:`rollouts.checks.looks`; ``look_correction=bonferroni`` splits it
+over ``max_looks`` looks instead). ``mode=fixed`` runs the classical fixed-sample test at ``alpha`` on
+each look.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from dataclasses import dataclass, field
 from types import ModuleType
 from typing import Any
 
+from rollouts.checks.looks import LOOK_CORRECTIONS, LookPlan, plan_look
 from rollouts.config import AnalysisConfig
 from rollouts.errors import AnalysisError, ParamError, SourceQueryError, UnknownCheckError
 from rollouts.params import Params
@@ -39,10 +42,21 @@ PROMETHEUS_PARAMS = frozenset(
     | {f"{role}_query" for role in ROLES}
     | {f"promql_{role}" for role in ROLES}
 )
-SAMPLE_PARAMS = frozenset({"store", "baseline", "canary"})
+SAMPLE_PARAMS = frozenset({"store", "baseline", "canary", "look_correction", "planned_samples"})
 HASH_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}")
 STORE_RE = re.compile(r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?")
 MAX_INTERVALS = 1000
+
+
+@dataclass(frozen=True)
+class LookParams:
+    """The caller's choices for repeated looks at snapshots (see :mod:`rollouts.checks.looks`)."""
+
+    mode: Mode
+    alpha: float
+    correction: str
+    max_looks: int
+    planned: int | None  # None: the baseline's rows
 
 
 @dataclass(frozen=True)
@@ -74,17 +88,21 @@ class CheckContext:
     def max_looks(self, params: Params) -> int:
         return params.integer("max_looks", self.config.max_looks, low=1, high=1000)
 
-    def look_alpha(self, params: Params, mode: Mode) -> tuple[float, dict[str, Any]]:
-        """Alpha for one look of a snapshot (fixed-sample) test, and how it was derived."""
-        alpha = self.alpha(params)
-        if mode == "fixed":
-            return alpha, {"alpha": alpha}
-        looks = self.max_looks(params)
-        return alpha / looks, {
-            "alpha": alpha,
-            "max_looks": looks,
-            "look_correction": f"Bonferroni over at most {looks} looks: alpha {alpha:g} / {looks}",
-        }
+    def look_params(self, params: Params, mode: Mode) -> LookParams:
+        """Read ``alpha``, ``look_correction``, ``max_looks`` and ``planned_samples`` (validated up front)."""
+        planned = (params.integer("planned_samples", 0, low=2, high=10_000_000)
+                   if params.has("planned_samples") else None)
+        return LookParams(mode=mode, alpha=self.alpha(params),
+                          correction=params.choice("look_correction", LOOK_CORRECTIONS, "spending"),
+                          max_looks=self.max_looks(params), planned=planned)
+
+    def look_plan(self, look: LookParams, *, canary_rows: int, baseline_rows: int, min_rows: int) -> LookPlan:
+        """Alpha for one look of a snapshot test and the canary rows (a prefix) it judges."""
+        planned = look.planned if look.planned is not None else max(baseline_rows, min_rows)
+        if planned < min_rows:
+            raise ParamError(f"parameter 'planned_samples' ({planned}) is below the minimum sample size {min_rows}")
+        return plan_look(mode=look.mode, alpha=look.alpha, correction=look.correction, max_looks=look.max_looks,
+                         planned=planned, canary_rows=canary_rows, min_rows=min_rows)
 
     # ---- sample stores -----------------------------------------------------------------------
     def store(self, params: Params) -> SampleStore:
@@ -256,6 +274,68 @@ class CheckContext:
         query = render(template[1], name=template[0], selector=selector, interval=f"{window}s", quantile=quantile,
                        model=model)
         return prom.instant(query, deadline=self.deadline, at=self.now())
+
+    def canary_age(self, template: tuple[str, str], selector: str, *, model: str, window: int,
+                   step: int) -> float | None:
+        """Seconds since the canary's series began (within ``window``), or None when it has none.
+
+        The template, rendered at ``step``, is evaluated as a subquery over the window; the earliest
+        evaluation with a value is when the canary started serving:
+        ``time() - min(min_over_time(timestamp(<query>)[window:step]))``.
+        """
+        prom = self.require_prometheus()
+        inner = render(template[1], name=template[0], selector=selector, interval=f"{step}s", model=model)
+        return prom.instant(f"time() - min(min_over_time(timestamp({inner})[{window}s:{step}s]))",
+                            deadline=self.deadline)
+
+    def aligned_window(self, template: tuple[str, str], sel: Selectors, *, window: int,
+                       step: int) -> tuple[int, dict[str, Any]]:
+        """The window both sides are judged on: ``window``, cut to the canary's lifetime.
+
+        Stable has served for hours or days; its traffic from before the canary started (another
+        time of day, another load) is not what the canary is compared against. With the canary's age
+        from :meth:`canary_age`, both sides use ``min(window, age + step)`` (rounded up to whole
+        steps), so the comparison covers the same period on both.
+        """
+        age = self.canary_age(template, sel.canary, model=sel.model, window=window, step=step)
+        if age is None or age < 0:
+            return window, {"window_seconds": window, "aligned": f"no canary series in the last {window}s"}
+        aligned = min(window, max(step, (int(age) // step + 2) * step))
+        return aligned, {
+            "window_seconds": aligned, "window_requested_seconds": window, "canary_age_seconds": round(age, 3),
+            "aligned": "both sides judged over the canary's lifetime (stable's older traffic left out)"
+            if aligned < window else "the canary is older than the window",
+        }
+
+    def bucket_counts(self, template: tuple[str, str], selector: str, *, model: str,
+                      window: int) -> list[tuple[float, float]]:
+        """(upper bound, cumulative count) of every histogram bucket over ``window``, by ``le``, sorted."""
+        prom = self.require_prometheus()
+        query = render(template[1], name=template[0], selector=selector, interval=f"{window}s", model=model)
+        raw = prom.instant_by(query, label="le", deadline=self.deadline)
+        buckets: list[tuple[float, float]] = []
+        for le, value in raw.items():
+            try:
+                bound = float(le)
+            except ValueError:
+                raise SourceQueryError(f"bucket label le={le!r} is not a number", source="prometheus") from None
+            buckets.append((bound, value))
+        return sorted(buckets)
+
+    def paired_differences(self, template: tuple[str, str], sel: Selectors, *, window: int, step: int,
+                           quantile: float = 0.95) -> list[float]:
+        """Per-interval ``canary - stable`` over ``window``, only at the steps where both have a value.
+
+        One range query, ``(<canary>) - on() (<stable>)``: PromQL pairs the two one-series results
+        by timestamp, so the differences are paired by time without any client-side alignment.
+        """
+        prom = self.require_prometheus()
+        parts = [render(template[1], name=template[0], selector=s, interval=f"{step}s", quantile=quantile,
+                        model=sel.model) for s in (sel.canary, sel.stable)]
+        end = self.now()
+        start = end - dt.timedelta(seconds=window)
+        return prom.series(f"({parts[0]}) - on() ({parts[1]})", start=start, end=end, step_seconds=step,
+                           deadline=self.deadline)
 
 
 def _registry() -> dict[str, ModuleType]:

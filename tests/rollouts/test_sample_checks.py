@@ -19,7 +19,9 @@ def test_input_drift_pass_and_fail(server, lib, store):
     assert {f["feature"] for f in body["details"]["features"]} == {"prompt_tokens", "temperature", "lang"}
     assert {f["method"] for f in body["details"]["features"]} >= {"ks", "chi2"}
     assert body["details"]["correction"] == "Benjamini-Hochberg"
-    assert body["mode"] == "anytime" and body["details"]["max_looks"] == 20
+    assert body["mode"] == "anytime" and body["details"]["look_rows"] == 2000
+    assert body["details"]["look_correction"].startswith("alpha spending on a halving grid")
+    assert body["threshold"] == body["details"]["look_alpha"] > 0.005  # more than half of alpha 0.01 at full size
     shifted = lib.analysis(server.url, "input-drift", {"store": store, "baseline": "inputs/baseline.jsonl",
                                                       "canary": "inputs/canary-shifted.jsonl",
                                                       "features": FEATURES}).json()
@@ -53,7 +55,10 @@ def test_input_drift_embeddings_mmd(server, lib, canary, expected):
                                                    "canary": canary, "embedding": "vec"}).json()
     assert body["verdict"] == expected, body
     assert body["method"].startswith("mmd")
-    assert body["samples"] == {"baseline": 400, "canary": 300}
+    # anytime: the plan's grid is 400, 200, 100 rows (planned = the baseline's 400): a 300-row canary is
+    # judged on its first 200 rows, and says so
+    assert body["samples"] == {"baseline": 400, "canary": 200}
+    assert body["details"]["canary_rows"] == 300 and body["details"]["look_rows"] == 200
 
 
 def test_input_drift_embeddings_from_jsonl_field(server, lib):
