@@ -5,6 +5,9 @@ config) and configures nothing else. Each preset maps *roles* to query templates
 
 - ``latency``: one latency value per interval (seconds), a histogram quantile where the server
   exports a histogram, else the mean from cumulative counters;
+- ``latency_buckets``: the request-latency histogram's buckets summed by ``le`` over the interval
+  (where the server exports a histogram): the ``latency`` check pools the requests of the whole
+  window from them instead of comparing per-interval quantiles (issue 17);
 - ``errors`` / ``requests``: request counts over the interval;
 - ``output_tokens``: mean generated tokens per request over the interval (for ``output-drift``
   with ``source=prometheus``), where the server exports token counts.
@@ -82,6 +85,8 @@ PRESETS: Final[dict[str, dict[str, str]]] = {
     "vllm": {
         "latency": "histogram_quantile(${quantile}, sum by (le) "
         "(rate(vllm:e2e_request_latency_seconds_bucket{${selector}${model}}[${interval}])))",
+        "latency_buckets": "sum by (le) "
+        "(increase(vllm:e2e_request_latency_seconds_bucket{${selector}${model}}[${interval}]))",
         "errors": _errors_or_zero(f'sum(increase({_VLLM_HTTP},status="5xx"}}[${{interval}}]))', _VLLM_REQUESTS),
         "requests": _VLLM_REQUESTS,
         "output_tokens": "sum(rate(vllm:request_generation_tokens_sum{${selector}${model}}[${interval}])) / "
@@ -90,6 +95,7 @@ PRESETS: Final[dict[str, dict[str, str]]] = {
     "tgi": {
         "latency": "histogram_quantile(${quantile}, sum by (le) "
         "(rate(tgi_request_duration_bucket{${selector}}[${interval}])))",
+        "latency_buckets": "sum by (le) (increase(tgi_request_duration_bucket{${selector}}[${interval}]))",
         "errors": _errors_or_zero("sum(increase(tgi_request_failure{${selector}}[${interval}]))", _TGI_REQUESTS),
         "requests": _TGI_REQUESTS,
         "output_tokens": "sum(rate(tgi_request_generated_tokens_sum{${selector}}[${interval}])) / "
@@ -107,6 +113,8 @@ PRESETS: Final[dict[str, dict[str, str]]] = {
     "kserve": {
         "latency": "histogram_quantile(${quantile}, sum by (le) "
         "(rate(request_predict_seconds_bucket{${selector}${model}}[${interval}])))",
+        "latency_buckets": "sum by (le) "
+        "(increase(request_predict_seconds_bucket{${selector}${model}}[${interval}]))",
         "errors": _errors_or_zero(_KSERVE_ERRORS, _KSERVE_REQUESTS),
         "requests": _KSERVE_REQUESTS,
     },
@@ -121,7 +129,7 @@ MODEL_LABEL: Final[dict[str, str]] = {
     "kserve": "model_name",
 }
 
-ROLES: Final[tuple[str, ...]] = ("latency", "errors", "requests", "output_tokens")
+ROLES: Final[tuple[str, ...]] = ("latency", "latency_buckets", "errors", "requests", "output_tokens")
 
 
 def preset_query_name(preset: str, role: str) -> str:

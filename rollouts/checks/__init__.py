@@ -231,6 +231,10 @@ class CheckContext:
             return value
         return max(step, 4 * self.config.scrape_interval)
 
+    def _step_range(self, step: int) -> int:
+        """The ``rate()``/``increase()`` range of a per-step value (see :meth:`rate_window`)."""
+        return self.rate_seconds if self.rate_seconds is not None else max(step, 4 * self.config.scrape_interval)
+
     def range_values(
         self, template: tuple[str, str], selector: str, *, model: str, window: int, step: int,
         quantile: float = 0.95,
@@ -284,9 +288,11 @@ class CheckContext:
         ``time() - min(min_over_time(timestamp(<query>)[window:step]))``.
         """
         prom = self.require_prometheus()
-        inner = render(template[1], name=template[0], selector=selector, interval=f"{step}s", model=model)
-        return prom.instant(f"time() - min(min_over_time(timestamp({inner})[{window}s:{step}s]))",
-                            deadline=self.deadline)
+        inner = render(template[1], name=template[0], selector=selector, interval=f"{self._step_range(step)}s",
+                       model=model)
+        age = prom.instant(f"time() - min(min_over_time(timestamp({inner})[{window}s:{step}s]))",
+                           deadline=self.deadline, at=self.now())
+        return age if age is not None and math.isfinite(age) else None
 
     def aligned_window(self, template: tuple[str, str], sel: Selectors, *, window: int,
                        step: int) -> tuple[int, dict[str, Any]]:
@@ -312,7 +318,7 @@ class CheckContext:
         """(upper bound, cumulative count) of every histogram bucket over ``window``, by ``le``, sorted."""
         prom = self.require_prometheus()
         query = render(template[1], name=template[0], selector=selector, interval=f"{window}s", model=model)
-        raw = prom.instant_by(query, label="le", deadline=self.deadline)
+        raw = prom.instant_by(query, label="le", deadline=self.deadline, at=self.now())
         buckets: list[tuple[float, float]] = []
         for le, value in raw.items():
             try:
@@ -330,8 +336,8 @@ class CheckContext:
         by timestamp, so the differences are paired by time without any client-side alignment.
         """
         prom = self.require_prometheus()
-        parts = [render(template[1], name=template[0], selector=s, interval=f"{step}s", quantile=quantile,
-                        model=sel.model) for s in (sel.canary, sel.stable)]
+        parts = [render(template[1], name=template[0], selector=s, interval=f"{self._step_range(step)}s",
+                        quantile=quantile, model=sel.model) for s in (sel.canary, sel.stable)]
         end = self.now()
         start = end - dt.timedelta(seconds=window)
         return prom.series(f"({parts[0]}) - on() ({parts[1]})", start=start, end=end, step_seconds=step,

@@ -157,6 +157,32 @@ class PrometheusSource:
         except (KeyError, IndexError, TypeError, ValueError):
             raise SourceQueryError("unexpected instant-query result shape", source=self.name) from None
 
+    def instant_by(self, query: str, *, label: str, deadline: Deadline,
+                   at: dt.datetime | None = None) -> dict[str, float]:
+        """One number per value of ``label`` (e.g. histogram buckets by ``le``) from an instant query.
+
+        Non-finite values and series without the label are the template's mistake: 502.
+        """
+        params = {"query": query}
+        if at is not None:
+            params["time"] = f"{at.timestamp():.3f}"
+        result = self._result(self._get("/api/v1/query", params, deadline=deadline), "vector", query)
+        out: dict[str, float] = {}
+        try:
+            for item in result or []:
+                key = item["metric"].get(label)
+                value = float(item["value"][1])
+                if key is None or key in out or not math.isfinite(value):
+                    raise SourceQueryError(
+                        f"query must return one finite value per {label!r} label (histogram buckets: "
+                        f"sum by ({label}) (...)); got {item['metric']} = {item['value'][1]}",
+                        source=self.name, query=query,
+                    )
+                out[key] = value
+        except (KeyError, IndexError, TypeError, ValueError, AttributeError):
+            raise SourceQueryError("unexpected instant-query result shape", source=self.name) from None
+        return out
+
     def series(
         self, query: str, *, start: dt.datetime, end: dt.datetime, step_seconds: int, deadline: Deadline,
     ) -> list[float]:

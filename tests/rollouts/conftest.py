@@ -39,6 +39,10 @@ VLLM_GOOD = ("6f7d8c9b5", "7a8b9c0d1")  # canary like stable
 VLLM_SLOW = ("6f7d8c9b5", "8c9d0e1f2")  # canary 1.6x latency, 0.9% errors (significant, below ceiling)
 VLLM_ERRORS = ("6f7d8c9b5", "9d0e1f2a3")  # canary 5% errors (above ceiling)
 VLLM_NEW = ("6f7d8c9b5", "5b6c7d8e9")  # canary started 5 minutes ago: window still filling
+# A stable that was faster and had fewer errors before its canary started 30 minutes ago, and is like
+# the canary since (another time of day): judged over the canary's lifetime, the canary is fine.
+VLLM_LATE = ("1c2d3e4f5", "2d3e4f5a6")
+LATE_CANARY_AGE = 1800
 PRESET_HASHES = {"tgi": ("4a1b2c3d4", "4e5f6a7b8"), "triton": ("3a1b2c3d4", "3e5f6a7b8"),
                  "kserve": ("2a1b2c3d4", "2e5f6a7b8")}
 TRITON_NO_FAILURES = "3f0e1d2c3"  # a Triton canary without any failure series
@@ -125,6 +129,7 @@ class Pod:
     nan_errors: bool = False  # the error counter reads NaN
     traffic_from: float | None = None  # unix seconds: no requests before (pods up, no traffic yet)
     variant: str = ""  # stack-specific: the metric name for the kserve-otel stack
+    before: tuple[float, float, float] | None = None  # (until, latency_scale, error_ratio) before a time
 
 
 def _histogram(series: Series, *, name: str, labels: dict[str, str], ts: float, buckets: list[float],
@@ -154,10 +159,13 @@ def generate(pods: list[Pod], *, end: float, seed: int = 7) -> Series:
             base["rollouts_pod_template_hash"] = pod.hash
         ts = pod.start
         while ts <= end:
+            scale, ratio = pod.latency_scale, pod.error_ratio
+            if pod.before is not None and ts < pod.before[0]:
+                scale, ratio = pod.before[1], pod.before[2]
             n = rng.poisson(pod.rate * SCRAPE) if pod.traffic_from is None or ts >= pod.traffic_from else 0
-            lat = rng.lognormal(mean=np.log(0.9), sigma=0.45, size=n) * pod.latency_scale
+            lat = rng.lognormal(mean=np.log(0.9), sigma=0.45, size=n) * scale
             toks = rng.lognormal(mean=np.log(180), sigma=0.6, size=n)
-            e = int(rng.binomial(n, pod.error_ratio))
+            e = int(rng.binomial(n, ratio))
             ok += n - e
             err += e
             lat_counts += np.bincount(np.searchsorted(LAT_BUCKETS, lat, side="left"),
@@ -242,6 +250,10 @@ def scenario_pods(end: float) -> list[Pod]:
     pods.append(Pod("vllm", VLLM_NO_ERROR_SERIES, "vllm-no-errors", start, error_ratio=0.0, error_series=False))
     pods.append(Pod("vllm", VLLM_NAN_ERRORS, "vllm-nan", start, nan_errors=True))
     pods += timeline_pods(end)
+    canary_start = end - LATE_CANARY_AGE
+    pods.append(Pod("vllm", VLLM_LATE[0], "vllm-late-stable", start, error_ratio=0.008,
+                    before=(canary_start, 0.7, 0.001)))
+    pods.append(Pod("vllm", VLLM_LATE[1], "vllm-late-canary", canary_start, error_ratio=0.008))
     return pods
 
 

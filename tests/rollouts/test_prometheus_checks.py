@@ -101,7 +101,10 @@ def test_presets_against_their_own_series(server, lib, preset):
               "window": "1h", "step": "1m"}
     lat = lib.analysis(server.url, "latency", params).json()
     assert lat["verdict"] == "fail", lat  # the canary of every preset scenario is 1.6x slower
-    assert lat["details"]["query"] == f"{preset}_latency"
+    # histograms are pooled per request; Triton has none, its per-interval means are paired by time
+    pooled = preset != "triton"
+    assert lat["details"]["query"] == f"{preset}_latency" + ("_buckets" if pooled else "")
+    assert lat["method"] == ("msprt-mann-whitney-binned" if pooled else "msprt-paired-har")
     assert 0.4 < lat["details"]["relative_increase"] < 0.9
     err = lib.analysis(server.url, "error-rate", params).json()
     assert err["verdict"] == "pass", err
@@ -185,3 +188,38 @@ def test_triton_canary_without_failure_series(server, lib):
     assert err["samples"]["canary"] > 15000 and err["details"]["canary_errors"] == 0
     lat = lib.analysis(server.url, "latency", params).json()
     assert lat["verdict"] == "pass" and lat["samples"]["canary"] >= 50, lat
+
+
+# ---------------------------------------------------------------- issue 17: windows, buckets, constants
+def test_canary_age_comes_from_its_series(server, lib):
+    body = lib.analysis(server.url, "latency", lib.vllm_params(lib.VLLM_NEW, min_intervals="3")).json()
+    # the canary started 5 minutes before the data ends (and the data ends 30 s before the test started)
+    assert 200 < body["details"]["canary_age_seconds"] < 420, body["details"]
+    assert body["details"]["window_seconds"] < 600 < body["details"]["window_requested_seconds"]
+
+
+@pytest.mark.parametrize("check", ["error-rate", "latency"])
+def test_stable_is_judged_over_the_canary_lifetime(server, lib, check):
+    """Stable had 0.1 % errors and 0.7x latency before the canary started 30 minutes ago, 0.8 % and 1x
+    since, like the canary. Over the requested hour, stable's older traffic would make a sound canary
+    look worse (0.8 % against 0.45 %); over the canary's lifetime the two are the same."""
+    params = lib.vllm_params(lib.VLLM_LATE, max_increase="0.05") if check == "latency" else (
+        lib.vllm_params(lib.VLLM_LATE))
+    body = lib.analysis(server.url, check, params).json()
+    assert body["verdict"] == "pass", body
+    details = body["details"]
+    assert details["window_requested_seconds"] == 3600
+    assert lib.LATE_CANARY_AGE - 120 < details["canary_age_seconds"] < lib.LATE_CANARY_AGE + 120
+    assert details["window_seconds"] <= lib.LATE_CANARY_AGE + 240
+    if check == "error-rate":
+        assert abs(details["canary_ratio"] - details["stable_ratio"]) < 0.004
+        assert body["samples"]["baseline"] < 1.3 * body["samples"]["canary"]  # stable's last 30 minutes only
+
+
+def test_latency_pools_histogram_buckets(server, lib):
+    body = lib.analysis(server.url, "latency", lib.vllm_params(lib.VLLM_SLOW)).json()
+    assert body["verdict"] == "fail" and body["method"] == "msprt-mann-whitney-binned", body
+    # samples are requests now: 5 req/s for the hour on each side (stable has 2 pods)
+    assert 15000 < body["samples"]["canary"] < 21000 and body["samples"]["baseline"] > 30000
+    assert body["details"]["buckets"][-1] == "+Inf"
+    assert 1.4 < body["details"]["canary_value"] / body["details"]["stable_value"] < 1.9
