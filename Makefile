@@ -1,7 +1,7 @@
 # Everything runs in .venv, made by scripts/setup.sh with the system's python3 (never installed into).
 VENV ?= .venv
 PYTHON := $(VENV)/bin/python
-.PHONY: setup run test lint bench
+.PHONY: setup run test lint bench bench-stats
 
 setup:
 	scripts/setup.sh
@@ -25,3 +25,10 @@ test:
 bench:
 	scripts/setup.sh --bench
 	@for b in tests/benchmarks/bench_*.py; do echo "== $$b"; $(PYTHON) $$b || exit 1; done
+
+# The full tier of the statistics simulations (issue 17): false alarms and power of every check, fixed
+# seeds, one table row per claim of rollouts/README.md; about 20 minutes on 2 cores. The quick tier runs in
+# `make test`. JOBS=2 runs two worker processes.
+bench-stats:
+	scripts/setup.sh --test
+	$(PYTHON) tests/benchmarks/stats_simulations.py --jobs $(or $(JOBS),1)
