@@ -27,7 +27,7 @@ bench:
 	@for b in tests/benchmarks/bench_*.py; do echo "== $$b"; $(PYTHON) $$b || exit 1; done
 
 # The full tier of the statistics simulations (issue 17): false alarms and power of every check, fixed
-# seeds, one table row per claim of rollouts/README.md; about 20 minutes on 2 cores. The quick tier runs in
+# seeds, one table row per claim of rollouts/README.md; about 45 minutes on 2 busy cores. The quick tier runs in
 # `make test`. JOBS=2 runs two worker processes.
 bench-stats:
 	scripts/setup.sh --test

@@ -94,7 +94,10 @@ def value_types(samples: Samples, field: str) -> frozenset[type]:
 def numbers(samples: Samples, field: str) -> np.ndarray:
     """``np.asarray(column(samples, field), dtype=np.float64)`` for a numeric field, converted once."""
     if samples.array is not None:
-        return np.ascontiguousarray(samples.array[:, _npy_index(samples.array, samples.key, field)])
+        cache: dict[str, np.ndarray] = samples.__dict__.setdefault("_npy_columns", {})
+        if field not in cache:  # a contiguous copy per column, made once (kinds, exclusions and tests read it)
+            cache[field] = np.ascontiguousarray(samples.array[:, _npy_index(samples.array, samples.key, field)])
+        return cache[field]
     values = samples.numbers(field)
     if values is None:
         raise SampleFormatError(f"field {field!r} in {samples.key!r} holds values other than numbers")

@@ -141,8 +141,9 @@ def _length_test(baseline: Samples, canary: Samples, *, length_field: str, max_s
     cand_a, capped_c = subsample(numbers(canary, length_field), max_samples=max_samples, seed=1)
     entry: dict[str, Any] = {"baseline_mean": float(np.mean(ref_a)), "canary_mean": float(np.mean(cand_a))}
     if kind.kind == "numeric":
+        ref_a, cand_a = np.sort(ref_a), np.sort(cand_a)  # once, for KS and Wasserstein (both order-free)
         result = ks_test(ref_a, cand_a)
-        effect, scaled = normalised_wasserstein(ref_a, cand_a)
+        effect, scaled = normalised_wasserstein(ref_a, cand_a, presorted=True)
         entry.update(effect=effect, effect_measure="Wasserstein/sd", min_effect=min_effect, **scaled)
     else:
         ref_l, cand_l = category_labels(baseline, length_field, kind), category_labels(canary, length_field, kind)

@@ -314,15 +314,20 @@ def old_ceiling_trial(rng: np.random.Generator, *, mode: Mode, alpha: float, req
 
 
 def old_latency_trial(rng: np.random.Generator, *, mode: Mode, alpha: float, minutes: int = 60,
-                      stable_rpm: int = 50, canary_rpm: int = 450) -> bool:
-    """Per-minute p95 from each minute's buckets, compared by the sequential mean test (anytime) or
-    Mann-Whitney (fixed) on the per-interval values: the significance test alone."""
+                      stable_rpm: int = 50, canary_rpm: int = 450, buckets: bool = False) -> bool:
+    """Per-minute p95 of each side -- the sample quantile of the minute's requests, or (``buckets``)
+    read off the minute's histogram -- compared by the sequential mean test (anytime) or Mann-Whitney
+    (fixed) on the per-interval values: the old latency test, significance alone. A sample p95 of 50
+    requests sits below one of 450, so the side with more traffic looks slower."""
     from rollouts.stats import mann_whitney_test, sequential_mean_test
 
     values: list[list[float]] = [[], []]
     for _ in range(minutes):
         for side, rpm in enumerate((canary_rpm, stable_rpm)):
             lat = rng.lognormal(np.log(0.9), 0.45, rng.poisson(rpm))
+            if not buckets:
+                values[side].append(float(np.quantile(lat, 0.95)))
+                continue
             counts = np.bincount(np.searchsorted(VLLM_BUCKETS, lat, side="left"), minlength=len(VLLM_BUCKETS))
             q = latency.Histogram(VLLM_BUCKETS, np.cumsum(counts).tolist()).quantile(0.95)
             if q is not None:

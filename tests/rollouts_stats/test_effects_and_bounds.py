@@ -27,6 +27,15 @@ def test_normalised_wasserstein_is_the_shift_in_reference_sds(rng: np.random.Gen
     assert scaled["scaled_by"] == "reference standard deviation"
 
 
+@pytest.mark.parametrize("sizes", [(3000, 3000), (3000, 1777), (5, 9)])
+def test_wasserstein_of_sorted_samples_is_scipys(rng: np.random.Generator, sizes: tuple[int, int]) -> None:
+    ref, cand = np.sort(rng.lognormal(size=sizes[0])), np.sort(rng.normal(1.0, 2.0, size=sizes[1]))
+    ties = np.sort(rng.integers(0, 5, size=sizes[1]).astype(float))
+    for other in (cand, ties):
+        assert normalised_wasserstein(ref, other, presorted=True)[1]["wasserstein"] == pytest.approx(
+            stats.wasserstein_distance(ref, other), rel=1e-12, abs=1e-15)
+
+
 def test_normalised_wasserstein_of_constants() -> None:
     effect, scaled = normalised_wasserstein(np.full(100, 5.0), np.full(100, 6.0))
     # W1 = 1; pooled sd of 100 fives and 100 sixes = 0.5025: a large, finite effect
