@@ -281,16 +281,17 @@ class CheckContext:
 
     def canary_age(self, template: tuple[str, str], selector: str, *, model: str, window: int,
                    step: int) -> float | None:
-        """Seconds since the canary's series began (within ``window``), or None when it has none.
+        """Seconds since the canary started serving (within ``window``), or None when it never did.
 
-        The template, rendered at ``step``, is evaluated as a subquery over the window; the earliest
-        evaluation with a value is when the canary started serving:
-        ``time() - min(min_over_time(timestamp(<query>)[window:step]))``.
+        The template, rendered for one step, is evaluated as a subquery over the window; the earliest
+        evaluation with a value above 0 is when the canary's traffic began:
+        ``time() - min(min_over_time(timestamp((<query>) > 0)[window:step]))``. Pods that are up but
+        get no requests yet export zeros: that time is not part of the canary's lifetime.
         """
         prom = self.require_prometheus()
         inner = render(template[1], name=template[0], selector=selector, interval=f"{self._step_range(step)}s",
                        model=model)
-        age = prom.instant(f"time() - min(min_over_time(timestamp({inner})[{window}s:{step}s]))",
+        age = prom.instant(f"time() - min(min_over_time(timestamp(({inner}) > 0)[{window}s:{step}s]))",
                            deadline=self.deadline, at=self.now())
         return age if age is not None and math.isfinite(age) else None
 
