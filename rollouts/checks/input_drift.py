@@ -25,6 +25,7 @@ windows are subsampled to ``max_samples`` (embeddings to ``mmd_max_samples``) an
 
 from __future__ import annotations
 
+import dataclasses
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -95,7 +96,8 @@ def run(params: Params, ctx: CheckContext) -> Verdict:
     correction: Literal["bh", "bonferroni"] = "bonferroni" if params.choice(
         "correction", ("bh", "bonferroni"), "bh") == "bonferroni" else "bh"
     min_samples = params.integer("min_samples", 100, low=2)
-    settings = dict(
+    settings = Settings(
+        alpha=ctx.alpha(params),  # replaced by the look's alpha below
         correction=correction,
         min_samples=min_samples,
         max_samples=params.integer("max_samples", 100_000, low=100, high=1_000_000),
@@ -107,6 +109,7 @@ def run(params: Params, ctx: CheckContext) -> Verdict:
         psi_fail=params.number("psi_fail", 0.25, low=0.0),
         permutations=params.integer("mmd_permutations", 500, low=10, high=MAX_PERMUTATIONS),
         mmd_max=params.integer("mmd_max_samples", 1000, low=50, high=2500),  # (2n)^2 float64: ~200 MB at 2500
+        stop=lambda: ctx.deadline.remaining() < MMD_RESERVE_SECONDS,
     )
     features = params.csv("features", pattern=FIELD_RE)
     embedding = params.optional_str("embedding", pattern=FIELD_RE)
@@ -116,11 +119,8 @@ def run(params: Params, ctx: CheckContext) -> Verdict:
     if plan.filling:
         return inconclusive(check=CHECK, method="ks", samples={"baseline": baseline.count, "canary": canary.count},
                             mode=mode, threshold=None, details=plan.details, reason=plan.filling)
-    return judge(
-        baseline, head(canary, plan.rows), features=features, embedding=embedding, mode=mode,
-        look=plan.details, settings=Settings(alpha=plan.alpha, stop=lambda: ctx.deadline.remaining() <
-                                             MMD_RESERVE_SECONDS, **settings),  # type: ignore[arg-type]
-    )
+    return judge(baseline, head(canary, plan.rows), features=features, embedding=embedding, mode=mode,
+                 look=plan.details, settings=dataclasses.replace(settings, alpha=plan.alpha))
 
 
 def default_features(baseline: Samples, canary: Samples, *, embedding: str | None,
