@@ -95,7 +95,7 @@ def test_eval_score_one_sided_mcnemar_is_calibrated() -> None:
 
 # ---------------------------------------------------------------- output-drift
 def test_output_drift_refusals_at_their_own_share_of_alpha() -> None:
-    # refusals 2 % -> 4 % on 2,000 responses, 20 looks; full tier 0.84 (with alpha/40: 0.09)
+    # refusals 2 % -> 4 % on 2,000 responses, 20 looks; full tier 0.84
     assert sim.alarm_rate(60, 14, partial(sim.outputs_trial, mode="anytime", alpha=0.01, canary_refusal=0.04)) >= 0.6
     null = sim.alarm_rate(300, 15, partial(sim.outputs_trial, mode="fixed", alpha=0.1, rows=500, min_effect=0.0))
     assert null <= 0.16  # full tier: 0.047 at alpha 0.05
