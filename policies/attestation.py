@@ -515,6 +515,7 @@ class Subject:
     artifact_digest: str | None
     quantization: str | None
     image_digests: tuple[str, ...] = ()
+    model_source: str = f"label {MODEL_LABEL}"  # where the model name came from (label, server arguments, ...)
 
 
 @dataclass(frozen=True)
@@ -593,7 +594,7 @@ def check_subject(payload: Mapping[str, Any], subject: Subject) -> list[Problem]
         ("quantization", subject.quantization, "quantization"),
     ):
         want = model[key]
-        where = {"model": f"label {MODEL_LABEL}", "version": f"annotation {VERSION_ANNOTATION}",
+        where = {"model": subject.model_source, "version": f"annotation {VERSION_ANNOTATION}",
                  "artifact_digest": f"annotation {DIGEST_ANNOTATION}",
                  "quantization": f"annotation {QUANTIZATION_ANNOTATION}"}[fld]
         if have is None:

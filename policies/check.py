@@ -178,7 +178,8 @@ def run_check(paths: Sequence[str], options: CheckOptions) -> CheckResult:
             judged.append(entry)
 
     # ---- judge ------------------------------------------------------------------------------------
-    facts = ManifestFacts([e.obj for e in judged], extra_labels=options.namespace_labels, cluster=options.cluster)
+    facts = ManifestFacts([e.obj for e in judged], extra_labels=options.namespace_labels, cluster=options.cluster,
+                          workloads=options.policyset.workloads)
     locator = Locator(display)
     by_unit: dict[str, dict[Resource, Entry]] = {}
     for entry in judged:

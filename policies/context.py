@@ -15,7 +15,10 @@ from typing import Any, Protocol, runtime_checkable
 from policies.gpu import GpuConfig
 from policies.model import EnforcementPoint, Resource
 from policies.snapshot import ClusterSnapshot
-from policies.workload import Workload, extract
+from policies.workload import Workload, WorkloadConfig, extract
+
+# cluster-scoped kinds other objects refer to by name alone (a predictor's runtime, a TrainJob's runtime)
+CLUSTER_SCOPED = frozenset({"ClusterServingRuntime", "ClusterTrainingRuntime", "ClusterWorkflowTemplate"})
 
 
 class ClusterFacts(Protocol):
@@ -115,9 +118,12 @@ class ManifestFacts(EmptyFacts):
 
     def __init__(self, objects: Iterable[Mapping[str, Any]], *,
                  extra_labels: Mapping[str, Mapping[str, str]] | None = None,
-                 default_namespace: str = "default", cluster: ClusterSnapshot | None = None) -> None:
+                 default_namespace: str = "default", cluster: ClusterSnapshot | None = None,
+                 workloads: WorkloadConfig | None = None) -> None:
         self._objects = [o for o in objects if isinstance(o, Mapping)]
         self._cluster = cluster
+        self._workloads = workloads  # the PolicySet's registered kinds, so their pods are counted exactly
+        self._cluster_scoped: dict[tuple[str, str], Mapping[str, Any]] = {}
         self._default_ns = default_namespace
         self._labels: dict[str, dict[str, str]] = {k: dict(v) for k, v in (extra_labels or {}).items()}
         self._by_key: dict[tuple[str, str, str], Mapping[str, Any]] = {}
@@ -134,6 +140,8 @@ class ManifestFacts(EmptyFacts):
                     self._labels.setdefault(res.name, {}).update({str(k): str(v) for k, v in labels.items()})
                 continue
             self._by_key[(res.namespace, res.kind, res.name)] = obj
+            if res.kind in CLUSTER_SCOPED:
+                self._cluster_scoped[(res.kind, res.name)] = obj
             if res.kind == "ResourceQuota":
                 self._quotas.setdefault(res.namespace, []).append(obj)
             if res.kind == "Rollout":
@@ -163,6 +171,8 @@ class ManifestFacts(EmptyFacts):
         return self._by_key.get((namespace, "ResourceClaimTemplate" if is_template else "ResourceClaim", name))
 
     def resolve_object(self, namespace: str, kind: str, name: str) -> Mapping[str, Any] | None:
+        if kind in CLUSTER_SCOPED:
+            return self._cluster_scoped.get((kind, name))
         return self._by_key.get((namespace, kind, name))
 
     def referenced_by_rollout(self, namespace: str, kind: str, name: str) -> bool:
@@ -182,7 +192,8 @@ class ManifestFacts(EmptyFacts):
                 if self.referenced_by_rollout(res.namespace, res.kind, res.name):
                     continue  # counted through its Rollout
                 workload: Workload = extract(obj, gpu=gpu, default_namespace=self._default_ns,
-                                             resolve_claim=self.resolve_claim, resolve_object=self.resolve_object)
+                                             resolve_claim=self.resolve_claim, resolve_object=self.resolve_object,
+                                             config=self._workloads)
                 # other workloads count at steady state: surge is only the reviewed workload's own
                 need = workload.full_size_gpus(gpu, surge=False)
                 if need:

@@ -17,6 +17,7 @@ from policies.selectors import Subject
 from policies.workload import extract
 
 log = logging.getLogger("mlguard.policies")
+EXTRACTOR = "workload"  # the "policy" of the extractor's notes
 
 
 @dataclass(frozen=True)
@@ -54,7 +55,7 @@ def evaluate_object(obj: Mapping[str, Any], policyset: PolicySet, *, point: Enfo
     if not policyset.selects(subject):
         return Evaluated(resource, [], [], "not selected by the PolicySet's match/exclude", frozenset(), [])
     workload = extract(obj, gpu=gpu, default_namespace=default_namespace, resolve_claim=facts.resolve_claim,
-                       resolve_object=facts.resolve_object)
+                       resolve_object=facts.resolve_object, config=policyset.workloads)
     ctx = EvalContext(gpu=gpu, facts=facts, point=point, request=request, mutations=policyset.mutations,
                       environment=environment, keys=keys, policyset=policyset)
     violations: list[Violation] = []
@@ -67,6 +68,8 @@ def evaluate_object(obj: Mapping[str, Any], policyset: PolicySet, *, point: Enfo
     # objects without pod templates are skipped, but a Rollout whose workloadRef could not be resolved
     # still has a strategy to check (canary-required)
     checkable = bool(workload.templates) or resource.kind == "Rollout"
+    # what the extractor wants the reader to know: a generic template, an unresolved claim or runtime
+    notes.extend(Note(EXTRACTOR, owner, path, f"{path}: {message}") for path, message in workload.notes)
     for policy_id in policyset.enabled_policies():
         resolved = policyset.resolve(policy_id, subject=subject, point=point)
         if resolved.action == "off":

@@ -1,4 +1,7 @@
-"""What counts as a GPU: extended resource names (with patterns), DRA device classes, taints."""
+"""What counts as a GPU: extended resource names (with patterns), DRA device classes, taints.
+
+A quantity of zero is no GPU, everywhere (``nvidia.com/gpu: 0`` asks for none).
+"""
 
 from __future__ import annotations
 
@@ -11,7 +14,9 @@ from typing import Any
 from policies.quantity import QuantityError, parse_quantity
 
 DEFAULT_RESOURCE_NAMES = ("nvidia.com/gpu", "nvidia.com/mig-*", "nvidia.com/gpu.shared", "amd.com/gpu")
-DEFAULT_DEVICE_CLASSES = ("gpu.nvidia.com",)
+# NVIDIA's DRA driver (k8s-dra-driver-gpu, demo/specs/quickstart: full GPUs, MIG slices, GPUs passed through
+# to VMs with vfio-pci) and AMD's (gpu.amd.com)
+DEFAULT_DEVICE_CLASSES = ("gpu.nvidia.com", "mig.nvidia.com", "vfio.gpu.nvidia.com", "gpu.amd.com")
 DEFAULT_TAINTS = ({"key": "nvidia.com/gpu", "effect": "NoSchedule"},)
 DRA_QUOTA_SUFFIX = ".deviceclass.resource.k8s.io/devices"
 
@@ -56,12 +61,23 @@ def dra_quota_name(device_class: str) -> str:
 def container_gpus(container: Mapping[str, Any], gpu: GpuConfig) -> dict[str, Decimal]:
     """GPU resources a container asks for: limits win, requests where no limit is set.
 
-    Unparseable quantities are left out here; `gpu-limits` reports them.
+    Zero is no GPU and is left out; so are unparseable quantities (`gpu-limits` reports them, and
+    `asks_for_gpu` counts them as a request).
     """
+    return {k: v for k, v in _gpu_quantities(container, gpu).items() if v is not None and v > 0}
+
+
+def asks_for_gpu(container: Mapping[str, Any], gpu: GpuConfig) -> bool:
+    """True when the container names a GPU resource with a positive or unparseable quantity (the
+    intent is a GPU even when the number is wrong); ``nvidia.com/gpu: 0`` is no GPU."""
+    return any(v is None or v > 0 for v in _gpu_quantities(container, gpu).values())
+
+
+def _gpu_quantities(container: Mapping[str, Any], gpu: GpuConfig) -> dict[str, Decimal | None]:
     resources = container.get("resources")
     if not isinstance(resources, Mapping):
         return {}
-    out: dict[str, Decimal] = {}
+    out: dict[str, Decimal | None] = {}
     for section in ("requests", "limits"):
         values = resources.get(section) or {}
         if not isinstance(values, Mapping):
@@ -71,33 +87,42 @@ def container_gpus(container: Mapping[str, Any], gpu: GpuConfig) -> dict[str, De
                 try:
                     out[name] = parse_quantity(value)
                 except QuantityError:
-                    out.setdefault(name, Decimal(0))
+                    out[name] = None
     return out
 
 
 def claim_devices(claim_spec: Mapping[str, Any], gpu: GpuConfig) -> dict[str, Decimal]:
     """GPU devices a ResourceClaim spec requests, keyed by the DRA quota name of the class.
 
-    Understands resource.k8s.io v1beta1 (``requests[].deviceClassName``) and v1
-    (``requests[].exactly`` / ``firstAvailable``). ``allocationMode: All`` counts as one device
-    (the count is decided by the node; `gpu-limits` flags it).
+    Understands resource.k8s.io v1 and v1beta2 (``requests[].exactly`` / ``firstAvailable``), v1beta1 and
+    v1alpha3 (``requests[].deviceClassName``) and the legacy v1alpha2 (``spec.resourceClassName``, one
+    device: its count lives in driver parameters). ``allocationMode: All`` counts as one device (the count
+    is decided by the node; `gpu-limits` flags it).
     """
-    devices = (claim_spec.get("devices") or {}) if isinstance(claim_spec, Mapping) else {}
+    if not isinstance(claim_spec, Mapping):
+        return {}
     out: dict[str, Decimal] = {}
-    for request in devices.get("requests") or []:
+    legacy = claim_spec.get("resourceClassName")
+    if isinstance(legacy, str) and gpu.is_gpu_device_class(legacy):
+        out[dra_quota_name(legacy)] = Decimal(1)
+    devices = claim_spec.get("devices")
+    requests = devices.get("requests") if isinstance(devices, Mapping) else None
+    for request in requests if isinstance(requests, list) else []:
         if not isinstance(request, Mapping):
             continue
-        candidates = []
+        candidates: list[Mapping[str, Any]] = []
+        first = request.get("firstAvailable")
         if isinstance(request.get("exactly"), Mapping):
             candidates.append(request["exactly"])
-        elif request.get("firstAvailable"):
-            candidates.extend(r for r in request["firstAvailable"][:1] if isinstance(r, Mapping))
+        elif isinstance(first, list) and first:
+            candidates.extend(r for r in first[:1] if isinstance(r, Mapping))
         else:
             candidates.append(request)
         for sub in candidates:
             cls_name = sub.get("deviceClassName")
             if isinstance(cls_name, str) and gpu.is_gpu_device_class(cls_name):
                 count = sub.get("count", 1) if sub.get("allocationMode", "ExactCount") == "ExactCount" else 1
+                number = count if isinstance(count, int) and not isinstance(count, bool) and count > 0 else 1
                 key = dra_quota_name(cls_name)
-                out[key] = out.get(key, Decimal(0)) + Decimal(int(count) if isinstance(count, int) else 1)
+                out[key] = out.get(key, Decimal(0)) + Decimal(number)
     return out

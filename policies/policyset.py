@@ -18,6 +18,7 @@ from policies.gpu import GpuConfig
 from policies.model import Action, EnforcementPoint
 from policies.registry import all_policies
 from policies.selectors import Subject, matches
+from policies.workload import WorkloadConfig
 
 SCHEMA_PATH = Path(__file__).parent / "schema" / "policyset.schema.yaml"
 CATALOG = Path(__file__).parent / "catalog"
@@ -79,6 +80,7 @@ class PolicySet:
     source: str = "<memory>"
     digest: str = ""
     gpu: GpuConfig = field(default_factory=GpuConfig)
+    workloads: WorkloadConfig = field(default_factory=WorkloadConfig)  # spec.workloadKinds and spec.serving
 
     @property
     def spec(self) -> Mapping[str, Any]:
@@ -258,7 +260,8 @@ def parse_policyset(text: str, *, source: str = "<memory>") -> PolicySet:
     if errors:
         raise PolicySetError(source, errors)
     digest = hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()
-    return PolicySet(raw=data, source=source, digest=digest, gpu=GpuConfig.from_spec(data["spec"].get("gpu")))
+    return PolicySet(raw=data, source=source, digest=digest, gpu=GpuConfig.from_spec(data["spec"].get("gpu")),
+                     workloads=WorkloadConfig.from_spec(data["spec"]))
 
 
 def load_policyset(path: str | Path) -> PolicySet:

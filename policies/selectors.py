@@ -5,10 +5,12 @@ from __future__ import annotations
 import fnmatch
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from policies.context import RequestInfo
 from policies.model import Resource
+
+if TYPE_CHECKING:  # policies.context imports the workload extractor, which matches label selectors
+    from policies.context import RequestInfo
 
 
 def label_selector_matches(selector: Mapping[str, Any], labels: Mapping[str, str]) -> bool:

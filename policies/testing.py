@@ -25,7 +25,7 @@ import yaml
 
 from policies.context import ManifestFacts, RequestInfo
 from policies.decision import break_glass, effective_violations
-from policies.engine import evaluate
+from policies.engine import EXTRACTOR, evaluate
 from policies.manifests import ManifestError, load_file
 from policies.model import EnforcementPoint, Violation
 from policies.policyset import PolicySet, PolicySetError, _fmt_path, _line_of, load_policyset, parse_policyset
@@ -178,19 +178,19 @@ def run_suite(path: Path, *, policyset: PolicySet | None = None) -> Iterator[Cas
             raise TestFileError(f"{where}: cases[{index}].file: {case['file']}: no such file")
         objects = _objects(file, where)
         labels = {**(suite.get("namespaceLabels") or {}), **(case.get("namespaceLabels") or {})}
-        facts = ManifestFacts(objects, extra_labels=labels)
+        facts = ManifestFacts(objects, extra_labels=labels, workloads=ps.workloads)
         request = case.get("request")
         info = RequestInfo(operation=request.get("operation", "CREATE"), user=request.get("user", ""),
                            groups=tuple(request.get("groups") or ())) if request is not None else None
         point: EnforcementPoint = case.get("point") or ("admission" if request is not None else "ci")
         report = evaluate(objects, ps, point=point, facts=facts, request=info)
         targets = [case["resource"]] if case.get("resource") else [
-            _key(o) for o in objects if pod_templates(o) or o.get("kind") == "Rollout"]
+            _key(o) for o in objects if pod_templates(o, config=ps.workloads) or o.get("kind") == "Rollout"]
         if case.get("resource") and case["resource"] not in {_key(o) for o in objects}:
             raise TestFileError(f"{where}: cases[{index}].resource: {case['resource']} is not in {case['file']}")
         policy = case.get("policy") or suite.get("policy")
         hits = [v for v in report.violations if str(v.resource) in targets and (not policy or v.policy == policy)]
-        notes = [n for n in report.notes if not policy or n.policy == policy]
+        notes = [n for n in report.notes if not policy or n.policy in (policy, EXTRACTOR)]  # the extractor's too
         actions, said = _verdict(hits, point=point, objects=objects, targets=targets, info=info, policyset=ps)
         problems = _judge(case["expect"], actions, hits, policy, targets)
         for text in case.get("contains") or []:
