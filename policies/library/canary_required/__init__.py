@@ -70,10 +70,12 @@ class CanaryRequired(Policy):
     id = "canary-required"
     title = "Model serving rolls out through an analysed Argo canary"
     severity = "high"
-    version = "1.0.0"
+    version = "1.1.0"
     description = ("In the namespaces where the policy applies (select them with the policy's match, e.g. "
                    "an environment or a namespace label), a model-serving workload (label "
-                   "mlguard.io/model) is an argoproj.io Rollout whose canary strategy runs an analysis — a"
+                   "mlguard.io/model, a serving kind such as a KServe InferenceService or LLMInferenceService or "
+                   "a RayService with Serve, or a match of the PolicySet's spec.serving.selector, e.g. a vLLM "
+                   "image) is an argoproj.io Rollout whose canary strategy runs an analysis — a"
                    " step analysis or a background analysis that names a template and is not all dry-run —"
                    " instead of a bare Deployment (or any other kind in `kinds`). A Deployment managed by "
                    "a Rollout through spec.workloadRef passes, and so do objects created by a controller "
@@ -94,7 +96,7 @@ class CanaryRequired(Policy):
         },
     }
     defaults = {"kinds": ["Pod", "ReplicaSet", "Deployment", "StatefulSet", "InferenceService",
-                          "LeaderWorkerSet"],
+                          "LeaderWorkerSet", "LLMInferenceService", "RayService", "Service"],
                 "analysisTemplates": []}
 
     def check(self, workload: Workload, params: Mapping[str, Any], ctx: EvalContext) -> Iterator[Finding]:
@@ -116,7 +118,8 @@ class CanaryRequired(Policy):
         for labels in [workload.labels, *(t.labels for t in workload.templates)]:
             if labels.get(MODEL_LABEL):
                 return str(labels[MODEL_LABEL])
-        return "<unnamed>"
+        serving = workload.serving
+        return serving.model if serving is not None and serving.model else "<unnamed>"
 
     @staticmethod
     def _bare_message(kind: str, name: str, namespace: str, model: str) -> str:
@@ -129,7 +132,7 @@ class CanaryRequired(Policy):
         tail = f"serve the model from an argoproj.io/v1alpha1 Rollout with {HOW}"
         if kind == "InferenceService":
             tail += " (KServe's canaryTrafficPercent runs no analysis)"
-        if kind in ("InferenceService", "LeaderWorkerSet"):
+        if kind in ("InferenceService", "LeaderWorkerSet", "LLMInferenceService", "RayService", "Service"):
             tail += f", or exclude kind {kind} from canary-required in the PolicySet if you accept that"
         return head + tail
 

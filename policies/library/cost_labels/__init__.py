@@ -9,7 +9,8 @@ from typing import Any
 from policies.context import EvalContext
 from policies.model import Finding
 from policies.registry import Policy, register
-from policies.workload import PodTemplate, Workload, join
+from policies.templates import pod_field_finding
+from policies.workload import PodTemplate, Workload
 
 
 def _compile(patterns: Mapping[str, str]) -> dict[str, re.Pattern[str]]:
@@ -29,11 +30,13 @@ def _subject(tpl: PodTemplate) -> str:
         return "the pod holds"
     if tpl.name in ("template", "workloadRef"):
         return "the pod template holds"
+    if tpl.role:
+        return f"{tpl.role} holds"
     return f"the {tpl.name} pods hold"
 
 
 def _labels_path(tpl: PodTemplate) -> str:
-    return join(tpl.metadata_path, "labels")
+    return tpl.meta_at("labels")
 
 
 @register
@@ -41,7 +44,7 @@ class CostLabels(Policy):
     id = "cost-labels"
     title = "GPU workloads carry cost labels on their pods"
     severity = "low"
-    version = "1.0.0"
+    version = "1.1.0"
     description = ("A workload whose pods hold a GPU (any configured GPU resource or a DRA GPU claim) "
                    "carries the configured labels (default team and cost-center) with a non-empty value on"
                    " its pod template, where cost tools (OpenCost, Kubecost, DCGM exporter's pod labels) "
@@ -70,7 +73,7 @@ class CostLabels(Policy):
             missing = [k for k in wanted if not str(tpl.labels.get(k) or "").strip()]
             if missing:
                 message = self._missing_message(workload, tpl, where=where, missing=missing, path=path)
-                yield Finding(path, message, resource=tpl.resource)
+                yield pod_field_finding(tpl, path, message)
             for key, pattern in patterns.items():
                 value = tpl.labels.get(key)
                 if key in missing or value is None:

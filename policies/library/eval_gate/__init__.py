@@ -25,11 +25,13 @@ from policies.attestation import (
 from policies.context import EvalContext
 from policies.model import Finding
 from policies.registry import Policy, register
-from policies.workload import PodTemplate, Workload, join
+from policies.serving import Serving
+from policies.workload import PodTemplate, Workload
 
 
-def subject_of(tpl: PodTemplate) -> Subject:
-    """What a pod template says it serves: model label, version, artifact, quantization, image digests."""
+def subject_of(tpl: PodTemplate, serving: Serving | None = None) -> Subject:
+    """What a pod template says it serves: model (its label, else the name the workload's fields give:
+    server arguments, KServe storageUri, ...), version, artifact, quantization, image digests."""
     def text(value: Any) -> str | None:
         return None if value is None else str(value)  # CI may see an unquoted YAML number
 
@@ -39,11 +41,17 @@ def subject_of(tpl: PodTemplate) -> Subject:
         digest = image_digest(image) if isinstance(image, str) else None
         if digest:
             images.append(digest)
-    return Subject(model=text(tpl.labels.get(MODEL_LABEL)),
+    model, source = text(tpl.labels.get(MODEL_LABEL)), f"label {MODEL_LABEL}"
+    label_source = source
+    if model is None and serving is not None and serving.model is not None and serving.model_source != label_source:
+        # no label anywhere: the name the workload's own fields give (a label on the object alone does not
+        # count: the pods must carry it)
+        model, source = serving.model, serving.model_source
+    return Subject(model=model,
                    version=text(tpl.annotations.get(VERSION_ANNOTATION)),
                    artifact_digest=text(tpl.annotations.get(DIGEST_ANNOTATION)),
                    quantization=text(tpl.annotations.get(QUANTIZATION_ANNOTATION)),
-                   image_digests=tuple(images))
+                   image_digests=tuple(images), model_source=source)
 
 
 def controller_pod(workload: Workload) -> bool:
@@ -55,30 +63,29 @@ def controller_pod(workload: Workload) -> bool:
 
 
 def serving_templates(workload: Workload) -> list[PodTemplate]:
-    """The templates the gate checks: those labelled with a model; all of them when only the
-    object carries the label (the template then fails step 3 for want of it)."""
-    labelled = [t for t in workload.templates if MODEL_LABEL in t.labels]
-    if labelled:
-        return labelled
-    return list(workload.templates) if workload.is_model_serving() else []
+    """The templates the gate checks (``policies.serving``): those labelled with a model (all of them when
+    only the object carries the label: each then fails step 3 for want of it), a serving kind's serving
+    templates, or those the PolicySet's spec.serving.selector matches."""
+    return workload.serving_templates()
 
 
-def _path(tpl: PodTemplate, problem_field: str) -> str:
-    labels = join(tpl.metadata_path, "labels")
-    annotations = join(tpl.metadata_path, "annotations")
+def _path(tpl: PodTemplate, problem_field: str, serving: Serving | None = None) -> str:
     if problem_field == "model":
-        return join(labels, MODEL_LABEL)
+        if MODEL_LABEL not in tpl.labels and serving is not None and serving.model is not None and \
+                serving.model_source != f"label {MODEL_LABEL}" and serving.model_path:
+            return serving.model_path
+        return tpl.meta_at(f"labels.{MODEL_LABEL}")
     if problem_field == "image":
         first = next(iter(tpl.containers(sections=("containers",))), None)
-        return join(first.path, "image") if first else join(tpl.spec_path, "containers")
+        return first.at("image") if first else tpl.at("containers")
     key = {"version": VERSION_ANNOTATION, "artifact_digest": DIGEST_ANNOTATION,
            "quantization": QUANTIZATION_ANNOTATION}.get(problem_field, ATTESTATION_ANNOTATION)
-    return join(annotations, key)
+    return tpl.meta_at(f"annotations.{key}")
 
 
-def findings_of(result: GateResult, tpl: PodTemplate) -> Iterator[Finding]:
+def findings_of(result: GateResult, tpl: PodTemplate, serving: Serving | None = None) -> Iterator[Finding]:
     for problem in result.problems:
-        yield Finding(_path(tpl, problem.field),
+        yield Finding(_path(tpl, problem.field, serving),
                       f"eval attestation rejected at step {result.step} ({result.step_name}): {problem.message}",
                       resource=tpl.resource)
 
@@ -88,8 +95,10 @@ class EvalGate(Policy):
     id = "eval-gate"
     title = "Model-serving workloads carry a signed, matching, current eval attestation that passed"
     severity = "high"
-    version = "1.0.0"
-    description = ("A model-serving workload (label mlguard.io/model on the pod template) carries annotation "
+    version = "1.1.0"
+    description = ("A model-serving workload (label mlguard.io/model on the pod template; a serving kind such as "
+                   "a KServe InferenceService; or a match of the PolicySet's spec.serving.selector, e.g. a vLLM "
+                   "image, whose model is named by its server arguments or KServe storageUri) carries annotation "
                    "mlguard.io/eval-attestation made by `mlguard eval sign`. The gate checks, in order, and names "
                    "the first that fails: 1 the annotation is present and parses; 2 the Ed25519 signature "
                    "verifies with a configured, unrevoked key (spec.evalKeys); 3 it is for this model, version, "
@@ -137,7 +146,7 @@ class EvalGate(Policy):
         for tpl in templates:
             raw = tpl.annotations.get(ATTESTATION_ANNOTATION)
             text = None if raw is None else str(raw)
-            result = check_attestation(text, keyring=keyring, subject=subject_of(tpl), criteria=criteria,
-                                       clock_skew=skew, enforce_expiry=enforce_expiry)
+            result = check_attestation(text, keyring=keyring, subject=subject_of(tpl, workload.serving),
+                                       criteria=criteria, clock_skew=skew, enforce_expiry=enforce_expiry)
             if not result.ok:
-                yield from findings_of(result, tpl)
+                yield from findings_of(result, tpl, workload.serving)

@@ -19,7 +19,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from policies.context import EvalContext
-from policies.gpu import claim_devices, container_gpus
+from policies.devices import GKE_PREFIX, InjectedDevice, injected_gpu_devices
+from policies.gpu import container_gpus
 from policies.model import Finding
 from policies.mutations import selected_node_classes, tolerates
 from policies.registry import Policy, register
@@ -146,7 +147,7 @@ class GpuIsolation(Policy):
     id = "gpu-isolation"
     title = "GPUs reach a container only through a GPU request"
     severity = "critical"
-    version = "1.0.0"
+    version = "1.1.0"
     description = (
         "A container without a GPU request (a zero quantity is none) must not set NVIDIA_VISIBLE_DEVICES to a value "
         "that exposes devices (all, indexes, UUIDs, MIG ids; void, none and empty are harmless; gpuContainers "
@@ -155,7 +156,11 @@ class GpuIsolation(Policy):
         "for GPU containers too, as it would hand them more GPUs than they were allocated). A value from a "
         "ConfigMap, Secret or envFrom that is not in the manifest set / cluster facts cannot be seen: warn. No "
         "hostPath volume under /dev/nvidia*, /dev/dri or /dev/kfd (or a directory that holds them, such as /dev); "
-        "no privileged container in a pod that uses a GPU or tolerates a GPU taint.")
+        "no privileged container in a pod that uses a GPU or tolerates a GPU taint. GPU devices a pod annotation "
+        "injects count as device access too: CDI device annotations (cdi.k8s.io/..., nvidia.cdi.k8s.io/...) reach "
+        "every container of the pod, GKE's devices.gke.io/container.<name> the named one; a container without a "
+        "GPU request must not get them (gpuContainers extends this to GPU containers); exclude the namespace "
+        "in the PolicySet where a system component needs them.")
     params_schema = {
         "type": "object",
         "additionalProperties": False,
@@ -195,11 +200,14 @@ class GpuIsolation(Policy):
         tolerated = [t for t in ctx.gpu.taints if tolerates(tpl.spec.get("tolerations"), t)]
         reachable = uses_gpu or bool(tolerated) or selected_node_classes(tpl.spec, ctx.gpu.node_label) is not None
         warn = params["warnUnresolved"] == "always" or (params["warnUnresolved"] == "gpu-reachable" and reachable)
-        gpu_claims = self._gpu_claims(tpl, workload.resource.namespace, ctx)
+        gpu_claims = workload.claim_states.get(i, {})
         yield from self._host_paths(tpl, params)
+        injected = {ref.path: devices for ref, devices in self._injected(tpl, params)}
         for ref in tpl.containers():
             has_gpu = self._container_has_gpu(ref, gpu_claims, ctx)
             yield from self._mounts(ref, has_gpu)
+            if ref.path in injected and (has_gpu is False or (has_gpu and params["gpuContainers"])):
+                yield from self._annotation_devices(tpl, ref, injected[ref.path], has_gpu=bool(has_gpu))
             if has_gpu is False or (has_gpu and params["gpuContainers"]):
                 voice = _Voice(gpu=bool(has_gpu))
                 for env_name in params["envNames"]:
@@ -210,28 +218,33 @@ class GpuIsolation(Policy):
 
     # -- GPU ownership ---------------------------------------------------------------------------
     @staticmethod
-    def _gpu_claims(tpl: PodTemplate, namespace: str, ctx: EvalContext) -> dict[str, bool | None]:
-        """Pod claim name -> True (a GPU claim), False (no GPU), None (cannot be resolved)."""
-        out: dict[str, bool | None] = {}
-        for claim in tpl.spec.get("resourceClaims") or []:
-            if not isinstance(claim, Mapping) or not isinstance(claim.get("name"), str):
-                continue
-            nested = claim.get("source")
-            source: Mapping[str, Any] = nested if isinstance(nested, Mapping) else claim
-            name = source.get("resourceClaimName") or source.get("resourceClaimTemplateName")
-            if not isinstance(name, str):
-                out[claim["name"]] = None
-                continue
-            is_template = "resourceClaimTemplateName" in source
-            found = ctx.facts.resolve_claim(namespace, name, is_template)
-            if not isinstance(found, Mapping):
-                out[claim["name"]] = None
-                continue
-            spec = found.get("spec") or {}
-            if is_template:
-                spec = spec.get("spec") or {}
-            out[claim["name"]] = bool(claim_devices(spec, ctx.gpu))
+    def _injected(tpl: PodTemplate, params: Mapping[str, Any]) -> list[tuple[ContainerRef, list[InjectedDevice]]]:
+        devices = injected_gpu_devices(tpl.annotations, device_nodes=tuple(params["deviceHostPaths"]))
+        if not devices:
+            return []
+        out = []
+        for ref in tpl.containers():
+            mine = [d for d in devices if d.container is None or d.container == ref.name]
+            if mine:
+                out.append((ref, mine))
         return out
+
+    @staticmethod
+    def _annotation_devices(tpl: PodTemplate, ref: ContainerRef, devices: list[InjectedDevice], *,
+                            has_gpu: bool) -> Iterator[Finding]:
+        by_key: dict[str, list[str]] = {}
+        for d in devices:
+            by_key.setdefault(d.annotation, []).append(d.device)
+        for key, names in by_key.items():
+            why = ("beyond the GPUs it was allocated" if has_gpu else
+                   "without a GPU request, which hands it GPUs other pods were allocated")
+            scope = "every container of the pod" if not key.startswith(GKE_PREFIX) else f"container `{ref.name}`"
+            yield Finding(tpl.meta_at(f"annotations.{key}"),
+                          f"container `{ref.name}` gets GPU device(s) {', '.join(names)} from pod annotation {key} "
+                          f"(it reaches {scope}) {why}; remove the annotation and request GPUs through "
+                          "resources.limits (or a DRA claim). A system component that needs it (GKE's GPUDirect "
+                          "RxDM sidecar, a GPU operator component) belongs in a namespace excluded from "
+                          "gpu-isolation in the PolicySet")
 
     @staticmethod
     def _container_has_gpu(ref: ContainerRef, gpu_claims: Mapping[str, bool | None],
@@ -351,7 +364,7 @@ class GpuIsolation(Policy):
             pattern = device_host_path(host["path"], list(params["deviceHostPaths"]))
             if pattern is None:
                 continue
-            yield Finding(join(join(join(join(tpl.spec_path, "volumes"), j), "hostPath"), "path"),
+            yield Finding(join(join(tpl.item_at("volumes", j), "hostPath"), "path"),
                           f"volume `{volume.get('name')}` mounts host path {host['path']}, which exposes GPU device "
                           f"nodes ({pattern}) outside the scheduler's allocation; remove the hostPath volume and "
                           f"request GPUs through resources.limits (or a DRA claim)")

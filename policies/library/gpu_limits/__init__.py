@@ -18,11 +18,13 @@ class GpuLimits(Policy):
     id = "gpu-limits"
     title = "GPU limits are set, whole and bounded"
     severity = "high"
-    version = "1.0.0"
+    version = "1.1.0"
     description = ("A container that asks for a GPU resource (any configured name: nvidia.com/gpu, MIG slices, "
                    "time-sliced nvidia.com/gpu.shared, amd.com/gpu) sets it in limits; if requests is set too it "
                    "equals the limit; quantities are whole; at most maxPerContainer per container and maxPerPod "
-                   "per pod (DRA GPU claims included).")
+                   "per pod (DRA GPU claims included). Zero is no GPU and needs no limit. Every pod-carrying kind "
+                   "is checked (KubeRay, Kubeflow, JobSet, Trainer, KServe, Knative, Volcano, Argo Workflows, and "
+                   "any kind found by the generic search).")
     params_schema = {
         "type": "object",
         "additionalProperties": False,
@@ -38,7 +40,7 @@ class GpuLimits(Policy):
             for ref in tpl.containers():
                 requests = ref.resources.get("requests") or {}
                 limits = ref.resources.get("limits") or {}
-                res_path = join(ref.path, "resources")
+                res_path = ref.at("resources")
                 names = [n for n in {**requests, **limits} if isinstance(n, str) and ctx.gpu.is_gpu_resource(n)]
                 for name in sorted(names):
                     yield from self._container(ref.name, name, requests, limits, res_path, params)
@@ -67,10 +69,12 @@ class GpuLimits(Policy):
                 yield Finding(where, f"container `{container}` sets {name}: {raw!r}, which is not a quantity; "
                               f"use a whole number such as {section}.{name}: 1")
                 return
-            if not is_whole(parsed) or parsed <= 0:
+            if not is_whole(parsed) or parsed < 0:
                 yield Finding(where, f"container `{container}` sets {name}: {raw} in {section}; GPUs are whole "
-                              f"devices: use a whole number of at least 1")
+                              f"devices: use a whole number (0 for none)")
                 return
+        if name not in limits and req == 0:
+            return  # a request of zero asks for no GPU: nothing to limit
         if name not in limits:
             yield Finding(join(res_path, "limits"),
                           f"container `{container}` sets {name} in requests ({requests[name]}) but not in limits; "

@@ -10,7 +10,8 @@ from policies.context import EvalContext
 from policies.model import Finding
 from policies.mutations import selected_node_classes
 from policies.registry import Policy, register
-from policies.workload import Workload, join
+from policies.templates import pod_field_finding
+from policies.workload import Workload
 
 
 @register
@@ -18,7 +19,7 @@ class GpuNodeSelection(Policy):
     id = "gpu-node-selection"
     title = "GPU pods select an allowed GPU class"
     severity = "medium"
-    version = "1.0.0"
+    version = "1.1.0"
     description = ("A GPU pod selects its GPU class through nodeSelector or required node affinity on the "
                    "configured label (default nvidia.com/gpu.product), and the class is allowed for the "
                    "namespace, so a 7B model does not land on an H100 meant for training.")
@@ -41,16 +42,17 @@ class GpuNodeSelection(Policy):
             if classes is None:
                 default = ctx.mutations.get("defaultNodeClass")
                 if default and any(fnmatch.fnmatchcase(default, p) for p in allowed):
-                    yield Finding(join(tpl.spec_path, "nodeSelector"),
-                                  f"nodeSelector {label}={default} will be added at admission", note=True)
+                    yield pod_field_finding(tpl, tpl.at("nodeSelector"),
+                                            f"nodeSelector {label}={default} will be added at admission", note=True)
                     continue
-                yield Finding(join(tpl.spec_path, "nodeSelector"),
-                              f"GPU pod selects no GPU class; add nodeSelector {label}: <class> "
-                              f"(allowed here: {', '.join(allowed)})")
+                who = f"{tpl.role} selects" if tpl.role else "GPU pod selects"
+                yield pod_field_finding(tpl, tpl.at("nodeSelector"),
+                                        f"{who} no GPU class; add nodeSelector {label}: <class> "
+                                        f"(allowed here: {', '.join(allowed)})")
                 continue
             bad = [c for c in classes if not any(fnmatch.fnmatchcase(c, p) for p in allowed)]
             if bad:
                 where = "nodeSelector" if label in (tpl.spec.get("nodeSelector") or {}) else "affinity"
-                yield Finding(join(tpl.spec_path, where),
-                              f"GPU class {', '.join(bad)} is not allowed in namespace "
-                              f"{workload.resource.namespace}; select one of: {', '.join(allowed)}")
+                yield pod_field_finding(tpl, tpl.at(where),
+                                        f"GPU class {', '.join(bad)} is not allowed in namespace "
+                                        f"{workload.resource.namespace}; select one of: {', '.join(allowed)}")

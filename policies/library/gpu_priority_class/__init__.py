@@ -12,7 +12,8 @@ from typing import Any
 from policies.context import EvalContext
 from policies.model import Finding
 from policies.registry import Policy, register
-from policies.workload import Workload, join
+from policies.templates import pod_field_finding
+from policies.workload import Workload
 
 
 def _choices(allowed: list[str]) -> str:
@@ -24,7 +25,7 @@ class GpuPriorityClass(Policy):
     id = "gpu-priority-class"
     title = "GPU pods use an allowed PriorityClass"
     severity = "medium"
-    version = "1.0.0"
+    version = "1.1.0"
     description = (
         "A GPU pod sets spec.priorityClassName to one of the PriorityClasses allowed for its namespace (`allowed`; "
         "per-namespace lists through the PolicySet's overrides). A pod without one gets the cluster's globalDefault "
@@ -46,7 +47,7 @@ class GpuPriorityClass(Policy):
         for i, tpl in enumerate(workload.templates):
             if not workload.uses_gpu(i, ctx.gpu):
                 continue
-            path = join(tpl.spec_path, "priorityClassName")
+            path = tpl.at("priorityClassName")
             name = tpl.spec.get("priorityClassName")
             who = f"{workload.resource.kind} `{workload.resource.name}`" + (
                 f" ({tpl.name})" if len(workload.templates) > 1 else "")
@@ -55,9 +56,9 @@ class GpuPriorityClass(Policy):
                     continue
                 got = f"gets the cluster default `{default}`, which is not allowed here" if default else \
                     "sets no priorityClassName"
-                yield Finding(path, f"{who} uses GPUs but {got}; set {path} to one of: {_choices(allowed)}",
-                              resource=tpl.resource)
+                yield pod_field_finding(tpl, path, f"{who} uses GPUs but {got}; set {path} to one of: "
+                                        f"{_choices(allowed)}")
             elif name not in allowed:
-                yield Finding(path, f"{who} uses GPUs at PriorityClass `{name}`, which is not allowed in namespace "
-                                    f"`{workload.resource.namespace}`; set {path} to one of: {_choices(allowed)}",
-                              resource=tpl.resource)
+                yield pod_field_finding(tpl, path, f"{who} uses GPUs at PriorityClass `{name}`, which is not allowed "
+                                        f"in namespace `{workload.resource.namespace}`; set {path} to one of: "
+                                        f"{_choices(allowed)}")

@@ -151,7 +151,9 @@ class GpuQuota(Policy):
     id = "gpu-quota"
     title = "GPU namespaces have a GPU quota, and workloads fit it at full size"
     severity = "high"
-    version = "1.1.0"  # 1.1: offline without the namespace's quotas, an audit finding instead of a deny
+    # 1.1: offline without the namespace's quotas, an audit finding instead of a deny; 1.2: every kind counted at
+    # full size (Ray autoscaling, JobSet, TrainJob, LLMInferenceService, Knative...)
+    version = "1.2.0"
     runbook = "runbooks/gpu-quota-exhausted.md"
     description = (
         "A namespace that runs GPU pods has a ResourceQuota limiting each GPU resource it uses (requests.<name> or "
@@ -159,7 +161,10 @@ class GpuQuota(Policy):
         "size (replicas x per-pod GPUs, plus rolling-update surge) fit the namespace's quota minus what other "
         "workloads use; offline the quotas and usage come from the manifest set, online from the cluster. A "
         "scoped quota (priority class, Terminating, ...) is checked against its hard limit only, as usage is "
-        "known per namespace, not per scope.")
+        "known per namespace, not per scope. Each kind counts its own way: Ray worker groups at maxReplicas when "
+        "autoscaling (and a RayService twice during a NewCluster upgrade), JobSets replicas x parallelism, TrainJobs "
+        "numNodes x resourcesPerNode, Kubeflow jobs every replica (elastic ones at maxReplicas), LLMInferenceServices "
+        "replicas x the parallelism size, Knative revisions at max-scale; runtimes and configs count where they run.")
     params_schema = {
         "type": "object",
         "additionalProperties": False,
@@ -181,7 +186,8 @@ class GpuQuota(Policy):
         needs = self._needs(workload, ctx)
         if not needs:
             return
-        path = COUNT_PATHS.get(res.kind, workload.templates[0].spec_path if len(workload.templates) == 1 else "spec")
+        path = workload.count_path or COUNT_PATHS.get(res.kind) or (
+            workload.templates[0].spec_path if len(workload.templates) == 1 else "spec")
         if ctx.point == "ci" and isinstance(ctx.facts, QuotaKnowledge) and not ctx.facts.quotas_known(res.namespace):
             # offline, without the namespace's ResourceQuota: say what it needs, never deny as if it knew
             for need in needs:
@@ -216,6 +222,8 @@ class GpuQuota(Policy):
     def _needs(workload: Workload, ctx: EvalContext) -> list[Need]:
         parts: dict[str, list[tuple[PodTemplate, Decimal]]] = {}
         for i, tpl in enumerate(workload.templates):
+            if tpl.pods + tpl.surge <= 0:
+                continue  # a runtime or config: its pods are counted where they run
             for name, per_pod in workload.pod_gpus(i, ctx.gpu).items():
                 parts.setdefault(name, []).append((tpl, per_pod))
         return [Need(name, tuple(p)) for name, p in sorted(parts.items())]

@@ -7,10 +7,18 @@ from collections.abc import Iterator, Mapping
 from typing import Any
 
 from policies.context import EvalContext
-from policies.gpu import DRA_QUOTA_SUFFIX
+from policies.gpu import DRA_QUOTA_SUFFIX, asks_for_gpu
 from policies.model import Finding
+from policies.quantity import QuantityError, parse_quantity
 from policies.registry import Policy, register
 from policies.workload import Workload, join
+
+
+def _zero(value: Any) -> bool:
+    try:
+        return parse_quantity(value) == 0
+    except QuantityError:
+        return False
 
 
 def _allowed(name: str, patterns: list[str]) -> bool:
@@ -22,10 +30,11 @@ class GpuResourceNames(Policy):
     id = "gpu-resource-names"
     title = "Only the GPU kinds allowed for the namespace"
     severity = "medium"
-    version = "1.0.0"
+    version = "1.1.0"
     description = ("Containers ask only for GPU resource names allowed for their namespace (for example MIG "
                    "slices only in inference-small namespaces, no full GPUs there); DRA claims use only "
-                   "allowed device classes. Per-namespace lists come from the PolicySet's overrides.")
+                   "allowed device classes. Per-namespace lists come from the PolicySet's overrides. A zero quantity "
+                   "asks for nothing and is not judged.")
     params_schema = {
         "type": "object",
         "additionalProperties": False,
@@ -41,11 +50,16 @@ class GpuResourceNames(Policy):
         allowed = list(params["allowed"])
         for i, tpl in enumerate(workload.templates):
             for ref in tpl.containers():
+                asked = asks_for_gpu(ref.container, ctx.gpu)
                 for section in ("limits", "requests"):
                     values = ref.resources.get(section) or {}
+                    if not isinstance(values, Mapping) or not asked:
+                        continue
                     for name in values:
+                        if _zero(values[name]):
+                            continue
                         if isinstance(name, str) and ctx.gpu.is_gpu_resource(name) and not _allowed(name, allowed):
-                            yield Finding(join(join(ref.path, "resources"), section),
+                            yield Finding(join(ref.at("resources"), section),
                                           f"container `{ref.name}` asks for {name}, which namespace "
                                           f"{workload.resource.namespace} does not allow; use one of: "
                                           f"{', '.join(allowed) or 'no GPU resources'}")
@@ -53,7 +67,7 @@ class GpuResourceNames(Policy):
             for key in workload.claim_gpus.get(i, {}):
                 device_class = key.removesuffix(DRA_QUOTA_SUFFIX)
                 if not _allowed(device_class, list(params["allowedDeviceClasses"])):
-                    yield Finding(join(tpl.spec_path, "resourceClaims"),
+                    yield Finding(tpl.at("resourceClaims"),
                                   f"a resource claim requests device class {device_class}, which namespace "
                                   f"{workload.resource.namespace} does not allow; use one of: "
                                   f"{', '.join(params['allowedDeviceClasses'])}")

@@ -10,7 +10,8 @@ from policies.model import Finding
 from policies.mutations import tolerates
 from policies.registry import Policy, register
 from policies.selectors import label_selector_matches
-from policies.workload import Workload, join
+from policies.templates import PodTemplate, pod_field_finding
+from policies.workload import Workload
 
 
 def _taint_name(taint: Mapping[str, str]) -> str:
@@ -22,10 +23,14 @@ class GpuTolerations(Policy):
     id = "gpu-tolerations"
     title = "GPU taints are tolerated by GPU pods and only by them"
     severity = "high"
-    version = "1.0.0"
-    description = ("A pod that uses a GPU tolerates the configured GPU node taint(s); a pod that uses no GPU "
-                   "must not tolerate them, or it squats on GPU nodes and starves GPU work. System workloads "
-                   "(device plugin, DCGM exporter, node exporters) are allowlisted by namespace and labels.")
+    version = "1.1.0"
+    description = ("A pod that uses a GPU (a GPU resource above zero, a DRA GPU claim, or GPU devices injected by "
+                   "annotation) tolerates the configured GPU node taint(s); a pod that uses no GPU must not "
+                   "tolerate them, or it squats on GPU nodes and starves GPU work. A pod whose DRA claim cannot be "
+                   "resolved is not judged a squatter: it gets a warning that names the claim. Runtime templates "
+                   "(ServingRuntime, TrainingRuntime, LLMInferenceServiceConfig) may tolerate the taint for the "
+                   "GPUs their users add. System workloads (device plugin, DCGM exporter, node exporters) are "
+                   "allowlisted by namespace and labels.")
     params_schema = {
         "type": "object",
         "additionalProperties": False,
@@ -44,10 +49,16 @@ class GpuTolerations(Policy):
         },
     }
     defaults = {"systemAllowlist": [
+        # NVIDIA GPU operator (its operands run in its namespace; OpenShift's OperatorHub uses nvidia-gpu-operator)
         {"namespaces": ["gpu-operator", "nvidia-gpu-operator", "nvidia-device-plugin"]},
         {"labels": {"app.kubernetes.io/name": "dcgm-exporter"}},
         {"labels": {"app.kubernetes.io/name": "nvidia-device-plugin"}},
+        # prometheus-community's prometheus-node-exporter chart (kube-prometheus-stack)
         {"labels": {"app.kubernetes.io/name": "prometheus-node-exporter"}},
+        # kube-prometheus (manifests/nodeExporter-daemonset.yaml): namespace monitoring, name node-exporter
+        {"namespaces": ["monitoring"], "labels": {"app.kubernetes.io/name": "node-exporter"}},
+        # GKE's managed DCGM exporter
+        {"namespaces": ["gke-managed-system"], "labels": {"app.kubernetes.io/name": "gke-managed-dcgm-exporter"}},
     ]}
 
     def _allowlisted(self, workload: Workload, labels: Mapping[str, str], params: Mapping[str, Any]) -> bool:
@@ -62,27 +73,40 @@ class GpuTolerations(Policy):
         taints = list(ctx.gpu.taints)
         for i, tpl in enumerate(workload.templates):
             tolerations = tpl.spec.get("tolerations")
-            path = join(tpl.spec_path, "tolerations")
+            path = tpl.at("tolerations")
             if workload.uses_gpu(i, ctx.gpu):
                 missing = [t for t in taints if not tolerates(tolerations, t)]
                 if not missing:
                     continue
                 names = ", ".join(_taint_name(t) for t in missing)
                 if ctx.mutations.get("tolerations"):
-                    yield Finding(path, f"toleration for {names} will be added at admission", note=True)
+                    yield pod_field_finding(tpl, path, f"toleration for {names} will be added at admission", note=True)
                 else:
                     example = missing[0]
-                    yield Finding(path, f"pod uses a GPU but does not tolerate {names}; it cannot schedule on "
-                                  f"GPU nodes: add a toleration {{key: {example['key']}, operator: Exists, "
-                                  f"effect: {example.get('effect', 'NoSchedule')}}}")
-            else:
-                tolerated = [t for t in taints if tolerates(tolerations, t)]
-                labels = {**workload.labels, **tpl.labels}
-                if tolerated and not self._allowlisted(workload, labels, params):
-                    wildcard = any(isinstance(t, Mapping) and t.get("operator") == "Exists" and not t.get("key")
-                                   for t in tolerations or [])
-                    why = "tolerates every taint (operator Exists without a key), including" if wildcard \
-                        else "tolerates"
-                    yield Finding(path, f"pod uses no GPU but {why} {', '.join(_taint_name(t) for t in tolerated)};"
-                                  " it would squat on GPU nodes: remove the toleration, or request a GPU if it "
-                                  "needs one")
+                    yield pod_field_finding(tpl, path, f"{self._who(tpl)} uses a GPU but does not tolerate {names}; "
+                                            "it cannot schedule on GPU nodes: add a toleration {key: "
+                                            f"{example['key']}, operator: Exists, effect: "
+                                            f"{example.get('effect', 'NoSchedule')}}}")
+                continue
+            tolerated = [t for t in taints if tolerates(tolerations, t)]
+            labels = {**workload.labels, **tpl.labels}
+            if not tolerated or self._allowlisted(workload, labels, params):
+                continue
+            unknown = workload.gpu_unknown(i, ctx.gpu)
+            taint_names = ", ".join(_taint_name(t) for t in tolerated)
+            if unknown is not None:
+                if workload.unresolved_claims.get(i):  # a template (runtime) is judged where it is used
+                    yield Finding(path, f"{self._who(tpl)} tolerates {taint_names} and its {unknown}, so whether it "
+                                  "uses a GPU is unknown; if the claim asks for no GPU the pod squats on GPU nodes: "
+                                  "check the claim (or include it in the checked set)", resource=tpl.resource,
+                                  action="warn")
+                continue
+            wildcard = any(isinstance(t, Mapping) and t.get("operator") == "Exists" and not t.get("key")
+                           for t in tolerations or [])
+            why = "tolerates every taint (operator Exists without a key), including" if wildcard else "tolerates"
+            yield pod_field_finding(tpl, path, f"{self._who(tpl)} uses no GPU but {why} {taint_names}; it would "
+                                    "squat on GPU nodes: remove the toleration, or request a GPU if it needs one")
+
+    @staticmethod
+    def _who(tpl: PodTemplate) -> str:
+        return tpl.role or "pod"

@@ -11,17 +11,16 @@ from typing import Any
 from policies.context import EvalContext
 from policies.model import Finding
 from policies.registry import Policy, register
-from policies.workload import MODEL_LABEL, ContainerRef, PodTemplate, Workload, join
+from policies.workload import ContainerRef, PodTemplate, Workload
 
 DOCKER_HUB = "docker.io"
 DOCKER_HUB_ALIASES = ("docker.io", "index.docker.io", "registry-1.docker.io")
 SHA256 = re.compile(r"^sha256:[a-f0-9]{64}$")
-KSERVE_CONTAINER = "kserve-container"  # KServe's name for the model server container
 
 
 def container_name(ref: ContainerRef, tpl: PodTemplate) -> str:
     """The container's name as `kubectl logs -c` knows it (KServe runs its model as `kserve-container`)."""
-    return KSERVE_CONTAINER if ref in tpl.extra_containers else ref.name
+    return ref.name
 
 
 @dataclass(frozen=True)
@@ -90,15 +89,17 @@ class ImageDigest(Policy):
     id = "image-digest"
     title = "Model-serving images are pinned by digest from allowed registries"
     severity = "high"
-    version = "1.0.0"
-    description = ("Every image of a model-serving pod (label mlguard.io/model; containers, init "
+    version = "1.1.0"
+    description = ("Every image of a model-serving pod (label mlguard.io/model, a serving kind, or a match of the "
+                   "PolicySet's spec.serving.selector such as a vLLM image; containers, init "
                    "containers, sidecars and ephemeral containers) is pinned by digest (`image@sha256:<64 "
                    "hex>`), so the server that passed evaluation is the one that runs, and comes from an "
                    "allowed registry (allowedRegistries: registry hosts, globs allowed, optionally with a "
                    "repository prefix such as ghcr.io/acme; empty allows any registry). appliesTo widens "
                    "the scope to GPU pods or all pods. exemptImages lists image globs for sidecars that "
                    "other webhooks inject (service mesh proxies). KServe model containers without an image"
-                   " take it from their ServingRuntime, which is not checked here.")
+                   " take it from their ServingRuntime (checked when the runtime is in the checked set), "
+                   "LLMInferenceService containers from KServe's presets.")
     params_schema = {
         "type": "object",
         "additionalProperties": False,
@@ -117,9 +118,9 @@ class ImageDigest(Policy):
             for ref in tpl.containers():
                 name = container_name(ref, tpl)
                 raw = ref.container.get("image")
-                where = join(ref.path, "image")
-                if raw is None and ref in tpl.extra_containers:
-                    continue  # KServe model spec: the ServingRuntime supplies the image
+                where = ref.at("image")
+                if raw is None and ref.fills("image"):
+                    continue  # a KServe model spec, an LLMInferenceService container: the runtime/preset supplies it
                 if not isinstance(raw, str) or not raw.strip():
                     yield Finding(where, f"container `{name}` sets no image; set image to a reference pinned "
                                   "by digest (registry/repository@sha256:<digest>)", resource=tpl.resource)
@@ -140,7 +141,7 @@ class ImageDigest(Policy):
             return True
         if scope == "gpu" and workload.uses_gpu(index, ctx.gpu):
             return True
-        return MODEL_LABEL in tpl.labels or MODEL_LABEL in workload.labels
+        return any(t is tpl for t in workload.serving_templates())
 
     @staticmethod
     def _pinned(container: str, raw: str, image: ImageRef, where: str, tpl: PodTemplate) -> Iterator[Finding]:

@@ -9,7 +9,7 @@ from policies.context import EvalContext
 from policies.gpu import GpuConfig, container_gpus
 from policies.model import Finding
 from policies.registry import Policy, register
-from policies.workload import MODEL_LABEL, ContainerRef, PodTemplate, Workload, join
+from policies.workload import MODEL_LABEL, ContainerRef, PodTemplate, Workload
 
 HANDLERS = ("httpGet", "tcpSocket", "exec", "grpc")
 DEFAULT_CONTAINER_ANNOTATION = "kubectl.kubernetes.io/default-container"
@@ -18,17 +18,14 @@ KSERVE_CONTAINER = "kserve-container"  # KServe's name for the model server cont
 
 def container_name(ref: ContainerRef, tpl: PodTemplate) -> str:
     """The container's name as `kubectl logs -c` knows it (KServe runs its model as `kserve-container`)."""
-    return KSERVE_CONTAINER if ref in tpl.extra_containers else ref.name
+    return ref.name
 
 
 def serving_templates(workload: Workload) -> list[PodTemplate]:
-    """Templates that serve the model: those labelled `mlguard.io/model` (all of them when the object
-    itself carries the label). A LeaderWorkerSet serves from its leader; its workers take no traffic."""
-    on_object = MODEL_LABEL in workload.labels
-    found = [t for t in workload.templates if on_object or MODEL_LABEL in t.labels]
-    if workload.resource.kind == "LeaderWorkerSet" and any(t.name == "leader" for t in found):
-        found = [t for t in found if t.name == "leader"]
-    return found
+    """Templates that serve the model (``policies.serving``): those labelled `mlguard.io/model` (all of them
+    when the object itself carries the label), a serving kind's serving templates, or those a PolicySet's
+    spec.serving.selector matches. A LeaderWorkerSet serves from its leader; its workers take no traffic."""
+    return workload.serving_templates()
 
 
 def serving_containers(tpl: PodTemplate, *, names: Sequence[str], gpu: GpuConfig,
@@ -49,7 +46,7 @@ def serving_containers(tpl: PodTemplate, *, names: Sequence[str], gpu: GpuConfig
     chosen = [c for c in app if default and c.name == default]
     if chosen:
         return chosen, f"named by the {DEFAULT_CONTAINER_ANNOTATION} annotation"
-    kserve = [c for c in app if c in tpl.extra_containers or c.name == KSERVE_CONTAINER]
+    kserve = [c for c in app if c.default_name == KSERVE_CONTAINER or c.name == KSERVE_CONTAINER]
     if kserve:
         return kserve[:1], "the KServe model container"
     if len(app) == 1:
@@ -72,15 +69,18 @@ class ServingProbes(Policy):
     id = "serving-probes"
     title = "Model servers have readiness and liveness/startup probes"
     severity = "medium"
-    version = "1.0.0"
-    description = ("A model-serving workload (label mlguard.io/model on the pod template or the object) "
+    version = "1.1.0"
+    description = ("A model-serving workload (label mlguard.io/model, a serving kind such as a KServe "
+                   "InferenceService or LLMInferenceService or a RayService with Serve, or a match of the "
+                   "PolicySet's spec.serving.selector, e.g. a vLLM image) "
                    "sets a readinessProbe and a livenessProbe or startupProbe on its serving container, so"
                    " traffic only reaches a loaded model and a hung server is restarted. A probe must name"
                    " a handler (httpGet, tcpSocket, exec or grpc). The serving container is the one named "
                    "in containerNames, else the one named by the kubectl.kubernetes.io/default-container "
                    "annotation, else the KServe model container, else the only container, else the "
                    "container(s) holding a GPU, else the first with ports. A LeaderWorkerSet is judged on "
-                   "its leader template.")
+                   "its leader template. A probe the container leaves out is not a finding where something else "
+                   "supplies it: KServe's LLMInferenceServiceConfig presets, KubeRay's probe injection.")
     params_schema = {
         "type": "object",
         "additionalProperties": False,
@@ -99,7 +99,7 @@ class ServingProbes(Policy):
             refs, why = serving_containers(tpl, names=params["containerNames"], gpu=ctx.gpu,
                                            claims=bool(workload.claim_gpus.get(index)))
             if not refs:
-                yield Finding(join(tpl.spec_path, "containers"),
+                yield Finding(tpl.at("containers"),
                               f"{tpl.name} serves model {self._model(workload, tpl)!r} but has no "
                               "containers; add the model server container with its probes",
                               resource=tpl.resource)
@@ -109,7 +109,8 @@ class ServingProbes(Policy):
 
     @staticmethod
     def _model(workload: Workload, tpl: PodTemplate) -> str:
-        return str(tpl.labels.get(MODEL_LABEL) or workload.labels.get(MODEL_LABEL) or "")
+        serving = workload.serving
+        return str(tpl.labels.get(MODEL_LABEL) or (serving.model if serving else None) or "")
 
     @staticmethod
     def _probes(ref: ContainerRef, why: str, tpl: PodTemplate) -> Iterator[Finding]:
@@ -117,17 +118,18 @@ class ServingProbes(Policy):
         for field in ("readinessProbe", "livenessProbe", "startupProbe"):
             probe = ref.container.get(field)
             if probe is not None and not _handler(probe):
-                yield Finding(join(ref.path, field),
+                yield Finding(ref.at(field),
                               f"{who} sets {field} without a handler; give it one of "
                               f"{', '.join(HANDLERS)} (e.g. httpGet: {{path: /health, port: http}})",
                               resource=tpl.resource)
-        if ref.container.get("readinessProbe") is None:
-            yield Finding(join(ref.path, "readinessProbe"),
+        if ref.container.get("readinessProbe") is None and not ref.fills("readinessProbe"):
+            yield Finding(ref.at("readinessProbe"),
                           f"{who} has no readinessProbe; add readinessProbe (e.g. httpGet: {{path: /health, "
                           "port: http}}) so traffic only reaches a pod whose model is loaded",
                           resource=tpl.resource)
-        if ref.container.get("livenessProbe") is None and ref.container.get("startupProbe") is None:
-            yield Finding(join(ref.path, "livenessProbe"),
+        if ref.container.get("livenessProbe") is None and ref.container.get("startupProbe") is None \
+                and not ref.fills("livenessProbe"):
+            yield Finding(ref.at("livenessProbe"),
                           f"{who} has neither a livenessProbe nor a startupProbe; add a startupProbe that "
                           "allows for model loading (e.g. httpGet /health, periodSeconds: 10, "
                           "failureThreshold: 60) and/or a livenessProbe so a hung server is restarted",
