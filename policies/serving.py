@@ -111,6 +111,11 @@ def model_from_args(ref: ContainerRef) -> tuple[str, str, str] | None:
     return None
 
 
+def _repo_id(uri: str) -> str:
+    """``hf://org/name`` names the Hugging Face repository ``org/name``; other URIs stay as written."""
+    return uri[len("hf://"):] if uri.startswith("hf://") else uri
+
+
 def _model(obj: Mapping[str, Any], templates: Sequence[PodTemplate], serving: Sequence[int],
            serve_config: Any) -> tuple[str, str, str] | None:
     """(name, source, path): the label, then the serving kind's own model fields, then the server's arguments,
@@ -126,12 +131,12 @@ def _model(obj: Mapping[str, Any], templates: Sequence[PodTemplate], serving: Se
     kind = obj.get("kind")
     model = as_map(as_map(spec.get("predictor")).get("model"))
     if kind == "InferenceService" and isinstance(model.get("storageUri"), str) and model["storageUri"]:
-        return model["storageUri"], "spec.predictor.model.storageUri", "spec.predictor.model.storageUri"
+        return _repo_id(model["storageUri"]), "spec.predictor.model.storageUri", "spec.predictor.model.storageUri"
     if kind == "LLMInferenceService":
         llm = as_map(spec.get("model"))
         for key in ("name", "uri"):
             if isinstance(llm.get(key), str) and llm[key]:
-                return llm[key], f"spec.model.{key}", f"spec.model.{key}"
+                return _repo_id(llm[key]), f"spec.model.{key}", f"spec.model.{key}"
     if isinstance(serve_config, Mapping):
         for a, app in enumerate(as_list(serve_config.get("applications"))):
             for c, cfg in enumerate(as_list(as_map(as_map(app).get("args")).get("llm_configs"))):

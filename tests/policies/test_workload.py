@@ -47,10 +47,24 @@ def test_each_kind_maps_to_its_templates(obj, paths, pods) -> None:
     assert [t.pods for t in workload.templates] == pods
 
 
-def test_unknown_kinds_pass_untouched() -> None:
+def test_objects_without_pod_templates_pass_untouched() -> None:
     assert extract({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "x"}, "data": {}}, gpu=GPU
                    ).templates == []
-    assert extract({"apiVersion": "x/v1", "kind": "Widget", "spec": {"template": TPL}}, gpu=GPU).templates == []
+    # Kubernetes' own groups are never searched: their kinds with pod templates are in the table
+    assert extract({"apiVersion": "v1", "kind": "PodTemplate", "template": TPL}, gpu=GPU).templates == []
+    # a custom kind without a pod-template shape: nothing found, nothing noted
+    widget = extract({"apiVersion": "x/v1", "kind": "Widget", "spec": {"image": "i", "replicas": 3}}, gpu=GPU)
+    assert widget.templates == [] and widget.notes == []
+
+
+def test_an_unknown_kind_is_searched_and_noted() -> None:
+    workload = extract({"apiVersion": "x/v1", "kind": "Widget", "metadata": {"name": "w"},
+                        "spec": {"roles": [{"replicas": 3, "template": TPL}]}}, gpu=GPU)
+    [tpl] = workload.templates
+    assert (tpl.spec_path, tpl.pods) == ("spec.roles[0].template.spec", 3)
+    assert workload.generic and workload.full_size_gpus(GPU) == {"nvidia.com/gpu": Decimal(6)}
+    assert [p for p, _ in workload.notes] == ["spec.roles[0].template.spec"]
+    assert "checked as a generic pod template" in workload.notes[0][1]
 
 
 def test_kserve_model_container_path_and_gpus() -> None:

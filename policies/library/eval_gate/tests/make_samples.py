@@ -52,9 +52,10 @@ def committed_test_key(name: str) -> Any:
     return load_private_key(private.read_bytes(), source=str(private))
 
 
-def report(*, quantization: str = "fp16", image: str | None = IMAGE, **metrics: float) -> dict[str, Any]:
+def report(*, quantization: str = "fp16", image: str | None = IMAGE, name: str = "llama-chat",
+           **metrics: float) -> dict[str, Any]:
     out: dict[str, Any] = {
-        "model": {"name": "llama-chat", "version": "3.1.0",
+        "model": {"name": name, "version": "3.1.0",
                   "artifact_uri": f"s3://models/llama-chat/3.1.0/{quantization}",
                   "artifact_digest": ART_FP16 if quantization == "fp16" else ART_AWQ,
                   "quantization": quantization},
@@ -252,6 +253,76 @@ def main() -> None:
         "cases": cases,
     }
     (HERE / "suite.yaml").write_text(header + yaml.safe_dump(suite, sort_keys=False, width=10_000))
+    kinds(suite, key_a, header)
+
+
+LLAMA = "meta-llama/Llama-3.1-8B-Instruct"
+
+
+def vllm_deployment(name: str, attestation: str | None, model: str = LLAMA) -> dict[str, Any]:
+    """A vLLM Deployment without the mlguard.io/model label (vLLM docs, "Deploying with Kubernetes"): it serves
+    a model by its image, and names the model in its arguments."""
+    tpl = template(attestation)
+    del tpl["metadata"]["labels"]["mlguard.io/model"]
+    tpl["spec"]["containers"] = [{"name": "vllm", "image": f"vllm/vllm-openai@{IMAGE}",
+                                  "args": ["--model", model, "--max-model-len", "8192"]}]
+    return obj("Deployment", "ml-dev", name, tpl)
+
+
+def kinds(base_suite: dict[str, Any], key: Any, header: str) -> None:
+    """kinds/: model serving found without the label (a vLLM image, the serving kinds), bound by the model its
+    fields name. KServe serving.kserve.io/v1beta1 InferenceService (docs/samples/v1beta1/huggingface) and
+    v1alpha2 LLMInferenceService (docs/samples/llmisvc) carry the annotations on the object (KServe copies them
+    to the pods; an LLMInferenceService through spec.annotations)."""
+    out = HERE / "kinds"
+    out.mkdir(exist_ok=True)
+    good = sign(report(name=LLAMA), key)
+    annotations = {"mlguard.io/model-version": "3.1.0", "mlguard.io/artifact-digest": ART_FP16,
+                   "mlguard.io/quantization": "fp16"}
+    allowed = [vllm_deployment("vllm-unlabelled", good)]
+    isvc = {"apiVersion": "serving.kserve.io/v1beta1", "kind": "InferenceService",
+            "metadata": {"name": "hf-llama", "namespace": "ml-dev"},
+            "spec": {"predictor": {"model": {"modelFormat": {"name": "huggingface"},
+                                             "storageUri": "hf://meta-llama/Llama-3.1-8B-Instruct",
+                                             "resources": {"limits": {"nvidia.com/gpu": "1"}}}}}}
+    llmisvc = {"apiVersion": "serving.kserve.io/v1alpha2", "kind": "LLMInferenceService",
+               "metadata": {"name": "llama", "namespace": "ml-dev"},
+               "spec": {"model": {"uri": "hf://meta-llama/Llama-3.1-8B-Instruct", "name": LLAMA},
+                        "annotations": annotations,
+                        "template": {"containers": [{"name": "main",
+                                                     "resources": {"limits": {"nvidia.com/gpu": "1"}}}]}}}
+    denied = [vllm_deployment("vllm-other-model", good, model="mistralai/Mistral-7B-Instruct-v0.3"),
+              vllm_deployment("vllm-unattested", None), isvc, llmisvc]
+    allowed.append({**copy.deepcopy(llmisvc), "metadata": {"name": "llama-attested", "namespace": "ml-dev"}})
+    # the image comes from KServe's presets, which are not in the checked set: an attestation that names no
+    # serving image (an image-pinned one would be refused: the gate cannot see the image)
+    allowed[-1]["spec"]["annotations"] = {**annotations,
+                                          "mlguard.io/eval-attestation": sign(report(name=LLAMA, image=None), key)}
+    step = "eval attestation rejected at step"
+    cases = [
+        {"name": "vllm-deployment-bound-by-its-model-argument", "file": "allowed.yaml",
+         "resource": "Deployment/ml-dev/vllm-unlabelled", "expect": "pass"},
+        {"name": "llminferenceservice-bound-by-spec-model-name", "file": "allowed.yaml",
+         "resource": "LLMInferenceService/ml-dev/llama-attested", "expect": "pass"},
+        {"name": "vllm-deployment-serves-another-model", "file": "denied.yaml",
+         "resource": "Deployment/ml-dev/vllm-other-model", "expect": "fail",
+         "contains": [f"{step} 3 (subject)", "argument --model of container `vllm` is "
+                                            "'mistralai/Mistral-7B-Instruct-v0.3'"],
+         "paths": ["spec.template.spec.containers[0].args"]},
+        {"name": "vllm-deployment-without-attestation", "file": "denied.yaml",
+         "resource": "Deployment/ml-dev/vllm-unattested", "expect": "fail", "contains": [f"{step} 1 (annotation)"],
+         "paths": ["spec.template.metadata.annotations.mlguard.io/eval-attestation"]},
+        {"name": "inferenceservice-serves-without-label", "file": "denied.yaml",
+         "resource": "InferenceService/ml-dev/hf-llama", "expect": "fail", "contains": [f"{step} 1 (annotation)"],
+         "paths": ["metadata.annotations.mlguard.io/eval-attestation"]},
+        {"name": "llminferenceservice-without-attestation", "file": "denied.yaml",
+         "resource": "LLMInferenceService/ml-dev/llama", "expect": "fail", "contains": [f"{step} 1 (annotation)"],
+         "paths": ["spec.annotations.mlguard.io/eval-attestation"]},
+    ]
+    for name, docs in (("allowed.yaml", allowed), ("denied.yaml", denied)):
+        (out / name).write_text(header + yaml.safe_dump_all(docs, sort_keys=False, width=10_000))
+    suite = {**{k: v for k, v in base_suite.items() if k != "cases"}, "cases": cases}
+    (out / "suite.yaml").write_text(header + yaml.safe_dump(suite, sort_keys=False, width=10_000))
 
 
 if __name__ == "__main__":
