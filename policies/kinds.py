@@ -386,6 +386,8 @@ def _kserve_component(obj: Mapping[str, Any], comp: str, spec: Mapping[str, Any]
         else:
             tpl.extra_containers.append(ContainerRef(join(path, key), "containers", container, KSERVE_CONTAINER,
                                                      supplied=frozenset({"image"}), supplied_by=runtime_name))
+            if not as_map(container.get("resources")):
+                tpl.gpus_from = runtime_name  # KServe takes the runtime container's resources
     templates = [tpl]
     worker = part.get("workerSpec")
     if comp == "predictor" and isinstance(worker, Mapping):
@@ -398,7 +400,10 @@ def _kserve_component(obj: Mapping[str, Any], comp: str, spec: Mapping[str, Any]
 
 def _inference_service(obj: Mapping[str, Any], spec: Mapping[str, Any], resolve: ObjectResolver | None) -> Extracted:
     templates = [t for c in KSERVE_COMPONENTS for t in _kserve_component(obj, c, spec, resolve)]
-    return Extracted(templates, count_path="spec.predictor", serving=tuple(range(len(templates))))
+    notes = [(tpl.spec_path, f"the {tpl.name}'s model container sets no resources: KServe gives it those of "
+              f"{tpl.gpus_from}, which is not in the checked set, so its GPUs are not counted; check the "
+              "ServingRuntime with it", False) for tpl in templates if tpl.gpus_from]
+    return Extracted(templates, count_path="spec.predictor", serving=tuple(range(len(templates))), notes=notes)
 
 
 def _lws_size(parallelism: Mapping[str, Any]) -> int:
@@ -689,9 +694,12 @@ def _train_job(obj: Mapping[str, Any], spec: Mapping[str, Any], resolve: ObjectR
     notes: list[tuple[str, str, bool]] = []
     if runtime is None:
         trainer_tpl.unseen = f"{runtime_kind} `{runtime_name}`"
+        if not trainer.get("resourcesPerNode"):
+            trainer_tpl.gpus_from = trainer_tpl.unseen
         notes.append(("spec.runtimeRef", f"the trainer pods take their pod fields (tolerations, node selection, "
-                      f"priority, labels) from {runtime_kind} `{runtime_name}`, which is not in the checked set; "
-                      "only spec.trainer and spec.runtimePatches are checked here", True))
+                      f"priority, labels{'' if trainer.get('resourcesPerNode') else ', GPUs'}) from {runtime_kind} "
+                      f"`{runtime_name}`, which is not in the checked set; only spec.trainer and spec.runtimePatches "
+                      "are checked here", False))
     batch = Batch((Setting("spec.activeDeadlineSeconds", spec.get("activeDeadlineSeconds")),), None,
                   what="the training job")
     return Extracted([trainer_tpl, *others], batch=batch, notes=notes, count_path="spec.trainer.numNodes")
@@ -930,10 +938,13 @@ def find_generic(obj: Mapping[str, Any]) -> Extracted:
     pod spec. Each is checked at its real path, with a note. The walk is bounded in depth and size."""
     out = Extracted(generic=True)
     budget = [GENERIC_MAX_NODES]
+    cut: list[str] = []  # where the walk stopped short
 
     def visit(value: Any, path: str, parent: Mapping[str, Any] | None, key: str | int | None, depth: int) -> None:
         budget[0] -= 1
         if budget[0] < 0 or depth > GENERIC_MAX_DEPTH:
+            if not cut:
+                cut.append(path or "<root>")
             return
         if isinstance(value, Mapping):
             pods = count(parent.get("replicas"), 1) if parent is not None and key == "template" else 1
@@ -957,6 +968,11 @@ def find_generic(obj: Mapping[str, Any]) -> Extracted:
                     visit(item, join(path, i), parent, key, depth + 1)
 
     visit(obj, "", None, None, 0)
+    if cut:
+        out.notes.append((cut[0], f"{obj.get('kind')} is not a kind mlguard knows and is larger than the generic "
+                          f"search reads ({GENERIC_MAX_NODES} fields, {GENERIC_MAX_DEPTH} levels deep): pod templates "
+                          f"from {cut[0]} on are not checked; register the kind's template paths in the PolicySet's "
+                          "spec.workloadKinds", False))
     for tpl in out.templates:
         where = tpl.spec_path
         out.notes.append((where, f"{obj.get('kind')} is not a kind mlguard knows: {where} was {GENERIC_NOTE} "

@@ -106,6 +106,7 @@ class PodTemplate:
     lists_containers: bool = True  # False when every container is in extra_containers (Argo, TrainJob)
     role: str = ""                 # how a message names one of these pods ("a worker pod of group `gpu`")
     unseen: str | None = None      # the object its other pod fields come from, when it is not in the checked set
+    gpus_from: str | None = None   # an object not in the checked set that may give these pods GPUs
 
     def at(self, key: str) -> str:
         """The path of a pod spec field (``tpl.at("tolerations")``)."""

@@ -132,6 +132,8 @@ class Workload:
         claims = self.unresolved_claims.get(index)
         if claims:
             return f"resource claim {', '.join(claims)} could not be resolved (not in the checked set)"
+        if self.templates[index].gpus_from:
+            return f"its GPUs may be set by {self.templates[index].gpus_from}, which is not in the checked set"
         if self.template_only:
             return "it is a template: the objects that use it may add GPUs"
         return None

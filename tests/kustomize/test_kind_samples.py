@@ -4,8 +4,6 @@ the API server would accept, not on shapes of its own making."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 import yaml
 from kustomize_testlib import REPO, CrdSchemas, validate_custom
