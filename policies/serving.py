@@ -25,9 +25,9 @@ MODEL_LABEL = "mlguard.io/model"
 # images of well-known model servers (globs; Docker Hub names may be written without docker.io/)
 DEFAULT_SERVING_IMAGES = (
     "vllm/vllm-openai", "vllm/vllm-openai-rocm", "rocm/vllm", "lmsysorg/sglang",
-    "ghcr.io/huggingface/text-generation-inference",
+    "ghcr.io/huggingface/text-generation-inference", "ghcr.io/huggingface/text-embeddings-inference",
     "nvcr.io/nvidia/tritonserver", "nvcr.io/nim/*", "ghcr.io/llm-d/llm-d*", "kserve/huggingfaceserver",
-    "kserve/vllmserver", "docker.io/ollama/ollama", "ghcr.io/huggingface/text-embeddings-inference",
+    "kserve/vllmserver", "ollama/ollama",
 )
 # argument -> how the model is named by it, per model server (the first found wins)
 MODEL_ARGS = ("--model", "--model-path", "--model-id", "--model_name", "--served-model-name")

@@ -111,7 +111,11 @@ def review(obj: Mapping[str, Any] | None, *, operation: str = "CREATE", old: Map
     """A complete AdmissionReview as the API server sends it."""
     source = obj or old or {}
     kind = kind or str(source.get("kind"))
-    group, version, resource = GVR[kind]
+    if kind in GVR:
+        group, version, resource = GVR[kind]
+    else:  # another kind (KubeRay, Kubeflow, Knative, ...): its apiVersion, and the lower-case plural
+        group, _, version = str(source.get("apiVersion", "")).rpartition("/")
+        resource = f"{kind.lower()}s"
     meta = source.get("metadata") or {}
     request: dict[str, Any] = {
         "uid": uid or str(uuid.uuid4()),
