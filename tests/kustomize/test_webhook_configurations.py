@@ -21,6 +21,15 @@ EXPECTED_VALIDATING_RESOURCES = {
     ("argoproj.io", "rollouts"), ("argoproj.io", "rollouts/scale"),
     ("serving.kserve.io", "inferenceservices"),
     ("leaderworkerset.x-k8s.io", "leaderworkersets"), ("leaderworkerset.x-k8s.io", "leaderworkersets/scale"),
+    ("serving.kserve.io", "llminferenceservices"), ("serving.kserve.io", "llminferenceserviceconfigs"),
+    ("serving.kserve.io", "servingruntimes"),
+    ("ray.io", "rayclusters"), ("ray.io", "rayservices"), ("ray.io", "rayjobs"),
+    ("kubeflow.org", "pytorchjobs"), ("kubeflow.org", "tfjobs"), ("kubeflow.org", "mpijobs"),
+    ("kubeflow.org", "paddlejobs"), ("kubeflow.org", "xgboostjobs"), ("kubeflow.org", "jaxjobs"),
+    ("trainer.kubeflow.org", "trainjobs"), ("trainer.kubeflow.org", "trainingruntimes"),
+    ("jobset.x-k8s.io", "jobsets"), ("serving.knative.dev", "services"), ("serving.knative.dev", "configurations"),
+    ("batch.volcano.sh", "jobs"), ("argoproj.io", "workflows"), ("argoproj.io", "workflowtemplates"),
+    ("argoproj.io", "cronworkflows"),
 }
 
 
