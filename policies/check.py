@@ -186,8 +186,9 @@ def run_check(paths: Sequence[str], options: CheckOptions) -> CheckResult:
         by_unit.setdefault(entry.unit, {}).setdefault(Resource.of(entry.obj), entry)
     seen_findings: set[tuple[Any, ...]] = set()
     report = result.report
+    resolutions: dict[tuple[Any, ...], Any] = {}  # each policy resolved once per kind of subject
     for entry in judged:
-        outcome = evaluate_object(entry.obj, options.policyset, point="ci", facts=facts)
+        outcome = evaluate_object(entry.obj, options.policyset, point="ci", facts=facts, resolutions=resolutions)
         report.resources.append(outcome.resource)
         if outcome.exempt_reason:
             report.exempt.append((outcome.resource, outcome.exempt_reason))

@@ -11,7 +11,7 @@ from typing import Any
 from policies.context import ClusterFacts, EmptyFacts, EvalContext, RequestInfo
 from policies.model import EnforcementPoint, Finding, Note, Report, Resource, Violation, weakest
 from policies.mutations import planned_mutations
-from policies.policyset import PolicySet
+from policies.policyset import PolicySet, Resolved
 from policies.registry import all_policies
 from policies.selectors import Subject
 from policies.workload import extract
@@ -32,10 +32,24 @@ class Evaluated:
     errors: list[str]
 
 
+def _subject_key(subject: Subject) -> tuple[Any, ...] | None:
+    """What a policy's resolution depends on (PolicySet.resolve reads only the subject): objects of one namespace,
+    kind and labels resolve alike. None when a label value cannot be a key (then nothing is shared)."""
+    res = subject.resource
+    try:
+        key = (res.namespace, res.kind, res.group, frozenset(subject.object_labels.items()),
+               frozenset(subject.namespace_labels.items()), subject.environment, subject.request)
+        hash(key)
+    except TypeError:
+        return None
+    return key
+
+
 def evaluate_object(obj: Mapping[str, Any], policyset: PolicySet, *, point: EnforcementPoint,
                     facts: ClusterFacts | None = None, request: RequestInfo | None = None,
                     own_namespace: str | None = None, keys: Any = None,
-                    default_namespace: str = "default") -> Evaluated:
+                    default_namespace: str = "default",
+                    resolutions: dict[tuple[Any, ...], Resolved] | None = None) -> Evaluated:
     """Evaluate every enabled policy on one object. An exception inside a policy denies the
     object with ``policy <id> failed: ...`` (fail closed) and leaves the other policies running."""
     facts = facts or EmptyFacts()
@@ -70,8 +84,15 @@ def evaluate_object(obj: Mapping[str, Any], policyset: PolicySet, *, point: Enfo
     checkable = bool(workload.templates) or resource.kind == "Rollout"
     # what the extractor wants the reader to know: a generic template, an unresolved claim or runtime
     notes.extend(Note(EXTRACTOR, owner, path, f"{path}: {message}") for path, message in workload.notes)
+    subject_key = _subject_key(subject) if resolutions is not None else None
     for policy_id in policyset.enabled_policies():
-        resolved = policyset.resolve(policy_id, subject=subject, point=point)
+        # one evaluation of many objects (a PR's manifests) resolves each policy once per kind of subject
+        cache_key = (policy_id, subject_key) if subject_key is not None else None
+        resolved = resolutions.get(cache_key) if resolutions is not None and cache_key is not None else None
+        if resolved is None:
+            resolved = policyset.resolve(policy_id, subject=subject, point=point)
+            if resolutions is not None and cache_key is not None:
+                resolutions[cache_key] = resolved
         if resolved.action == "off":
             continue
         if resolved.only_new:
@@ -107,11 +128,12 @@ def evaluate(objects: Iterable[Mapping[str, Any]], policyset: PolicySet, *, poin
     """Evaluate a set of objects (a PR's manifests, or one admission request's object)."""
     report = Report()
     seen: set[tuple[Any, ...]] = set()
+    resolutions: dict[tuple[Any, ...], Resolved] = {}
     for obj in objects:
         if not isinstance(obj, Mapping):
             continue
         result = evaluate_object(obj, policyset, point=point, facts=facts, request=request,
-                                 own_namespace=own_namespace, keys=keys)
+                                 own_namespace=own_namespace, keys=keys, resolutions=resolutions)
         report.resources.append(result.resource)
         if result.exempt_reason:
             report.exempt.append((result.resource, result.exempt_reason))

@@ -64,7 +64,8 @@ def container_gpus(container: Mapping[str, Any], gpu: GpuConfig) -> dict[str, De
     Zero is no GPU and is left out; so are unparseable quantities (`gpu-limits` reports them, and
     `asks_for_gpu` counts them as a request).
     """
-    return {k: v for k, v in _gpu_quantities(container, gpu).items() if v is not None and v > 0}
+    found = _gpu_quantities(container, gpu)
+    return {k: v for k, v in found.items() if v is not None and v > 0} if found else {}
 
 
 def asks_for_gpu(container: Mapping[str, Any], gpu: GpuConfig) -> bool:
@@ -75,12 +76,12 @@ def asks_for_gpu(container: Mapping[str, Any], gpu: GpuConfig) -> bool:
 
 def _gpu_quantities(container: Mapping[str, Any], gpu: GpuConfig) -> dict[str, Decimal | None]:
     resources = container.get("resources")
-    if not isinstance(resources, Mapping):
+    if not isinstance(resources, dict | Mapping):
         return {}
     out: dict[str, Decimal | None] = {}
     for section in ("requests", "limits"):
-        values = resources.get(section) or {}
-        if not isinstance(values, Mapping):
+        values = resources.get(section)
+        if not values or not isinstance(values, dict | Mapping):
             continue
         for name, value in values.items():
             if isinstance(name, str) and gpu.is_gpu_resource(name):

@@ -115,7 +115,7 @@ class Batch:
     int_or_string: bool = False  # durations written as IntOrString ("3600"), as Argo Workflows does
 
 
-@dataclass
+@dataclass(slots=True)
 class Extracted:
     """A kind's templates and what else the extractor learnt about the object."""
 
@@ -125,6 +125,7 @@ class Extracted:
     notes: list[tuple[str, str, bool]] = field(default_factory=list)  # (path, message, only when it uses a GPU)
     serving: tuple[int, ...] | None = None  # the templates that serve, for a serving kind
     generic: bool = False
+    template_only: bool = False  # a runtime or preset: other objects run its templates
 
 
 # --------------------------------------------------------------------------------------------------
@@ -902,13 +903,13 @@ TEMPLATE_ONLY = frozenset({(KSERVE, "ServingRuntime"), (KSERVE, "ClusterServingR
                            ("trainer.kubeflow.org", "ClusterTrainingRuntime")})
 
 
-def known(obj: Mapping[str, Any]) -> Extractor | None:
+def known(obj: Mapping[str, Any], group: str | None = None) -> Extractor | None:
     """The extractor of an object's kind: by API group and kind; an object without an API group (a bare
     ``v1``, or none) is looked up by kind alone."""
     kind = obj.get("kind")
     if not isinstance(kind, str):
         return None
-    group = group_of(obj)
+    group = group_of(obj) if group is None else group
     found = TABLE.get((group, kind))
     if found is None and group == "":
         found = _BY_KIND.get(kind)
@@ -987,13 +988,15 @@ def find_templates(obj: Mapping[str, Any], *, resolve: ObjectResolver | None = N
     (never for Kubernetes' own API groups). Objects with no pod template yield none."""
     kind = obj.get("kind")
     group = group_of(obj)
-    entry = (registered or {}).get((group, str(kind)))
+    entry = registered.get((group, str(kind))) if registered else None
     if entry is not None:
         return entry.extract(obj)
-    extractor = known(obj)
+    extractor = known(obj, group)
     if extractor is not None:
         spec = obj.get("spec")
-        return extractor(obj, spec, resolve) if isinstance(spec, Mapping) else Extracted()
+        found = extractor(obj, spec, resolve) if isinstance(spec, Mapping) else Extracted()
+        found.template_only = (group, kind) in TEMPLATE_ONLY
+        return found
     if group in BUILTIN_GROUPS:
         return Extracted()
     return find_generic(obj)

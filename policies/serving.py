@@ -14,8 +14,10 @@ Ray Serve LLM application's ``model_id``.
 from __future__ import annotations
 
 import fnmatch
-from collections.abc import Mapping, Sequence
+import re
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import lru_cache
 from typing import Any
 
 from policies.selectors import label_selector_matches
@@ -34,6 +36,7 @@ MODEL_ARGS = ("--model", "--model-path", "--model-id", "--model_name", "--served
 DOCKER_HUB = ("docker.io", "index.docker.io", "registry-1.docker.io")
 
 
+@lru_cache(maxsize=4096)
 def image_name(ref: str) -> str:
     """``vllm/vllm-openai:v0.9.0@sha256:..`` -> ``docker.io/vllm/vllm-openai`` (registry made explicit)."""
     name = ref.strip().partition("@")[0]
@@ -47,11 +50,21 @@ def image_name(ref: str) -> str:
 
 def image_matches(ref: str, patterns: Sequence[str]) -> str | None:
     """The pattern an image reference matches (the registry normalised on both sides), or None."""
-    name = image_name(ref)
-    for pattern in patterns:
-        if fnmatch.fnmatchcase(name, image_name(pattern)):
-            return pattern
-    return None
+    return _matcher(tuple(patterns))(ref)
+
+
+@lru_cache(maxsize=64)
+def _matcher(patterns: tuple[str, ...]) -> Callable[[str], str | None]:
+    """One compiled expression for a list of image patterns (this is on every object's path)."""
+    if not patterns:
+        return lambda ref: None
+    regex = re.compile("|".join(f"(?P<p{i}>{fnmatch.translate(image_name(p))})" for i, p in enumerate(patterns)))
+
+    @lru_cache(maxsize=4096)
+    def match(ref: str) -> str | None:
+        found = regex.match(image_name(ref))
+        return patterns[int(found.lastgroup[1:])] if found and found.lastgroup else None
+    return match
 
 
 @dataclass(frozen=True)

@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from decimal import Decimal
+from types import MappingProxyType
 from typing import Any, Literal
 
 from policies.gpu import GpuConfig, container_gpus
@@ -18,6 +19,7 @@ from policies.model import Finding, Resource
 
 Section = Literal["containers", "initContainers", "ephemeralContainers"]
 SECTIONS: tuple[Section, ...] = ("containers", "initContainers", "ephemeralContainers")
+NONE: Mapping[str, Any] = MappingProxyType({})  # a shared empty default (templates are made by the thousand)
 
 
 def join(path: str, key: str | int) -> str:
@@ -46,7 +48,7 @@ def meta(obj: Any, key: str) -> Mapping[str, str]:
     return as_map(as_map(as_map(obj).get("metadata")).get(key))
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)  # made by the thousand on every evaluation: slots, and no frozen __setattr__ detour
 class ContainerRef:
     """One container of a pod template and where it sits.
 
@@ -61,7 +63,7 @@ class ContainerRef:
     section: Section
     container: Mapping[str, Any]
     default_name: str = "<unnamed>"
-    fields: Mapping[str, str] = field(default_factory=dict)
+    fields: Mapping[str, str] = field(default_factory=lambda: NONE)
     supplied: frozenset[str] = frozenset()
     supplied_by: str | None = None
 
@@ -75,7 +77,8 @@ class ContainerRef:
 
     @property
     def resources(self) -> Mapping[str, Any]:
-        return as_map(self.container.get("resources"))
+        res = self.container.get("resources")
+        return res if isinstance(res, dict | Mapping) else {}
 
     def fills(self, key: str) -> bool:
         """True when something else fills in ``key`` where the container leaves it out."""
@@ -86,7 +89,7 @@ class ContainerRef:
         return join(self.path, self.fields.get(key, key))
 
 
-@dataclass
+@dataclass(slots=True)
 class PodTemplate:
     """A pod spec inside a workload, with the path of its spec and metadata."""
 
@@ -100,9 +103,10 @@ class PodTemplate:
     surge: int = 0                 # extra pods during a rolling update
     extra_containers: list[ContainerRef] = field(default_factory=list)  # containers outside spec.<section> lists
     resource: Resource | None = None   # when the template belongs to another object (workloadRef)
-    field_paths: dict[str, str] = field(default_factory=dict)   # pod field -> its path, where not under spec_path
-    item_paths: dict[str, list[str]] = field(default_factory=dict)  # list field -> the path of each item
-    meta_paths: dict[str, str] = field(default_factory=dict)    # "labels"/"annotations" -> path
+    # where a field is when it is not under spec_path / metadata_path (shared empty defaults: no allocation)
+    field_paths: Mapping[str, str] = field(default_factory=lambda: NONE)      # pod field -> its path
+    item_paths: Mapping[str, list[str]] = field(default_factory=lambda: NONE)  # list field -> each item's path
+    meta_paths: Mapping[str, str] = field(default_factory=lambda: NONE)       # "labels"/"annotations" -> path
     lists_containers: bool = True  # False when every container is in extra_containers (Argo, TrainJob)
     role: str = ""                 # how a message names one of these pods ("a worker pod of group `gpu`")
     unseen: str | None = None      # the object its other pod fields come from, when it is not in the checked set
@@ -129,10 +133,15 @@ class PodTemplate:
         yield from (c for c in self.extra_containers if c.section in sections)
         if not self.lists_containers:
             return
+        spec, base = self.spec, self.spec_path
         for section in sections:
-            for i, container in enumerate(as_list(self.spec.get(section))):
-                if isinstance(container, Mapping):
-                    yield ContainerRef(join(join(self.spec_path, section), i), section, container)
+            items = spec.get(section)
+            if not items or not isinstance(items, list):
+                continue
+            head = f"{base}.{section}" if base else section
+            for i, container in enumerate(items):
+                if isinstance(container, dict | Mapping):
+                    yield ContainerRef(f"{head}[{i}]", section, container)
 
     def container_gpus(self, gpu: GpuConfig) -> dict[str, Decimal]:
         """GPUs one pod of this template holds: app containers and sidecars run together,

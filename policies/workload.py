@@ -19,10 +19,10 @@ from policies.kinds import (
     KSERVE_COMPONENTS,
     KSERVE_FRAMEWORKS,
     Batch,
+    Extracted,
     ObjectResolver,
     RegisteredKind,
     find_templates,
-    is_template_only,
     parse_serve_config,
 )
 from policies.model import Resource
@@ -58,7 +58,7 @@ class WorkloadConfig:
 DEFAULT_CONFIG = WorkloadConfig()
 
 
-@dataclass
+@dataclass(slots=True)
 class Workload:
     """An object with its pod templates, as policies see it."""
 
@@ -74,11 +74,46 @@ class Workload:
     unresolved_claims: dict[int, list[str]] = field(default_factory=dict)
     batch: Batch | None = None
     count_path: str | None = None
-    notes: list[tuple[str, str]] = field(default_factory=list)   # (path, message) for the reader
-    serving: Serving | None = None
     generic: bool = False
     template_only: bool = False  # a runtime/config whose templates other objects run
     _memo: dict[tuple[str, int, int], Any] = field(default_factory=dict, repr=False, compare=False)
+    # what serving and notes are worked out from, on first use (quota usage extracts every object of a
+    # namespace and needs neither)
+    _found: Extracted = field(default_factory=Extracted, repr=False, compare=False)
+    _config: WorkloadConfig | None = field(default=None, repr=False, compare=False)
+    _gpu: GpuConfig | None = field(default=None, repr=False, compare=False)
+
+    @property
+    def serving(self) -> Serving | None:
+        """Why the workload serves a model, which templates serve, and the model (None: not model serving)."""
+        key = ("serving", 0, 0)
+        if key not in self._memo:
+            self._memo[key] = None if self.template_only else detect(  # a runtime or preset serves nothing
+                self.obj, self.templates, kind_serving=self._found.serving,
+                config=(self._config or DEFAULT_CONFIG).serving, serve_config=self._serve_config())
+        found: Serving | None = self._memo[key]
+        return found
+
+    def _serve_config(self) -> Any:
+        spec = as_map(self.obj.get("spec"))
+        return parse_serve_config(spec.get("serveConfigV2")) if self.obj.get("kind") == "RayService" else None
+
+    @property
+    def notes(self) -> list[tuple[str, str]]:
+        """(path, message) the extractor wants the reader to see: a generic template, an unresolved claim or
+        runtime, a podSpecPatch, an unbounded autoscaler."""
+        key = ("notes", 0, 0)
+        if key not in self._memo:
+            gpu = self._gpu or GpuConfig()
+            uses = any(self.uses_gpu(i, gpu) for i in range(len(self.templates)))
+            out = [(p, m) for p, m, gpu_only in self._found.notes if uses or not gpu_only]
+            for i, claims in self.unresolved_claims.items():
+                if not self.uses_gpu(i, gpu):
+                    out.append((join(self.templates[i].spec_path, "resourceClaims"),
+                                f"resource claim {', '.join(claims)} could not be resolved: whether these pods hold "
+                                "GPUs is unknown; include the claim in the checked set"))
+            self._memo[key] = out
+        return list(self._memo[key])
 
     @property
     def labels(self) -> Mapping[str, str]:
@@ -118,8 +153,8 @@ class Workload:
         claim of the template is a GPU claim, or an annotation injects GPU devices into the pod."""
         key = ("uses_gpu", index, id(gpu))
         if key not in self._memo:
-            tpl = self.templates[index]
-            self._memo[key] = (bool(self.pod_gpus(index, gpu)) or bool(self.claim_gpus.get(index))
+            tpl = self.templates[index]  # asking for a GPU covers holding one: one pass over the containers
+            self._memo[key] = (bool(self.claim_gpus.get(index))
                                or any(asks_for_gpu(ref.container, gpu) for ref in tpl.containers())
                                or bool(self.injected(index)))
         return bool(self._memo[key])
@@ -219,21 +254,7 @@ def extract(obj: Mapping[str, Any], *, gpu: GpuConfig, default_namespace: str = 
     resource = Resource.of(dict(obj), default_namespace=default_namespace)
     found = find_templates(obj, resolve=resolve_object, registered=config.kinds)
     workload = Workload(resource=resource, obj=obj, templates=found.templates, batch=found.batch,
-                        count_path=found.count_path, generic=found.generic, template_only=is_template_only(obj))
+                        count_path=found.count_path, generic=found.generic, template_only=found.template_only,
+                        _found=found, _config=config, _gpu=gpu)
     _resolve_claims(workload, gpu, resolve_claim)
-    spec = as_map(obj.get("spec"))
-    serve_config = parse_serve_config(spec.get("serveConfigV2")) if obj.get("kind") == "RayService" else None
-    if not workload.template_only:  # a runtime or preset serves nothing itself
-        workload.serving = detect(obj, workload.templates, kind_serving=found.serving, config=config.serving,
-                                  serve_config=serve_config)
-    if workload.templates:
-        uses = any(workload.uses_gpu(i, gpu) for i in range(len(workload.templates)))
-        workload.notes = [(p, m) for p, m, gpu_only in found.notes if uses or not gpu_only]
-        for i, claims in workload.unresolved_claims.items():
-            if not workload.uses_gpu(i, gpu):
-                workload.notes.append((join(workload.templates[i].spec_path, "resourceClaims"),
-                                       f"resource claim {', '.join(claims)} could not be resolved: whether these "
-                                       "pods hold GPUs is unknown; include the claim in the checked set"))
-    else:
-        workload.notes = [(p, m) for p, m, gpu_only in found.notes if not gpu_only]
     return workload

@@ -7,7 +7,7 @@ from collections.abc import Iterator, Mapping
 from typing import Any
 
 from policies.context import EvalContext
-from policies.gpu import DRA_QUOTA_SUFFIX, asks_for_gpu
+from policies.gpu import DRA_QUOTA_SUFFIX
 from policies.model import Finding
 from policies.quantity import QuantityError, parse_quantity
 from policies.registry import Policy, register
@@ -50,15 +50,13 @@ class GpuResourceNames(Policy):
         allowed = list(params["allowed"])
         for i, tpl in enumerate(workload.templates):
             for ref in tpl.containers():
-                asked = asks_for_gpu(ref.container, ctx.gpu)
                 for section in ("limits", "requests"):
                     values = ref.resources.get(section) or {}
-                    if not isinstance(values, Mapping) or not asked:
+                    if not isinstance(values, Mapping):
                         continue
                     for name in values:
-                        if _zero(values[name]):
-                            continue
-                        if isinstance(name, str) and ctx.gpu.is_gpu_resource(name) and not _allowed(name, allowed):
+                        if isinstance(name, str) and ctx.gpu.is_gpu_resource(name) and not _allowed(name, allowed) \
+                                and not _zero(values[name]):
                             yield Finding(join(ref.at("resources"), section),
                                           f"container `{ref.name}` asks for {name}, which namespace "
                                           f"{workload.resource.namespace} does not allow; use one of: "
