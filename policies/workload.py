@@ -169,7 +169,7 @@ class Workload:
             return f"resource claim {', '.join(claims)} could not be resolved (not in the checked set)"
         if self.templates[index].gpus_from:
             return f"its GPUs may be set by {self.templates[index].gpus_from}, which is not in the checked set"
-        if self.template_only:
+        if self.template_only and self.templates[index].pods == 0:  # a ModelMesh runtime runs pods of its own
             return "it is a template: the objects that use it may add GPUs"
         return None
 

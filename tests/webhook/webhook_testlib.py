@@ -111,9 +111,10 @@ def review(obj: Mapping[str, Any] | None, *, operation: str = "CREATE", old: Map
     """A complete AdmissionReview as the API server sends it."""
     source = obj or old or {}
     kind = kind or str(source.get("kind"))
-    if kind in GVR:
+    api_group = str(source.get("apiVersion", "")).rpartition("/")[0]
+    if kind in GVR and (not source.get("apiVersion") or api_group == GVR[kind][0]):
         group, version, resource = GVR[kind]
-    else:  # another kind (KubeRay, Kubeflow, Knative, ...): its apiVersion, and the lower-case plural
+    else:  # another kind (KubeRay, Kubeflow, Knative, a Volcano Job, ...): its apiVersion, the lower-case plural
         group, _, version = str(source.get("apiVersion", "")).rpartition("/")
         resource = f"{kind.lower()}s"
     meta = source.get("metadata") or {}

@@ -95,10 +95,11 @@ class GpuTolerations(Policy):
             unknown = workload.gpu_unknown(i, ctx.gpu)
             taint_names = ", ".join(_taint_name(t) for t in tolerated)
             if unknown is not None:
-                if workload.unresolved_claims.get(i):  # a template (runtime) is judged where it is used
-                    yield Finding(path, f"{self._who(tpl)} tolerates {taint_names} and its {unknown}, so whether it "
-                                  "uses a GPU is unknown; if the claim asks for no GPU the pod squats on GPU nodes: "
-                                  "check the claim (or include it in the checked set)", resource=tpl.resource,
+                if tpl.pods > 0:  # a runtime's template is judged where it runs
+                    what = "claim" if workload.unresolved_claims.get(i) else "object"
+                    yield Finding(path, f"{self._who(tpl)} tolerates {taint_names} and {unknown}, so whether it "
+                                  f"uses a GPU is unknown; if the {what} gives it no GPU the pod squats on GPU nodes: "
+                                  f"check the {what} (or include it in the checked set)", resource=tpl.resource,
                                   action="warn")
                 continue
             wildcard = any(isinstance(t, Mapping) and t.get("operator") == "Exists" and not t.get("key")
