@@ -30,9 +30,7 @@ NOT_WORKLOADS = {"Namespace", "ResourceQuota", "ResourceClaimTemplate"}
 
 def _objects() -> list[dict[str, Any]]:
     out: list[dict[str, Any]] = []
-    for path in sorted(CORPUS.glob("*.yaml")):
-        if path.name in ("expected.yaml", "policyset.yaml"):
-            continue
+    for path in sorted((CORPUS / "manifests").glob("*.yaml")):
         out.extend(d for d in yaml.safe_load_all(path.read_text()) if isinstance(d, dict))
     return out
 
