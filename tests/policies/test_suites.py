@@ -44,18 +44,6 @@ def test_every_kind_in_the_extractor_table_has_allowed_and_denied_cases() -> Non
         assert kinds <= covered, f"no {expect} case for {sorted(kinds - covered)}"
 
 
-def test_a_wrong_action_is_reported(tmp_path) -> None:
-    """`action: warn` fails a case whose violation denies."""
-    src = LIBRARY / "gpu_limits" / "tests"
-    (tmp_path / "denied.yaml").write_text((src / "denied.yaml").read_text())
-    (tmp_path / "suite.yaml").write_text(
-        "policy: gpu-limits\ncases:\n  - {name: w, file: denied.yaml, resource: Pod/team-a/requests-only, "
-        "expect: fail, action: warn}\n")
-    [result] = list(run_suite(tmp_path / "suite.yaml"))
-    assert not result.ok and "expected every violation to warn: deny spec.containers[1].resources.limits" in \
-        result.detail
-
-
 def test_a_wrong_expectation_is_reported(tmp_path) -> None:
     """The runner itself can fail: a denied sample marked `pass` is reported with the violation."""
     src = LIBRARY / "gpu_limits" / "tests"
