@@ -436,11 +436,10 @@ def _llm_stage(obj: Mapping[str, Any], stage: Mapping[str, Any], base: str, labe
     for tpl in templates:
         tpl.meta_paths = {"labels": join(base, "labels"), "annotations": join(base, "annotations")}
         sections: tuple[Section, ...] = ("containers", "initContainers")
-        tpl.extra_containers = [ContainerRef(join(join(tpl.spec_path, sec), i), sec, c, supplied=LLMISVC_SUPPLIED,
+        tpl.replace_containers([ContainerRef(join(join(tpl.spec_path, sec), i), sec, c, supplied=LLMISVC_SUPPLIED,
                                              supplied_by=LLMISVC_PRESETS)
                                 for sec in sections
-                                for i, c in enumerate(as_list(tpl.spec.get(sec))) if isinstance(c, Mapping)]
-        tpl.lists_containers = False
+                                for i, c in enumerate(as_list(tpl.spec.get(sec))) if isinstance(c, Mapping)])
     return templates
 
 
@@ -517,11 +516,10 @@ def _ray_cluster(cluster: Mapping[str, Any], base: str, *, surge_mode: str | Non
         refs = list(tpl.containers())
         ray = bool(refs) and refs[0].section == "containers"
         # KubeRay probes the Ray container (the first) itself
-        tpl.extra_containers = [ContainerRef(r.path, r.section, r.container,
+        tpl.replace_containers([ContainerRef(r.path, r.section, r.container,
                                              supplied=PROBES if ray and k == 0 else frozenset(),
                                              supplied_by=RAY_PROBES if ray and k == 0 else None)
-                                for k, r in enumerate(refs)]
-        tpl.lists_containers = False
+                                for k, r in enumerate(refs)])
         if surge_mode == "NewCluster":
             tpl.surge = tpl.pods
         elif surge_mode == "NewClusterWithIncrementalUpgrade":
@@ -720,9 +718,8 @@ def _knative(obj: Mapping[str, Any], spec: Mapping[str, Any], resolve: ObjectRes
     tpl = template_at("revision", "spec.template", template, pods=pods)
     notes = []
     if tpl is not None:
-        tpl.extra_containers = [ContainerRef(r.path, r.section, r.container, "user-container")  # Knative's name
-                                for r in tpl.containers()]
-        tpl.lists_containers = False
+        tpl.replace_containers([ContainerRef(r.path, r.section, r.container, "user-container")  # Knative's name
+                                for r in tpl.containers()])
         if maximum is None or maximum[1] == 0:
             notes.append(("spec.template.metadata.annotations",
                           f"no autoscaling.knative.dev/max-scale: Knative may scale this revision without bound; "

@@ -111,6 +111,11 @@ class PodTemplate:
     role: str = ""                 # how a message names one of these pods ("a worker pod of group `gpu`")
     unseen: str | None = None      # the object its other pod fields come from, when it is not in the checked set
     gpus_from: str | None = None   # an object not in the checked set that may give these pods GPUs
+    _refs: list[ContainerRef] | None = field(default=None, repr=False, compare=False)  # every container, once
+
+    def replace_containers(self, refs: list[ContainerRef]) -> None:
+        """Make ``refs`` the template's containers (an extractor that names or annotates them)."""
+        self.extra_containers, self.lists_containers, self._refs = list(refs), False, None
 
     def at(self, key: str) -> str:
         """The path of a pod spec field (``tpl.at("tolerations")``)."""
@@ -130,11 +135,23 @@ class PodTemplate:
         return join(base, rest) if rest else base
 
     def containers(self, *, sections: tuple[Section, ...] = SECTIONS) -> Iterator[ContainerRef]:
-        yield from (c for c in self.extra_containers if c.section in sections)
+        """The template's containers of ``sections``: those outside the spec's lists first, then the lists in
+        section order (worked out once: every policy walks them)."""
+        refs = self._refs
+        if refs is None:
+            refs = self._refs = list(self._all_containers())
+        if sections is SECTIONS:
+            return iter(refs)
+        return (r for r in refs if r.section in sections)
+
+    def _all_containers(self) -> Iterator[ContainerRef]:
+        extra = self.extra_containers
+        for section in SECTIONS:
+            yield from (c for c in extra if c.section == section)
         if not self.lists_containers:
             return
         spec, base = self.spec, self.spec_path
-        for section in sections:
+        for section in SECTIONS:
             items = spec.get(section)
             if not items or not isinstance(items, list):
                 continue
