@@ -106,11 +106,14 @@ class Admission:
                                own_namespace=self.own_namespace, default_namespace=namespace or "default")
 
     def _validate_scale(self, request: AdmissionRequest, policyset: PolicySet) -> Outcome:
-        """A Scale of a Deployment/ReplicaSet/StatefulSet/Rollout: the GPU quota look-ahead only.
+        """A Scale of a Deployment/ReplicaSet/StatefulSet/Rollout/LeaderWorkerSet: the GPU quota
+        look-ahead only.
 
-        The Scale carries no pod template and the webhook does not cache workloads: one running
-        pod of the workload stands in for the template (an approximation). With no pod to go by,
-        the scale is allowed with a warning that the look-ahead could not run.
+        The Scale carries no pod template: the workload's own, from the cluster cache, sizes it
+        (a Rollout's from its newest ReplicaSet, with the canary default surge, as Rollouts are not
+        cached). Failing that (a LeaderWorkerSet, or a workload not cached yet), one running pod of
+        the workload stands in for the template (a LeaderWorkerSet's pods carry its group size);
+        with neither, the scale is allowed with a warning that the look-ahead could not run.
         """
         if QUOTA_POLICY not in policyset.enabled_policies():
             return _allow("gpu-quota is not enabled")
@@ -122,34 +125,16 @@ class Admission:
         if exempt:
             return _allow(exempt)
         name = request.get("name") or str(((request.get("object") or {}).get("metadata") or {}).get("name", ""))
-        finder = getattr(self.facts, "workload_pods", None)
-        pods = finder(namespace, name) if finder else []
-        if not pods:
-            msg = clip_warning(f"{QUOTA_POLICY}: no running pod of {resource}/{name} in {namespace} to size "
-                               "the scale by; the GPU quota look-ahead did not run")
-            return Outcome(Decision(allowed=True, warnings=(msg,)), "warned", reason="scale without pods")
-        template = pods[0]
-        group_size = 1
-        if resource == "leaderworkersets":
-            size = str((_meta(template).get("annotations") or {}).get(LWS_SIZE_ANNOTATION, ""))
-            if not size.isascii() or not size.isdigit() or int(size) < 1:
-                msg = clip_warning(f"{QUOTA_POLICY}: the pods of {resource}/{name} in {namespace} do not say their "
-                                   f"group size ({LWS_SIZE_ANNOTATION}); the GPU quota look-ahead did not run")
-                return Outcome(Decision(allowed=True, warnings=(msg,)), "warned", reason="scale without group size")
-            group_size = int(size)
+        target, problem = self._scale_target(resource, namespace, name)
+        if target is None:
+            return Outcome(Decision(allowed=True, warnings=(clip_warning(problem),)), "warned",
+                           reason="scale without a template")
 
         def as_workload(scale: Any) -> dict[str, Any]:
             replicas = ((scale or {}).get("spec") or {}).get("replicas", 0) if isinstance(scale, Mapping) else 0
-            replicas = replicas if isinstance(replicas, int) else 0
-            api_version, kind = SCALABLE_KINDS[resource]
-            pod_template = {"metadata": copy.deepcopy(template.get("metadata") or {}),
-                            "spec": copy.deepcopy(template.get("spec") or {})}
-            spec: dict[str, Any] = {"replicas": replicas, "template": pod_template}
-            if kind == "LeaderWorkerSet":
-                spec = {"replicas": replicas,
-                        "leaderWorkerTemplate": {"size": group_size, "workerTemplate": pod_template}}
-            return {"apiVersion": api_version, "kind": kind, "metadata": {"name": name, "namespace": namespace},
-                    "spec": spec}
+            obj = copy.deepcopy(target)
+            obj["spec"]["replicas"] = replicas if isinstance(replicas, int) else 0
+            return obj
 
         info = request_info(request)
         current = self._evaluate(as_workload(request.get("object")), policyset, info, namespace)
@@ -162,6 +147,40 @@ class Admission:
             violations = [v for v in new_violations(current, previous) if v.policy == QUOTA_POLICY]
         errors = [e for e in current.errors if e == QUOTA_POLICY]
         return self._decide(violations, errors, obj=request.get("object") or {}, info=info, policyset=policyset)
+
+    def _scale_target(self, resource: str, namespace: str, name: str) -> tuple[dict[str, Any] | None, str]:
+        """The workload a Scale resizes, as an object with a pod template (``spec.replicas`` to be
+        set), or None and why the look-ahead cannot run."""
+        api_version, kind = SCALABLE_KINDS[resource]
+        meta = {"name": name, "namespace": namespace}
+        if kind in ("Deployment", "ReplicaSet", "StatefulSet"):
+            found = self.facts.resolve_object(namespace, kind, name)
+            spec = found.get("spec") if isinstance(found, Mapping) else None
+            if isinstance(spec, Mapping) and isinstance(spec.get("template"), Mapping):
+                return {"apiVersion": api_version, "kind": kind, "metadata": meta,
+                        "spec": copy.deepcopy(dict(spec))}, ""
+        elif kind == "Rollout":
+            owned = getattr(self.facts, "owned_replicasets", None)
+            for rs in owned(namespace, kind, name) if owned else []:
+                template = (rs.get("spec") or {}).get("template")
+                if isinstance(template, Mapping):
+                    return {"apiVersion": api_version, "kind": kind, "metadata": meta,
+                            "spec": {"template": copy.deepcopy(dict(template)), "strategy": {"canary": {}}}}, ""
+        finder = getattr(self.facts, "workload_pods", None)
+        pods = finder(namespace, name) if finder else []
+        if not pods:
+            return None, (f"{QUOTA_POLICY}: {resource}/{name} in {namespace} is not in the webhook's cache and has "
+                          "no running pod to size the scale by; the GPU quota look-ahead did not run")
+        pod = pods[0]
+        pod_template = {"metadata": copy.deepcopy(pod.get("metadata") or {}), "spec": copy.deepcopy(pod.get("spec") or {})}
+        if kind == "LeaderWorkerSet":
+            size = str((_meta(pod).get("annotations") or {}).get(LWS_SIZE_ANNOTATION, ""))
+            if not size.isascii() or not size.isdigit() or int(size) < 1:
+                return None, (f"{QUOTA_POLICY}: the pods of {resource}/{name} in {namespace} do not say their group "
+                              f"size ({LWS_SIZE_ANNOTATION}); the GPU quota look-ahead did not run")
+            return {"apiVersion": api_version, "kind": kind, "metadata": meta,
+                    "spec": {"leaderWorkerTemplate": {"size": int(size), "workerTemplate": pod_template}}}, ""
+        return {"apiVersion": api_version, "kind": kind, "metadata": meta, "spec": {"template": pod_template}}, ""
 
     def _decide(self, violations: list[Violation], errors: list[str], *, obj: Mapping[str, Any],
                 info: RequestInfo, policyset: PolicySet) -> Outcome:

@@ -5,17 +5,26 @@ the API server. One `Informer` thread per resource lists it, then watches from t
 resourceVersion; when a watch ends or drops it resumes from the last resourceVersion it saw,
 and when the API server answers 410 Gone (that version is too old) it lists again.
 
-What is cached (the ClusterRole grants list+watch on exactly these): namespaces (labels for match
-selectors and environments), pods (GPU usage), resourcequotas, and — when the API has them —
-resource.k8s.io ResourceClaims and ResourceClaimTemplates (DRA GPUs). Workloads are not cached:
-`resolve_object` and `referenced_by_rollout` answer None/False.
+What is cached is the table `CACHED` (the ClusterRole in kustomize/base/webhook/rbac.yaml grants
+list+watch on exactly these; adding a kind is one `Cached` entry and one RBAC rule):
+namespaces (labels for match selectors and environments), pods (GPU usage), resourcequotas,
+deployments, replicasets and statefulsets (a Rollout's ``workloadRef`` at admission, the pod
+template a ``/scale`` is sized by, and which workload a pod belongs to), runtimeclasses (does
+``mutations.runtimeClassName`` exist), and — when the API has them — resource.k8s.io ResourceClaims
+and ResourceClaimTemplates (DRA GPUs).
 
-GPU usage approximation: the GPUs of a namespace's non-terminated pods (phase not Succeeded or
-Failed), minus the pods of the workload under review. A pod belongs to workload ``W`` when the
-pod is ``W`` itself or one of its ownerReferences is named ``W`` or starts with ``W-`` (ReplicaSet
-``W-<hash>`` of a Deployment or Rollout, Job ``W-<time>`` of a CronJob). So a workload named
-``web`` also "owns" the pods of ``web-canary`` — their GPUs are then not counted against ``web``,
-the look-ahead is more lenient, never stricter. Pods still Pending count: the quota holds them.
+Each object is trimmed as it arrives (`Cached.trim`): metadata without managedFields and without
+the kubectl last-applied annotation (a second copy of the object); a Pod keeps only what GPU
+counting reads (its containers' names, resources and restartPolicy, its resourceClaims, its phase
+and owners): never other pods' env values, commands or volumes. tests/benchmarks/bench_cache.py
+measures what that saves.
+
+GPU usage: the GPUs of a namespace's non-terminated pods (phase not Succeeded or Failed), minus
+the pods of the workload under review. A pod belongs to workload ``W`` when it is ``W`` itself,
+when its controller is ``W``, or when its controller is a cached ReplicaSet whose controller is
+``W`` (a Deployment's or a Rollout's pods). For an owner the cache does not hold (a Job of a
+CronJob), a name ``W-*`` counts as ``W``'s: the look-ahead is then more lenient, never stricter.
+Pods still Pending count: the quota holds them.
 """
 
 from __future__ import annotations
@@ -24,6 +33,7 @@ import json
 import threading
 import time
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
 
@@ -41,6 +51,10 @@ TERMINATED_PHASES = ("Succeeded", "Failed")
 DRA_VERSIONS = ("v1", "v1beta2", "v1beta1")
 
 Obj = dict[str, Any]
+Trim = Callable[[Obj], Obj]
+LAST_APPLIED = "kubectl.kubernetes.io/last-applied-configuration"
+OWNER_FIELDS = ("apiVersion", "kind", "name", "controller")
+POD_CONTAINER_FIELDS = ("name", "resources", "restartPolicy")
 
 
 class RawWatch(watch.Watch):
@@ -64,8 +78,9 @@ class Informer:
 
     def __init__(self, *, name: str, kind: str, api_version: str, list_fn: Callable[..., Any],
                  args: tuple[Any, ...] = (), optional: bool = False, watch_timeout: int = 300,
-                 backoff: float = 1.0) -> None:
+                 backoff: float = 1.0, trim: Trim | None = None) -> None:
         self.name = name
+        self.trim = trim
         self.kind = kind
         self.api_version = api_version
         self.list_fn = list_fn
@@ -88,8 +103,10 @@ class Informer:
 
     # ---- store -------------------------------------------------------------------------------
     def _normalize(self, obj: Obj) -> Obj:
-        obj.setdefault("kind", self.kind)          # list items carry no kind/apiVersion
-        obj.setdefault("apiVersion", self.api_version)
+        if self.trim is not None:
+            obj = self.trim(obj)
+        obj["kind"] = self.kind                    # list items carry no kind/apiVersion
+        obj["apiVersion"] = self.api_version
         return obj
 
     def _put(self, obj: Obj) -> None:
@@ -228,6 +245,88 @@ class Informer:
                 "lists": self.lists, "resumes": self.resumes, "relists410": self.relists_410}
 
 
+# ---- what is kept of each object ---------------------------------------------------------------
+def trim_metadata(meta: Any, *, annotations: bool = True) -> Obj:
+    """name, namespace, resourceVersion, labels, owners and (unless told not to) annotations other
+    than kubectl's last-applied copy; never managedFields."""
+    if not isinstance(meta, Mapping):
+        return {}
+    out: Obj = {k: meta[k] for k in ("name", "namespace", "resourceVersion", "labels") if k in meta}
+    refs = meta.get("ownerReferences")
+    if isinstance(refs, list):
+        out["ownerReferences"] = [{k: r[k] for k in OWNER_FIELDS if k in r} for r in refs if isinstance(r, Mapping)]
+    kept = meta.get("annotations")
+    if annotations and isinstance(kept, Mapping):
+        kept = {k: v for k, v in kept.items() if k != LAST_APPLIED}
+        if kept:
+            out["annotations"] = kept
+    return out
+
+
+def keep_metadata(obj: Obj) -> Obj:
+    """Namespaces, RuntimeClasses: their names and labels are all policies read."""
+    return {"metadata": trim_metadata(obj.get("metadata"), annotations=False)}
+
+
+def keep_spec(obj: Obj) -> Obj:
+    """ResourceQuotas, workloads, DRA claims: metadata and spec (a workload's template is evaluated
+    when a Rollout references it); no status."""
+    out: Obj = {"metadata": trim_metadata(obj.get("metadata"))}
+    if "spec" in obj:
+        out["spec"] = obj["spec"]
+    return out
+
+
+def trim_pod(obj: Obj) -> Obj:
+    """What GPU counting reads of another pod: containers' names, resources and restartPolicy (a
+    sidecar), resourceClaims, phase, owners and labels. No env, command, volumes or annotations."""
+    found = obj.get("spec")
+    spec: Mapping[str, Any] = found if isinstance(found, Mapping) else {}
+    kept: Obj = {}
+    for section in ("initContainers", "containers"):
+        items = spec.get(section)
+        if isinstance(items, list):
+            kept[section] = [{k: c[k] for k in POD_CONTAINER_FIELDS if k in c} for c in items if isinstance(c, Mapping)]
+    if spec.get("resourceClaims"):
+        kept["resourceClaims"] = spec["resourceClaims"]
+    status = obj.get("status")
+    phase = status.get("phase") if isinstance(status, Mapping) else None
+    return {"metadata": trim_metadata(obj.get("metadata"), annotations=False), "spec": kept,
+            "status": {"phase": phase} if phase else {}}
+
+
+@dataclass(frozen=True)
+class Cached:
+    """One cached resource: its informer's name (the plural), kind, how to list it, what to keep.
+
+    ``optional``: an API the server may not serve (or RBAC may not grant); the cache is synced
+    without it and reports it absent."""
+
+    name: str
+    kind: str
+    api_version: str
+    lister: Callable[[client.ApiClient], Callable[..., Any]]
+    trim: Trim
+    optional: bool = False
+
+
+CACHED: tuple[Cached, ...] = (
+    Cached("namespaces", "Namespace", "v1", lambda api: client.CoreV1Api(api).list_namespace, keep_metadata),
+    Cached("pods", "Pod", "v1", lambda api: client.CoreV1Api(api).list_pod_for_all_namespaces, trim_pod),
+    Cached("resourcequotas", "ResourceQuota", "v1",
+           lambda api: client.CoreV1Api(api).list_resource_quota_for_all_namespaces, keep_spec),
+    Cached("deployments", "Deployment", "apps/v1",
+           lambda api: client.AppsV1Api(api).list_deployment_for_all_namespaces, keep_spec),
+    Cached("replicasets", "ReplicaSet", "apps/v1",
+           lambda api: client.AppsV1Api(api).list_replica_set_for_all_namespaces, keep_spec),
+    Cached("statefulsets", "StatefulSet", "apps/v1",
+           lambda api: client.AppsV1Api(api).list_stateful_set_for_all_namespaces, keep_spec),
+    Cached("runtimeclasses", "RuntimeClass", "node.k8s.io/v1",
+           lambda api: client.NodeV1Api(api).list_runtime_class, keep_metadata, optional=True),
+)
+WORKLOAD_INFORMERS = {"Deployment": "deployments", "ReplicaSet": "replicasets", "StatefulSet": "statefulsets"}
+
+
 def api_client(*, kubeconfig: str | None = None) -> client.ApiClient:
     """In-cluster configuration, or a kubeconfig file (tests, running outside the cluster)."""
     configuration = client.Configuration()
@@ -241,17 +340,23 @@ def api_client(*, kubeconfig: str | None = None) -> client.ApiClient:
 class ClusterCache:
     """`ClusterFacts` from list+watch caches. `synced` once every informer has listed."""
 
-    def __init__(self, api: client.ApiClient, *, watch_timeout: int = 300, backoff: float = 1.0) -> None:
-        core = client.CoreV1Api(api)
+    def __init__(self, api: client.ApiClient, *, watch_timeout: int = 300, backoff: float = 1.0,
+                 cached: tuple[Cached, ...] = CACHED) -> None:
         self._custom = client.CustomObjectsApi(api)
         self._watch_timeout, self._backoff = watch_timeout, backoff
-        self.namespaces = self._informer("namespaces", "Namespace", "v1", core.list_namespace)
-        self.pods = self._informer("pods", "Pod", "v1", core.list_pod_for_all_namespaces)
-        self.quotas_informer = self._informer("resourcequotas", "ResourceQuota", "v1",
-                                              core.list_resource_quota_for_all_namespaces)
-        self.claims = self._dra("resourceclaims", "ResourceClaim")
-        self.claim_templates = self._dra("resourceclaimtemplates", "ResourceClaimTemplate")
-        self.informers = [self.namespaces, self.pods, self.quotas_informer, self.claims, self.claim_templates]
+        self.by_name: dict[str, Informer] = {
+            c.name: self._informer(c.name, c.kind, c.api_version, c.lister(api), optional=c.optional, trim=c.trim)
+            for c in cached}
+        self.by_name["resourceclaims"] = self._dra("resourceclaims", "ResourceClaim")
+        self.by_name["resourceclaimtemplates"] = self._dra("resourceclaimtemplates", "ResourceClaimTemplate")
+        self.informers = list(self.by_name.values())
+        self.namespaces = self.by_name["namespaces"]
+        self.pods = self.by_name["pods"]
+        self.quotas_informer = self.by_name["resourcequotas"]
+        self.replicasets = self.by_name["replicasets"]
+        self.runtimeclasses = self.by_name["runtimeclasses"]
+        self.claims = self.by_name["resourceclaims"]
+        self.claim_templates = self.by_name["resourceclaimtemplates"]
         self._memo: dict[tuple[str, str, str, int], dict[str, Decimal]] = {}
         for informer in self.informers:
             informer.on_synced = self._refresh_gauge
@@ -260,9 +365,9 @@ class ClusterCache:
         _ = self.synced  # reading the property sets the gauge
 
     def _informer(self, name: str, kind: str, api_version: str, list_fn: Callable[..., Any], *,
-                  args: tuple[Any, ...] = (), optional: bool = False) -> Informer:
+                  args: tuple[Any, ...] = (), optional: bool = False, trim: Trim | None = None) -> Informer:
         return Informer(name=name, kind=kind, api_version=api_version, list_fn=list_fn, args=args, optional=optional,
-                        watch_timeout=self._watch_timeout, backoff=self._backoff)
+                        watch_timeout=self._watch_timeout, backoff=self._backoff, trim=trim)
 
     def _dra(self, plural: str, kind: str) -> Informer:
         version = DRA_VERSIONS[0]
@@ -275,7 +380,7 @@ class ClusterCache:
         except Exception:  # discovery failing is not fatal: the informer reports the API absent
             pass
         return self._informer(plural, kind, f"resource.k8s.io/{version}", self._custom.list_cluster_custom_object,
-                              args=("resource.k8s.io", version, plural), optional=True)
+                              args=("resource.k8s.io", version, plural), optional=True, trim=keep_spec)
 
     def start(self) -> None:
         for informer in self.informers:
@@ -317,10 +422,28 @@ class ClusterCache:
         return (self.claim_templates if is_template else self.claims).in_namespace(namespace).get(name)
 
     def resolve_object(self, namespace: str, kind: str, name: str) -> Mapping[str, Any] | None:
-        return None
+        """A cached workload (Deployment, ReplicaSet, StatefulSet) of the namespace; None for any other
+        kind (ConfigMaps and Secrets are never cached)."""
+        informer = self.by_name.get(WORKLOAD_INFORMERS.get(kind, ""))
+        return informer.in_namespace(namespace).get(name) if informer is not None else None
 
     def referenced_by_rollout(self, namespace: str, kind: str, name: str) -> bool:
-        return False
+        return False  # Rollouts are not cached: a referenced Deployment is checked on its own (stricter)
+
+    def runtime_class_exists(self, name: str) -> bool | None:
+        """Whether the cluster has RuntimeClass ``name``; None when that is not known (API not served,
+        or not listed yet)."""
+        informer = self.runtimeclasses
+        if informer.absent or not informer.synced.is_set():
+            return None
+        return name in informer.in_namespace("")
+
+    def owned_replicasets(self, namespace: str, kind: str, name: str) -> list[Obj]:
+        """The cached ReplicaSets whose controller is ``kind``/``name`` (a Deployment's or a Rollout's),
+        newest revision first."""
+        found = [rs for rs in list(self.replicasets.in_namespace(namespace).values())
+                 if (_controller(rs) or {}).get("kind") == kind and (_controller(rs) or {}).get("name") == name]
+        return sorted(found, key=_revision, reverse=True)
 
     def _pod_gpus(self, pod: Obj, gpu: GpuConfig) -> dict[str, Decimal]:
         meta = _meta(pod)
@@ -329,20 +452,41 @@ class ClusterCache:
         if hit is None:
             workload = extract(pod, gpu=gpu, resolve_claim=self.resolve_claim)
             hit = workload.pod_gpus(0, gpu) if workload.templates else {}
-            if len(self._memo) > 50_000:
+            if len(self._memo) > max(50_000, 2 * sum(len(v) for v in self.pods.store.values())):
                 self._memo.clear()
             self._memo[key] = hit
         return hit
 
+    def owned_by(self, pod: Mapping[str, Any], workload: str) -> bool:
+        """The pod is ``workload`` itself, its controller is, or its controller is a cached ReplicaSet
+        whose controller is; an owner not in the cache counts when named ``workload-*``."""
+        meta = _meta(pod)
+        if meta.get("name") == workload:
+            return True
+        for ref in meta.get("ownerReferences") or []:
+            owner = ref.get("name") if isinstance(ref, Mapping) else None
+            if not isinstance(owner, str):
+                continue
+            if owner == workload:
+                return True
+            if ref.get("kind") == "ReplicaSet":
+                rs = self.replicasets.in_namespace(str(meta.get("namespace") or "")).get(owner)
+                if rs is not None:
+                    if (_controller(rs) or {}).get("name") == workload:
+                        return True
+                    continue
+            if owner.startswith(workload + "-"):
+                return True
+        return False
+
     def workload_pods(self, namespace: str, name: str) -> list[Obj]:
-        """Non-terminated pods that belong to workload ``name`` (see the module's approximation)."""
-        return [p for p in list(self.pods.in_namespace(namespace).values())
-                if _running(p) and owned_by(p, name)]
+        """Non-terminated pods that belong to workload ``name``."""
+        return [p for p in list(self.pods.in_namespace(namespace).values()) if _running(p) and self.owned_by(p, name)]
 
     def gpu_usage(self, namespace: str, *, exclude: Resource, gpu: GpuConfig) -> dict[str, Decimal]:
         total: dict[str, Decimal] = {}
         for pod in list(self.pods.in_namespace(namespace).values()):
-            if not _running(pod) or owned_by(pod, exclude.name):
+            if not _running(pod) or self.owned_by(pod, exclude.name):
                 continue
             for k, v in self._pod_gpus(pod, gpu).items():
                 total[k] = total.get(k, Decimal(0)) + v
@@ -355,13 +499,19 @@ def _running(pod: Mapping[str, Any]) -> bool:
     return phase not in TERMINATED_PHASES
 
 
-def owned_by(pod: Mapping[str, Any], workload: str) -> bool:
-    """The pod is ``workload`` itself or an ownerReference is named ``workload`` or ``workload-*``."""
-    meta = _meta(pod)
-    if meta.get("name") == workload:
-        return True
-    for ref in meta.get("ownerReferences") or []:
-        owner = ref.get("name") if isinstance(ref, Mapping) else None
-        if isinstance(owner, str) and (owner == workload or owner.startswith(workload + "-")):
-            return True
-    return False
+def _controller(obj: Mapping[str, Any]) -> Mapping[str, Any] | None:
+    for ref in _meta(obj).get("ownerReferences") or []:
+        if isinstance(ref, Mapping) and ref.get("controller"):
+            return ref
+    return None
+
+
+def _revision(rs: Mapping[str, Any]) -> int:
+    annotations = _meta(rs).get("annotations")
+    value = annotations.get("deployment.kubernetes.io/revision", "") if isinstance(annotations, Mapping) else ""
+    if not value and isinstance(annotations, Mapping):
+        value = annotations.get("rollout.argoproj.io/revision", "")
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        return 0

@@ -9,6 +9,8 @@ import pytest
 import yaml
 from kustomize_testlib import CATALOG, NAMESPACE, REPO, Obj, Renders, find, labels_match, one
 
+from webhook.cluster import CACHED
+
 IMAGE = "ghcr.io/mlguard/mlguard"
 EXPECTED_REPLICAS = {
     "dev": {"mlguard-webhook": 1, "mlguard-analysis": 1},
@@ -226,8 +228,10 @@ def test_rbac_is_list_watch_on_exactly_what_the_webhook_reads(renders: Renders, 
         assert sorted(rule["verbs"]) == ["list", "watch"], rule
         assert "resourceNames" not in rule and "nonResourceURLs" not in rule
         granted |= {(g, r) for g in rule["apiGroups"] for r in rule["resources"]}
-    assert granted == {("", "namespaces"), ("", "pods"), ("", "resourcequotas"),
-                       ("resource.k8s.io", "resourceclaims"), ("resource.k8s.io", "resourceclaimtemplates")}
+    # exactly the informers of webhook/cluster.py, no more and no less
+    cached = {(c.api_version.rpartition("/")[0], c.name) for c in CACHED}
+    assert cached >= {("", "pods"), ("apps", "deployments"), ("apps", "replicasets")}
+    assert granted == cached | {("resource.k8s.io", "resourceclaims"), ("resource.k8s.io", "resourceclaimtemplates")}
     binding = one(objs, "ClusterRoleBinding", "mlguard-webhook")
     assert binding["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole",
                                   "name": "mlguard-webhook"}

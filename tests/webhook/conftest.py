@@ -18,7 +18,7 @@ import trustme
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from webhook_fakeapi import FakeApi, kubeconfig_text
-from webhook_testlib import TEST_POLICYSET, WebhookServer, gpu_pod
+from webhook_testlib import TEST_POLICYSET, WebhookServer, gpu_deployment, gpu_pod
 
 
 class Tls:
@@ -45,13 +45,19 @@ def tls(tmp_path_factory: pytest.TempPathFactory) -> Tls:
 
 
 def seed(api: FakeApi) -> None:
-    """team-a: quota 16 GPUs; llm (ReplicaSet llm-7d9f) holds 2 x 1 GPU, StatefulSet other 1 GPU, a
-    finished job pod 4 GPUs (not counted). team-b: no quota."""
+    """team-a: quota 16 GPUs; Deployment llm (ReplicaSet llm-7d9f) holds 2 x 1 GPU, StatefulSet other
+    1 GPU, a finished job pod 4 GPUs (not counted); Deployment idle (2 GPUs a pod) has 0 replicas.
+    team-b: no quota."""
     for ns, labels in (("team-a", {"mlguard.io/environment": "prod"}), ("team-b", {}),
                        ("mlguard-system", {}), ("kube-system", {})):
         api.add("namespaces", {"metadata": {"name": ns, "labels": {"kubernetes.io/metadata.name": ns, **labels}}})
     api.add("resourcequotas", {"metadata": {"name": "gpus", "namespace": "team-a"},
                                "spec": {"hard": {"requests.nvidia.com/gpu": "16"}}})
+    api.add("deployments", gpu_deployment("llm", "team-a", gpus=1, replicas=2))
+    api.add("replicasets", {**gpu_deployment("llm-7d9f", "team-a", gpus=1, replicas=2), "metadata": {
+        "name": "llm-7d9f", "namespace": "team-a", "ownerReferences": [
+            {"apiVersion": "apps/v1", "kind": "Deployment", "name": "llm", "uid": "x", "controller": True}]}})
+    api.add("deployments", gpu_deployment("idle", "team-a", gpus=2, replicas=0))   # no pods to go by
     api.add("pods", gpu_pod("llm-7d9f-aaaaa", "team-a", gpus=1, owner=("ReplicaSet", "llm-7d9f")))
     api.add("pods", gpu_pod("llm-7d9f-bbbbb", "team-a", gpus=1, owner=("ReplicaSet", "llm-7d9f")))
     api.add("pods", gpu_pod("other-0", "team-a", gpus=1, owner=("StatefulSet", "other")))

@@ -205,7 +205,8 @@ def test_quota_look_ahead_uses_live_usage_from_the_watch(server: WebhookServer, 
 
 
 def test_scale_subresource_quota_look_ahead(server: WebhookServer) -> None:
-    """Scaling llm (pods of ReplicaSet llm-7d9f, 1 GPU each) is sized by its running pods."""
+    """Scaling is sized by the workload's own template from the cache: llm (1 GPU a pod), and idle,
+    which has no pod at all (2 GPUs a pod)."""
     up = server.admit("/validate", scale_review("deployments", "llm", "team-a", replicas=14, old_replicas=2))
     assert up["allowed"] is False
     assert up["status"]["message"].startswith("gpu-quota: spec.replicas: Deployment `llm` needs 18 nvidia.com/gpu")
@@ -215,7 +216,10 @@ def test_scale_subresource_quota_look_ahead(server: WebhookServer) -> None:
     assert down["allowed"] is True
     unknown = server.admit("/validate", scale_review("deployments", "ghost", "team-a", replicas=50, old_replicas=1))
     assert unknown["allowed"] is True
-    assert unknown["warnings"][0].startswith("gpu-quota: no running pod of deployments/ghost")
+    assert unknown["warnings"][0].startswith("gpu-quota: deployments/ghost in team-a is not in the webhook's cache")
+    idle = server.admit("/validate", scale_review("deployments", "idle", "team-a", replicas=7, old_replicas=0))
+    assert idle["allowed"] is False
+    assert idle["status"]["message"].startswith("gpu-quota: spec.replicas: Deployment `idle` needs 18 nvidia.com/gpu")
 
 
 def test_mutate_gpu_pod_patch_applies_and_is_idempotent(server: WebhookServer) -> None:

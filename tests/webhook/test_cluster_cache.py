@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 from webhook_fakeapi import FakeApi, kubeconfig_text
-from webhook_testlib import TEST_POLICYSET, gpu_pod
+from webhook_testlib import TEST_POLICYSET, gpu_deployment, gpu_pod
 
 from policies.gpu import GpuConfig
 from policies.model import Resource
@@ -162,3 +162,64 @@ def test_not_synced_means_not_ready(api: FakeApi, tmp_path: Path) -> None:
         assert eventually(lambda: client.get("/readyz").status_code == 200, timeout=10)
     finally:
         state.stop()
+
+
+def test_cache_keeps_what_policies_read_and_no_more(api: FakeApi, cache: ClusterCache) -> None:
+    """Other pods' env values, commands, annotations and every object's managedFields and kubectl
+    last-applied copy never reach the cache; a workload keeps its template (a Rollout may reference it)."""
+    last_applied = {"kubectl.kubernetes.io/last-applied-configuration": "{...the whole object...}",
+                    "deployment.kubernetes.io/revision": "3"}
+    managed = [{"manager": "kubectl", "operation": "Update", "fieldsV1": {"f:spec": {}}}]
+    pod = gpu_pod("secretive-1", "team-a", gpus=1, owner=("ReplicaSet", "secretive-5c"))
+    pod["metadata"].update({"annotations": last_applied, "managedFields": managed})
+    pod["spec"]["containers"][0].update({"env": [{"name": "HF_TOKEN", "value": "hf_abc"}], "command": ["serve"]})
+    pod["spec"]["volumes"] = [{"name": "v", "emptyDir": {}}]
+    api.add("pods", pod)
+    dep = gpu_deployment("secretive", "team-a", gpus=1, replicas=1)
+    dep["metadata"].update({"annotations": last_applied, "managedFields": managed})
+    dep["status"] = {"replicas": 1}
+    api.add("deployments", dep)
+    assert eventually(lambda: "secretive-1" in cache.pods.in_namespace("team-a")
+                      and cache.resolve_object("team-a", "Deployment", "secretive") is not None)
+    cached = cache.pods.in_namespace("team-a")["secretive-1"]
+    assert cached["spec"] == {"containers": [{"name": "c", "resources": {
+        "limits": {"nvidia.com/gpu": "1"}, "requests": {"cpu": "1", "memory": "1Gi"}}}]}
+    assert set(cached["metadata"]) == {"name", "namespace", "resourceVersion", "labels", "ownerReferences"}
+    assert cached["status"] == {"phase": "Running"}
+    deployment = cache.resolve_object("team-a", "Deployment", "secretive")
+    assert deployment is not None and deployment["kind"] == "Deployment"
+    assert deployment["metadata"]["annotations"] == {"deployment.kubernetes.io/revision": "3"}
+    assert "managedFields" not in deployment["metadata"] and "status" not in deployment
+    assert deployment["spec"]["template"]["spec"]["containers"][0]["env"] == [{"name": "SECRET", "value": "x"}]
+    assert cache.resolve_object("team-a", "ConfigMap", "secretive") is None
+    assert cache.resolve_object("team-a", "Deployment", "nowhere") is None
+
+
+def test_pod_ownership_follows_cached_replicasets(api: FakeApi, cache: ClusterCache) -> None:
+    """A pod belongs to a Deployment through its ReplicaSet's controller, not by a name prefix: the
+    pods of `web-canary` are not `web`'s. An owner the cache lacks still goes by the name."""
+    def rs(name: str, deployment: str, revision: str) -> dict:
+        return {"metadata": {"name": name, "namespace": "team-a", "annotations": {
+            "deployment.kubernetes.io/revision": revision}, "ownerReferences": [
+            {"apiVersion": "apps/v1", "kind": "Deployment", "name": deployment, "uid": "u", "controller": True}]},
+            "spec": {"template": {"spec": {"containers": [{"name": "c", "image": "i"}]}}}}
+    api.add("replicasets", rs("web-canary-7f", "web-canary", "1"))
+    api.add("replicasets", rs("web-5d", "web", "1"))
+    api.add("replicasets", rs("web-6e", "web", "2"))
+    api.add("pods", gpu_pod("web-canary-7f-x", "team-a", gpus=2, owner=("ReplicaSet", "web-canary-7f")))
+    api.add("pods", gpu_pod("web-6e-y", "team-a", gpus=1, owner=("ReplicaSet", "web-6e")))
+    assert eventually(lambda: len(cache.pods.in_namespace("team-a")) == 4 and len(cache.owned_replicasets(
+        "team-a", "Deployment", "web")) == 2)
+    web = Resource("apps/v1", "Deployment", "team-a", "web")
+    # the seed's web-6b-1 (2 GPUs, its ReplicaSet not cached) still goes by the name web-*
+    assert cache.gpu_usage("team-a", exclude=web, gpu=GPU) == {"nvidia.com/gpu": Decimal(2)}
+    assert [rs["metadata"]["name"] for rs in cache.owned_replicasets("team-a", "Deployment", "web")] == \
+        ["web-6e", "web-5d"]
+    assert [p["metadata"]["name"] for p in cache.workload_pods("team-a", "web-canary")] == ["web-canary-7f-x"]
+
+
+def test_runtime_class_existence(api: FakeApi, cache: ClusterCache) -> None:
+    assert cache.runtime_class_exists("nvidia") is False
+    api.add("runtimeclasses", {"metadata": {"name": "nvidia"}, "handler": "nvidia"})
+    assert eventually(lambda: cache.runtime_class_exists("nvidia") is True)
+

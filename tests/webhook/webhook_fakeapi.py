@@ -1,7 +1,8 @@
 """A small threaded HTTP server that speaks the Kubernetes API's list and watch JSON.
 
 Enough of the API for the webhook's list+watch caches, served as kube-apiserver serves it:
-- ``GET /api/v1/{namespaces,pods,resourcequotas}`` and ``/apis/resource.k8s.io/v1/{resourceclaims,
+- ``GET /api/v1/{namespaces,pods,resourcequotas}``, ``/apis/apps/v1/{deployments,replicasets,
+  statefulsets}``, ``/apis/node.k8s.io/v1/runtimeclasses`` and ``/apis/resource.k8s.io/v1/{resourceclaims,
   resourceclaimtemplates}``: a ``*List`` with ``metadata.resourceVersion`` and items without
   ``kind``/``apiVersion`` (as the real server lists them);
 - the same with ``?watch=true&resourceVersion=N``: a chunked stream of
@@ -31,11 +32,17 @@ RESOURCES = {
     "/api/v1/namespaces": ("NamespaceList", "v1", "namespaces"),
     "/api/v1/pods": ("PodList", "v1", "pods"),
     "/api/v1/resourcequotas": ("ResourceQuotaList", "v1", "resourcequotas"),
+    "/apis/apps/v1/deployments": ("DeploymentList", "apps/v1", "deployments"),
+    "/apis/apps/v1/replicasets": ("ReplicaSetList", "apps/v1", "replicasets"),
+    "/apis/apps/v1/statefulsets": ("StatefulSetList", "apps/v1", "statefulsets"),
+    "/apis/node.k8s.io/v1/runtimeclasses": ("RuntimeClassList", "node.k8s.io/v1", "runtimeclasses"),
     "/apis/resource.k8s.io/v1/resourceclaims": ("ResourceClaimList", "resource.k8s.io/v1", "resourceclaims"),
     "/apis/resource.k8s.io/v1/resourceclaimtemplates": ("ResourceClaimTemplateList", "resource.k8s.io/v1",
                                                         "resourceclaimtemplates"),
 }
 KINDS = {"namespaces": ("Namespace", "v1"), "pods": ("Pod", "v1"), "resourcequotas": ("ResourceQuota", "v1"),
+         "deployments": ("Deployment", "apps/v1"), "replicasets": ("ReplicaSet", "apps/v1"),
+         "statefulsets": ("StatefulSet", "apps/v1"), "runtimeclasses": ("RuntimeClass", "node.k8s.io/v1"),
          "resourceclaims": ("ResourceClaim", "resource.k8s.io/v1"),
          "resourceclaimtemplates": ("ResourceClaimTemplate", "resource.k8s.io/v1")}
 

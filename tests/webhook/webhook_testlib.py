@@ -167,6 +167,14 @@ def gpu_pod(name: str, namespace: str, *, gpus: int, owner: tuple[str, str] | No
         "status": {"phase": phase}}
 
 
+def gpu_deployment(name: str, namespace: str, *, gpus: int, replicas: int) -> dict:
+    """A Deployment as the API lists it (no kind/apiVersion on list items)."""
+    template = {"metadata": {"labels": {"app": name}}, "spec": {"containers": [{"name": "c", "image": "img",
+                "resources": {"limits": {"nvidia.com/gpu": str(gpus)}}, "env": [{"name": "SECRET", "value": "x"}]}]}}
+    return {"metadata": {"name": name, "namespace": namespace},
+            "spec": {"replicas": replicas, "selector": {"matchLabels": {"app": name}}, "template": template}}
+
+
 # ---- the server ------------------------------------------------------------------------------
 class WebhookServer:
     """``python -m webhook serve`` (gunicorn, TLS) on 127.0.0.1, logs to a file."""
