@@ -51,8 +51,14 @@ REFUSED = Gauge(
 )
 CACHE_SYNCED = Gauge(
     "mlguard_cache_synced",
-    "1 when the cluster cache (namespaces, pods, quotas, DRA claims) has listed and is watching.",
+    "1 when the cluster cache (namespaces, pods, quotas, workloads, RuntimeClasses, DRA claims) has listed "
+    "and is watching.",
     multiprocess_mode="livemin",
+)
+RUNTIMECLASS_MISSING = Gauge(
+    "mlguard_runtimeclass_missing",
+    "1 while mutations.runtimeClassName names a RuntimeClass the cluster does not have (GPU Pods are refused).",
+    multiprocess_mode="livemax",
 )
 POLICY_ERRORS = Counter(
     "mlguard_policy_errors_total",

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import threading
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -14,9 +15,12 @@ from webhook import metrics
 from webhook.admission import Admission
 from webhook.cluster import ClusterCache, api_client
 from webhook.config import ENV_PREFIX, ConfigError, WebhookConfig
+from webhook.logging import get_logger
 from webhook.policystore import PolicyStore
 
 EXTENSION = "mlguard"
+RUNTIMECLASS_RUNBOOK = "runbooks/runtimeclass-missing.md"
+log = get_logger("state")
 
 
 def static_facts(path: Path) -> ManifestFacts:
@@ -34,6 +38,7 @@ class WebhookState:
     store: PolicyStore
     cache: ClusterCache | None
     admission: Admission
+    _warned: str | None = field(default=None, init=False, repr=False)
 
     @classmethod
     def build(cls, config: WebhookConfig, *, facts: ClusterFacts | None = None) -> WebhookState:
@@ -54,6 +59,40 @@ class WebhookState:
         self.store.start()
         if self.cache is not None:
             self.cache.start()
+            threading.Thread(target=self._startup_checks, name="startup-checks", daemon=True).start()
+
+    def _startup_checks(self) -> None:
+        """Once the cache has synced: what the PolicySet asks of the cluster is there (logged)."""
+        if self.cache is not None and self.cache.wait_synced(600):
+            self.warnings()
+
+    def warnings(self) -> list[str]:
+        """What will go wrong although the webhook works (the /readyz detail; logged when it changes)."""
+        found = [w for w in (self._runtime_class_warning(),) if w]
+        current = found[0] if found else None
+        metrics.RUNTIMECLASS_MISSING.set(1 if current else 0)
+        if current != self._warned:
+            if current:
+                log.warning(current, extra={"event": "runtimeclass_missing", "runbook": RUNTIMECLASS_RUNBOOK})
+            elif self._warned:
+                log.info("the RuntimeClass mutations.runtimeClassName names exists now",
+                         extra={"event": "runtimeclass_found"})
+            self._warned = current
+        return found
+
+    def _runtime_class_warning(self) -> str | None:
+        """``mutations.runtimeClassName`` names a RuntimeClass the cluster lacks: the API server's
+        RuntimeClass admission then refuses every GPU Pod mlguard mutates, with a message that does
+        not mention mlguard (a controller's pods fail as FailedCreate events of their ReplicaSet)."""
+        policyset = self.store.current
+        if self.cache is None or policyset is None:
+            return None
+        name = policyset.mutations.get("runtimeClassName")
+        if not name or self.cache.runtime_class_exists(str(name)) is not False:
+            return None  # unset, present, or unknown (RuntimeClasses not listed yet, not served or not granted)
+        return (f"mutations.runtimeClassName sets runtimeClassName {name} on GPU Pods, but the cluster has no "
+                f'RuntimeClass {name}: the API server refuses those Pods (RuntimeClass "{name}" not found); '
+                f"create it or unset mutations.runtimeClassName ({RUNTIMECLASS_RUNBOOK})")
 
     def stop(self) -> None:
         self.store.stop()
@@ -69,6 +108,9 @@ class WebhookState:
             ready = ready and synced
         else:
             detail["cache"] = {"synced": True, "enabled": False}
+        warnings = self.warnings()
+        if warnings:
+            detail["warnings"] = warnings
         detail["ready"] = ready
         detail["dryRun"] = self.config.dry_run or bool(self.store.current and self.store.current.dry_run)
         return ready, detail

@@ -16,6 +16,7 @@ RUNBOOK_PREFIX = "https://github.com/mlguard/mlguard/blob/main/runbooks/"
 REQUIRED_RUNBOOKS = {
     "webhook-unavailable.md", "webhook-latency-high.md", "policyset-reload-refused.md",
     "admission-denied.md", "analysis-provider-errors.md", "drift-alert-investigation.md",
+    "runtimeclass-missing.md",
 }
 # The metrics the services export (fixed contract) plus Prometheus' own `up`.
 KNOWN_METRICS = {
@@ -23,6 +24,7 @@ KNOWN_METRICS = {
     "mlguard_admission_duration_seconds_count", "mlguard_admission_duration_seconds_sum",
     "mlguard_violations_total", "mlguard_policyset_reloads_total", "mlguard_policyset_refused",
     "mlguard_cache_synced", "mlguard_policy_errors_total", "mlguard_break_glass_total",
+    "mlguard_runtimeclass_missing",
     "mlguard_analysis_requests_total", "mlguard_analysis_duration_seconds_bucket",
     "mlguard_analysis_duration_seconds_count", "mlguard_analysis_duration_seconds_sum",
     "mlguard_analysis_source_errors_total", "mlguard_webhook_connections", "mlguard_webhook_connection_limit",

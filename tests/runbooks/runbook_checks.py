@@ -27,7 +27,7 @@ import yaml
 MLGUARD_METRICS = frozenset({
     "mlguard_admission_requests_total", "mlguard_violations_total",
     "mlguard_policyset_reloads_total", "mlguard_policyset_refused", "mlguard_cache_synced",
-    "mlguard_policy_errors_total", "mlguard_break_glass_total",
+    "mlguard_policy_errors_total", "mlguard_break_glass_total", "mlguard_runtimeclass_missing",
     "mlguard_analysis_requests_total", "mlguard_analysis_source_errors_total", "mlguard_analysis_rejected_total",
     "mlguard_webhook_connections", "mlguard_webhook_connection_limit",
     "mlguard_webhook_connections_saturated_total", "mlguard_webhook_connections_closed_total",

@@ -30,8 +30,9 @@ def test_runbooks_use_every_fixed_metric() -> None:
     for name in ("mlguard_admission_requests_total", "mlguard_admission_duration_seconds_bucket",
                  "mlguard_violations_total", "mlguard_policyset_reloads_total", "mlguard_policyset_refused",
                  "mlguard_cache_synced", "mlguard_policy_errors_total", "mlguard_break_glass_total",
-                 "mlguard_analysis_requests_total", "mlguard_analysis_duration_seconds_bucket",
-                 "mlguard_analysis_source_errors_total", "mlguard_analysis_rejected_total"):
+                 "mlguard_runtimeclass_missing", "mlguard_analysis_requests_total",
+                 "mlguard_analysis_duration_seconds_bucket", "mlguard_analysis_source_errors_total",
+                 "mlguard_analysis_rejected_total"):
         assert name in used, f"no runbook query uses {name}"
 
 

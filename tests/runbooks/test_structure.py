@@ -31,7 +31,7 @@ REQUIRED = (
     "gpu-node-failure", "model-rollback-via-canary", "quantization-quality-regression",
     "drift-alert-investigation", "webhook-unavailable", "webhook-latency-high", "admission-denied",
     "gpu-quota-exhausted", "pod-pending-gpu", "policyset-reload-refused", "analysis-provider-errors",
-    "eval-attestation-rejected",
+    "eval-attestation-rejected", "runtimeclass-missing",
 )
 # Policies explained in admission-denied.md under a heading that is their id, with a before/after fix.
 DENIAL_SECTIONS = (

@@ -223,3 +223,25 @@ def test_runtime_class_existence(api: FakeApi, cache: ClusterCache) -> None:
     api.add("runtimeclasses", {"metadata": {"name": "nvidia"}, "handler": "nvidia"})
     assert eventually(lambda: cache.runtime_class_exists("nvidia") is True)
 
+
+def test_readyz_warns_while_the_runtime_class_is_missing(api: FakeApi, tmp_path: Path) -> None:
+    """The test PolicySet sets mutations.runtimeClassName: nvidia. Without that RuntimeClass in the
+    cluster the webhook stays ready (it works) but warns, in /readyz and the gauge, until it exists."""
+    app = create_app({"POLICYSET": str(TEST_POLICYSET), "CLUSTER_CACHE": "true",
+                      "KUBECONFIG": kubeconfig_for(api, tmp_path)})
+    state = app.extensions["mlguard"]
+    try:
+        client = app.test_client()
+        assert eventually(lambda: client.get("/readyz").status_code == 200, timeout=10)
+        detail = client.get("/readyz").get_json()
+        assert detail["ready"] is True
+        assert len(detail["warnings"]) == 1
+        assert detail["warnings"][0].startswith("mutations.runtimeClassName sets runtimeClassName nvidia on GPU Pods, "
+                                                "but the cluster has no RuntimeClass nvidia")
+        assert "runbooks/runtimeclass-missing.md" in detail["warnings"][0]
+        assert b"mlguard_runtimeclass_missing 1.0" in client.get("/metrics").data
+        api.add("runtimeclasses", {"metadata": {"name": "nvidia"}, "handler": "nvidia"})
+        assert eventually(lambda: "warnings" not in client.get("/readyz").get_json())
+        assert b"mlguard_runtimeclass_missing 0.0" in client.get("/metrics").data
+    finally:
+        state.stop()
