@@ -1,17 +1,25 @@
 """gunicorn settings for the admission webhook (``python -m webhook serve`` uses this file).
 
-Worker model: 2 processes (one per core; policy evaluation is CPU-bound Python, so processes are
-what buys throughput) of ``webhook.worker.EventLoopWorker``: one selector loop per process reads
-every connection with deadlines (TLS handshake 3 s, a request's headers and body 4 s from its first
-byte) and hands complete requests to 4 app threads, so slow clients cost a file descriptor, not a
-thread; at most ``worker_connections`` (512) open connections per worker. Chosen by measuring
-against gunicorn's gthread worker and an app-in-the-loop variant (tests/benchmarks/bench_webhook.py,
+Worker model: ``webhook.worker.EventLoopWorker``: one selector loop per process reads every
+connection with deadlines (TLS handshake 3 s, a request's headers and body 4 s from its first byte)
+and hands complete requests to 4 app threads, so slow clients cost a file descriptor, not a thread;
+at most ``worker_connections`` (512) open connections per worker. Chosen by measuring against
+gunicorn's gthread worker and an app-in-the-loop variant (tests/benchmarks/bench_webhook.py,
 bench_webhook_cpu.py, bench_slow_clients.py; see webhook/worker.py).
 ``MLGUARD_WEBHOOK_WORKER_CLASS=gthread`` brings the thread worker back for comparison (it has no
 read deadlines); ``MLGUARD_WEBHOOK_THREADS=1`` runs the app in the loop thread.
-With several workers, prometheus_client runs in multiprocess mode: ``PROMETHEUS_MULTIPROC_DIR``
-is set here, before any worker imports prometheus_client, and cleaned at start.
-(``tests/benchmarks/bench_webhook.py --configs 1x4`` measures the one-worker alternative.)
+
+Processes. With the cluster cache on (``MLGUARD_WEBHOOK_CLUSTER_CACHE=true``, as deployed): ONE
+worker process, so a pod holds one cache. Every worker process would run its own list+watch of
+every cached kind (N x the watches on the API server, N x the memory, see
+tests/benchmarks/bench_cache.py) and its own PolicySet reload, and two requests in a row could be
+judged on different views of quota usage or on different PolicySets. Policy evaluation is
+CPU-bound Python, so one process uses about one core: the base Deployment's CPU limit is 1 core
+anyway, and more throughput comes from more replicas (each with its own cache), not more workers.
+Without the cache (static or no cluster facts): 2 processes, one per core.
+``MLGUARD_WEBHOOK_WORKERS`` overrides both; README "Benchmarks" has the measured price.
+prometheus_client runs in multiprocess mode: ``PROMETHEUS_MULTIPROC_DIR`` is set here, before any
+worker imports prometheus_client, and cleaned at start.
 
 TLS: ``MLGUARD_WEBHOOK_CERT`` / ``MLGUARD_WEBHOOK_KEY``; TLS 1.2 minimum; a rotated certificate is
 picked up by new connections without a restart (see webhook/tls.py). Keep-alive 75 s: the API
@@ -24,7 +32,8 @@ import tempfile
 from typing import Any
 
 bind = os.environ.get("MLGUARD_WEBHOOK_BIND", "0.0.0.0:8443")
-workers = int(os.environ.get("MLGUARD_WEBHOOK_WORKERS", "2"))
+_cache_on = os.environ.get("MLGUARD_WEBHOOK_CLUSTER_CACHE", "").strip().lower() in ("true", "1", "yes", "on")
+workers = int(os.environ.get("MLGUARD_WEBHOOK_WORKERS", "1" if _cache_on else "2"))
 worker_class = os.environ.get("MLGUARD_WEBHOOK_WORKER_CLASS", "webhook.worker.EventLoopWorker")
 threads = int(os.environ.get("MLGUARD_WEBHOOK_THREADS", "4"))  # app threads per worker
 worker_connections = int(os.environ.get("MLGUARD_WEBHOOK_MAX_CONNECTIONS", "512"))
