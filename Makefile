@@ -37,8 +37,8 @@ bench-stats:
 # Debian's `kubernetes` source package into $(MLGUARD_E2E_CACHE) (default /var/cache/mlguard-e2e,
 # outside the clone; rebuilt when the source version changes), Debian's etcd, the webhook registered
 # from the prod overlay, and tests/e2e driven with kubectl. Prints the kubectl transcript at the end.
-# Not part of `make test` (pyproject's addopts ignore tests/e2e; this target clears them).
-E2E_PYTEST = $(PYTHON) -m pytest -o addopts="" -ra --strict-markers --import-mode=importlib -p no:cacheprovider
+# Not part of `make test`: pyproject's addopts ignore tests/e2e unless it is named, as here.
+E2E_PYTEST = $(PYTHON) -m pytest -p no:cacheprovider
 e2e:
 	scripts/setup.sh --test
 	@bin=$$(scripts/e2e-build.sh) || { echo "make e2e: FAILED at step: build Kubernetes from Debian's source package (scripts/e2e-build.sh)" >&2; exit 1; }; \

@@ -30,6 +30,7 @@ Pods still Pending count: the quota holds them.
 from __future__ import annotations
 
 import json
+import sys
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -51,7 +52,7 @@ TERMINATED_PHASES = ("Succeeded", "Failed")
 DRA_VERSIONS = ("v1", "v1beta2", "v1beta1")
 
 Obj = dict[str, Any]
-Trim = Callable[[Obj], Obj]
+Trim = Callable[[Obj], Obj | None]   # None: the object is not kept
 LAST_APPLIED = "kubectl.kubernetes.io/last-applied-configuration"
 OWNER_FIELDS = ("apiVersion", "kind", "name", "controller")
 POD_CONTAINER_FIELDS = ("name", "resources", "restartPolicy")
@@ -102,16 +103,20 @@ class Informer:
         self._thread: threading.Thread | None = None
 
     # ---- store -------------------------------------------------------------------------------
-    def _normalize(self, obj: Obj) -> Obj:
-        if self.trim is not None:
-            obj = self.trim(obj)
-        obj["kind"] = self.kind                    # list items carry no kind/apiVersion
-        obj["apiVersion"] = self.api_version
-        return obj
+    def _normalize(self, obj: Obj) -> Obj | None:
+        kept = self.trim(obj) if self.trim is not None else obj
+        if kept is not None:
+            kept["kind"] = self.kind                # list items carry no kind/apiVersion
+            kept["apiVersion"] = self.api_version
+        return kept
 
     def _put(self, obj: Obj) -> None:
+        kept = self._normalize(obj)
+        if kept is None:   # no longer worth keeping (a pod that terminated)
+            self._delete(obj)
+            return
         meta = _meta(obj)
-        self.store.setdefault(str(meta.get("namespace") or ""), {})[str(meta.get("name"))] = self._normalize(obj)
+        self.store.setdefault(str(meta.get("namespace") or ""), {})[str(meta.get("name"))] = kept
         self.version += 1
 
     def _delete(self, obj: Obj) -> None:
@@ -124,7 +129,8 @@ class Informer:
 
     # ---- list + watch -------------------------------------------------------------------------
     def _list(self) -> None:
-        items: list[Obj] = []
+        """List in pages of 500, trimming each page as it arrives: the raw list is never held whole."""
+        store: dict[str, dict[str, Obj]] = {}
         token: str | None = None
         while True:
             kwargs: dict[str, Any] = {"limit": 500, "_preload_content": False, "_request_timeout": (5, 60)}
@@ -132,14 +138,14 @@ class Informer:
                 kwargs["_continue"] = token
             resp = self.list_fn(*self.args, **kwargs)
             body = json.loads(resp.data)
-            items.extend(i for i in body.get("items") or [] if isinstance(i, dict))
+            for obj in body.get("items") or []:
+                kept = self._normalize(obj) if isinstance(obj, dict) else None
+                if kept is not None:
+                    meta = _meta(obj)
+                    store.setdefault(str(meta.get("namespace") or ""), {})[str(meta.get("name"))] = kept
             token = (body.get("metadata") or {}).get("continue")
             if not token:
                 break
-        store: dict[str, dict[str, Obj]] = {}
-        for obj in items:
-            meta = _meta(obj)
-            store.setdefault(str(meta.get("namespace") or ""), {})[str(meta.get("name"))] = self._normalize(obj)
         self.store = store
         self.version += 1
         self.resource_version = str((body.get("metadata") or {}).get("resourceVersion") or "") or None
@@ -246,21 +252,41 @@ class Informer:
 
 
 # ---- what is kept of each object ---------------------------------------------------------------
+def _intern(value: Any) -> Any:
+    """One copy of a string repeated across objects (namespace names, label values, quantities)."""
+    return sys.intern(value) if isinstance(value, str) else value
+
+
+def _interned_map(values: Any) -> Obj:
+    return {sys.intern(str(k)): _intern(v) for k, v in values.items()} if isinstance(values, Mapping) else {}
+
+
 def trim_metadata(meta: Any, *, annotations: bool = True) -> Obj:
     """name, namespace, resourceVersion, labels, owners and (unless told not to) annotations other
     than kubectl's last-applied copy; never managedFields."""
     if not isinstance(meta, Mapping):
         return {}
-    out: Obj = {k: meta[k] for k in ("name", "namespace", "resourceVersion", "labels") if k in meta}
-    refs = meta.get("ownerReferences")
-    if isinstance(refs, list):
-        out["ownerReferences"] = [{k: r[k] for k in OWNER_FIELDS if k in r} for r in refs if isinstance(r, Mapping)]
+    out: Obj = {k: meta[k] for k in ("name", "resourceVersion") if k in meta}
+    if "namespace" in meta:
+        out["namespace"] = _intern(meta["namespace"])
+    if isinstance(meta.get("labels"), Mapping):
+        out["labels"] = _interned_map(meta["labels"])
+    refs = _owners(meta, OWNER_FIELDS)
+    if refs:
+        out["ownerReferences"] = refs
     kept = meta.get("annotations")
     if annotations and isinstance(kept, Mapping):
         kept = {k: v for k, v in kept.items() if k != LAST_APPLIED}
         if kept:
             out["annotations"] = kept
     return out
+
+
+def _owners(meta: Mapping[str, Any], fields: tuple[str, ...]) -> list[Obj]:
+    refs = meta.get("ownerReferences")
+    if not isinstance(refs, list):
+        return []
+    return [{k: _intern(r[k]) for k in fields if k in r} for r in refs if isinstance(r, Mapping)]
 
 
 def keep_metadata(obj: Obj) -> Obj:
@@ -277,22 +303,57 @@ def keep_spec(obj: Obj) -> Obj:
     return out
 
 
-def trim_pod(obj: Obj) -> Obj:
-    """What GPU counting reads of another pod: containers' names, resources and restartPolicy (a
-    sidecar), resourceClaims, phase, owners and labels. No env, command, volumes or annotations."""
+def _extended_resources(container: Mapping[str, Any]) -> Obj:
+    """A container's extended resources (domain-qualified names: every GPU resource is one; cpu,
+    memory, ephemeral-storage and hugepages never are) and its DRA claims."""
+    resources = container.get("resources")
+    if not isinstance(resources, Mapping):
+        return {}
+    out: Obj = {}
+    for section in ("requests", "limits"):
+        values = resources.get(section)
+        if isinstance(values, Mapping):
+            kept = {sys.intern(k): _intern(v) for k, v in values.items() if isinstance(k, str) and "/" in k}
+            if kept:
+                out[section] = kept
+    if resources.get("claims"):
+        out["claims"] = resources["claims"]
+    return out
+
+
+def trim_pod(obj: Obj) -> Obj | None:
+    """What GPU counting and ownership read of another pod: the extended resources and DRA claims of
+    its containers (a sidecar's restartPolicy with them), its resourceClaims, phase and owners.
+    No env, command, volumes, labels or annotations. A terminated pod holds nothing: not kept."""
+    status = obj.get("status")
+    phase = status.get("phase") if isinstance(status, Mapping) else None
+    if phase in TERMINATED_PHASES:
+        return None
     found = obj.get("spec")
     spec: Mapping[str, Any] = found if isinstance(found, Mapping) else {}
     kept: Obj = {}
     for section in ("initContainers", "containers"):
         items = spec.get(section)
-        if isinstance(items, list):
-            kept[section] = [{k: c[k] for k in POD_CONTAINER_FIELDS if k in c} for c in items if isinstance(c, Mapping)]
+        containers = []
+        for c in items if isinstance(items, list) else []:
+            resources = _extended_resources(c) if isinstance(c, Mapping) else {}
+            if resources:
+                entry: Obj = {"resources": resources}
+                if section == "initContainers" and "restartPolicy" in c:
+                    entry["restartPolicy"] = _intern(c["restartPolicy"])
+                containers.append(entry)
+        if containers:
+            kept[section] = containers
     if spec.get("resourceClaims"):
         kept["resourceClaims"] = spec["resourceClaims"]
-    status = obj.get("status")
-    phase = status.get("phase") if isinstance(status, Mapping) else None
-    return {"metadata": trim_metadata(obj.get("metadata"), annotations=False), "spec": kept,
-            "status": {"phase": phase} if phase else {}}
+    meta = _meta(obj)
+    slim: Obj = {k: meta[k] for k in ("name", "resourceVersion") if k in meta}
+    if "namespace" in meta:
+        slim["namespace"] = _intern(meta["namespace"])
+    refs = _owners(meta, ("kind", "name", "controller"))
+    if refs:
+        slim["ownerReferences"] = refs
+    return {"metadata": slim, "spec": kept, "status": {"phase": _intern(phase)} if phase else {}}
 
 
 @dataclass(frozen=True)

@@ -227,6 +227,7 @@ class ControlPlane:
     bin_dir: Path
     etcd_on_tmpfs: bool = True            # etcd's fsyncs dominate bulk creation; a test cluster needs no durability
     apiserver_args: Sequence[str] = ()
+    controllers: bool = True              # kube-controller-manager (the scale benchmark creates pods itself)
     processes: list[Process] = field(default_factory=list)
 
     def __post_init__(self) -> None:
@@ -256,7 +257,8 @@ class ControlPlane:
         try:
             self._start_etcd()
             self._start_apiserver()
-            self._start_controller_manager()
+            if self.controllers:
+                self._start_controller_manager()
         except BaseException:
             self.stop()
             raise

@@ -165,8 +165,9 @@ def test_not_synced_means_not_ready(api: FakeApi, tmp_path: Path) -> None:
 
 
 def test_cache_keeps_what_policies_read_and_no_more(api: FakeApi, cache: ClusterCache) -> None:
-    """Other pods' env values, commands, annotations and every object's managedFields and kubectl
-    last-applied copy never reach the cache; a workload keeps its template (a Rollout may reference it)."""
+    """Other pods' env values, commands, labels, annotations, cpu and memory, terminated pods, and
+    every object's managedFields and kubectl last-applied copy never reach the cache; a workload
+    keeps its template (a Rollout may reference it)."""
     last_applied = {"kubectl.kubernetes.io/last-applied-configuration": "{...the whole object...}",
                     "deployment.kubernetes.io/revision": "3"}
     managed = [{"manager": "kubectl", "operation": "Update", "fieldsV1": {"f:spec": {}}}]
@@ -182,10 +183,12 @@ def test_cache_keeps_what_policies_read_and_no_more(api: FakeApi, cache: Cluster
     assert eventually(lambda: "secretive-1" in cache.pods.in_namespace("team-a")
                       and cache.resolve_object("team-a", "Deployment", "secretive") is not None)
     cached = cache.pods.in_namespace("team-a")["secretive-1"]
-    assert cached["spec"] == {"containers": [{"name": "c", "resources": {
-        "limits": {"nvidia.com/gpu": "1"}, "requests": {"cpu": "1", "memory": "1Gi"}}}]}
-    assert set(cached["metadata"]) == {"name", "namespace", "resourceVersion", "labels", "ownerReferences"}
+    # extended resources only (every GPU resource name is domain-qualified), no container name
+    assert cached["spec"] == {"containers": [{"resources": {"limits": {"nvidia.com/gpu": "1"}}}]}
+    assert set(cached["metadata"]) == {"name", "namespace", "resourceVersion", "ownerReferences"}
+    assert cached["metadata"]["ownerReferences"] == [{"kind": "ReplicaSet", "name": "secretive-5c", "controller": True}]
     assert cached["status"] == {"phase": "Running"}
+    assert "done-1" not in cache.pods.in_namespace("team-a")   # a Failed pod holds nothing: not kept
     deployment = cache.resolve_object("team-a", "Deployment", "secretive")
     assert deployment is not None and deployment["kind"] == "Deployment"
     assert deployment["metadata"]["annotations"] == {"deployment.kubernetes.io/revision": "3"}
@@ -208,7 +211,7 @@ def test_pod_ownership_follows_cached_replicasets(api: FakeApi, cache: ClusterCa
     api.add("replicasets", rs("web-6e", "web", "2"))
     api.add("pods", gpu_pod("web-canary-7f-x", "team-a", gpus=2, owner=("ReplicaSet", "web-canary-7f")))
     api.add("pods", gpu_pod("web-6e-y", "team-a", gpus=1, owner=("ReplicaSet", "web-6e")))
-    assert eventually(lambda: len(cache.pods.in_namespace("team-a")) == 4 and len(cache.owned_replicasets(
+    assert eventually(lambda: len(cache.pods.in_namespace("team-a")) == 3 and len(cache.owned_replicasets(
         "team-a", "Deployment", "web")) == 2)
     web = Resource("apps/v1", "Deployment", "team-a", "web")
     # the seed's web-6b-1 (2 GPUs, its ReplicaSet not cached) still goes by the name web-*
