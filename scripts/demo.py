@@ -203,10 +203,18 @@ LABELS = {"app": "llama", "team": "search", "cost-center": "cc-1042"}
 
 
 def denied_deployment() -> dict[str, Any]:
+    """A sidecar without a GPU that sees every GPU of the node: the API server accepts it, mlguard
+    does not. (A GPU in requests only would never reach the webhook for a Deployment: the API server
+    refuses it itself.)"""
+    spec = pod_spec(limits=True)
+    spec["containers"].append({"name": "log-shipper", "image": "registry.example.com/fluent-bit@sha256:" + "2c" * 32,
+                               "env": [{"name": "NVIDIA_VISIBLE_DEVICES", "value": "all"}],
+                               "resources": {"requests": {"cpu": "100m", "memory": "64Mi"},
+                                             "limits": {"memory": "64Mi"}}})
     return {"apiVersion": "apps/v1", "kind": "Deployment",
             "metadata": {"name": "llama-8b", "namespace": "ml-serving", "labels": {"app": "llama"}},
             "spec": {"replicas": 2, "selector": {"matchLabels": {"app": "llama"}},
-                     "template": {"metadata": {"labels": LABELS}, "spec": pod_spec(limits=False)}}}
+                     "template": {"metadata": {"labels": LABELS}, "spec": spec}}}
 
 
 def allowed_pod() -> dict[str, Any]:
@@ -322,7 +330,7 @@ def main(argv: list[str] | None = None) -> int:
               f"{analysis_url}/v1/analyses/<check>; log {analysis_log})")
 
         denied = exchange(session, base + "/validate", review(denied_deployment()),
-                          "1. a Deployment asking for a GPU in requests only -> /validate")
+                          "1. a Deployment whose log shipper sees every GPU (NVIDIA_VISIBLE_DEVICES=all) -> /validate")
         allowed = exchange(session, base + "/validate", review(allowed_pod()),
                            "2. a Pod with GPU limits, requests and probes -> /validate")
         mutated = exchange(session, base + "/mutate", review(allowed_pod()),

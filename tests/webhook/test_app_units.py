@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 from prometheus_client import REGISTRY
-from webhook_testlib import TEST_POLICYSET, container, pod, pod_spec, review
+from webhook_testlib import TEST_POLICYSET, container, pod, pod_spec, review, too_many
 
 from policies.context import ManifestFacts
 from policies.registry import all_policies
@@ -33,7 +33,7 @@ def _validate(client, body: dict) -> dict:
     return resp.get_json()["response"]
 
 
-BAD = pod("bad", spec=pod_spec(container("a", gpus=None, requests_gpus=1)))
+BAD = pod("bad", spec=pod_spec(too_many("a")))
 
 
 def test_a_policy_that_raises_denies_and_is_counted(monkeypatch: pytest.MonkeyPatch) -> None:

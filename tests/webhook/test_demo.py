@@ -28,7 +28,7 @@ def test_demo_runs_end_to_end() -> None:
     assert "demo OK" in out
     denied, allowed, mutated = out.split("\n## ")[1:4]
     assert "allowed:  false" in denied and "status:   403" in denied
-    assert "gpu-limits: spec.template.spec.containers[0].resources.limits" in denied
+    assert "gpu-isolation: spec.template.spec.containers[1].env[0].value" in denied
     assert "allowed:  true" in allowed and "patch:    (none)" in allowed
     assert '"path": "/spec/tolerations"' in mutated
     assert ("analysis: http://127.0.0.1:" in out) or ("analysis: NOT STARTED" in out)

@@ -13,10 +13,10 @@ from pathlib import Path
 
 import pytest
 import trustme
-from webhook_testlib import TEST_POLICYSET, WebhookServer, container, metric, pod, pod_spec, review
+from webhook_testlib import TEST_POLICYSET, WebhookServer, metric, pod, pod_spec, review, too_many
 
 pytestmark = pytest.mark.integration
-BAD = pod("bad", spec=pod_spec(container("a", gpus=None, requests_gpus=1)), namespace="team-c")
+BAD = pod("bad", spec=pod_spec(too_many("a")), namespace="team-c")
 
 
 def swap(path: Path, text: str) -> None:

@@ -57,6 +57,16 @@ def container(name: str = "server", *, gpus: int | str | None = 1, requests_gpus
 
 
 COST = {"team": "search", "cost-center": "cc-1234"}
+# What the webhook denies in these tests: more GPUs than the test PolicySet's maxPerContainer (8).
+# The API server accepts it, so a real webhook sees it. (A GPU in requests only, or a fractional
+# GPU, never reaches a webhook for a Pod or a built-in workload: the API server's own validation
+# refuses it first; tests/e2e shows both. Only custom resources such as a Rollout carry them here.)
+OVER_LIMIT = 9
+
+
+def too_many(name: str = "a") -> dict[str, Any]:
+    """A container the API server accepts and gpu-limits denies (9 GPUs, more than 8 per container)."""
+    return container(name, gpus=OVER_LIMIT)
 
 
 def pod_spec(*containers: dict[str, Any]) -> dict[str, Any]:

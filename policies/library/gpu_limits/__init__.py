@@ -24,7 +24,13 @@ class GpuLimits(Policy):
                    "equals the limit; quantities are whole; at most maxPerContainer per container and maxPerPod "
                    "per pod (DRA GPU claims included). Zero is no GPU and needs no limit. Every pod-carrying kind "
                    "is checked (KubeRay, Kubeflow, JobSet, Trainer, KServe, Knative, Volcano, Argo Workflows, and "
-                   "any kind found by the generic search).")
+                   "any kind found by the generic search). Where each part fires: for a Pod and the built-in "
+                   "workloads (Deployment, StatefulSet, Job, ...) the API server itself refuses a GPU in "
+                   "requests only, unequal requests and limits, or a fraction ('Limit must be set for non "
+                   "overcommitable resources') before any webhook runs, so at admission this policy denies "
+                   "those only in custom resources (Rollout, InferenceService, RayCluster, ...), whose "
+                   "pod templates the API server does not validate; mlguard check denies them for every kind "
+                   "in CI, before a sync fails. The per-container and per-pod maximums fire everywhere.")
     params_schema = {
         "type": "object",
         "additionalProperties": False,
