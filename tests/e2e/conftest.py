@@ -7,6 +7,10 @@ project's own RBAC) serve the session. The webhook configurations are the ones t
 ships (failurePolicy Fail), converted for 1.20 (url clientConfig + caBundle, no matchConditions).
 Each test gets its own namespace with a GPU ResourceQuota.
 
+A case that runs the mlguard CLI against the live cluster (``mlguard facts --kubeconfig``, ``mlguard
+audit``) uses ``env.mlguard(...)`` with ``env.cp.admin_kubeconfig`` (or a user's, from
+``env.cp.kubeconfig(env.cp.pki.client(user, group))``); its output goes into the transcript.
+
 Never a silent skip: a skipped e2e test is reported as a failure (see pytest_runtest_makereport).
 The kubectl transcript is printed at the end of the run and written to $MLGUARD_E2E_ARTIFACTS
 (default: the session's temporary directory).

@@ -396,10 +396,10 @@ class Webhook:
         self.log = workdir / f"webhook-{self.port}.log"
         self.proc: Process | None = None
 
-    def start(self, *, step: str = "start the webhook") -> Webhook:
+    def start(self, *, step: str = "start the webhook", timeout: float = 60) -> Webhook:
         self.proc = Process("webhook", self.argv, log=self.log, env=self.env, cwd=REPO)
         self.proc.wait_until(f"{step} (gunicorn over TLS, /readyz: PolicySet loaded, cache synced)",
-                             lambda: _https_ok(self.url + "/readyz", ca=self.cp.pki.ca_path), timeout=60)
+                             lambda: _https_ok(self.url + "/readyz", ca=self.cp.pki.ca_path), timeout=timeout)
         return self
 
     def get(self, path: str) -> tuple[int, dict[str, Any]]:
