@@ -303,6 +303,18 @@ def keep_spec(obj: Obj) -> Obj:
     return out
 
 
+def trim_replicaset(obj: Obj) -> Obj:
+    """A ReplicaSet a Deployment controls keeps its metadata and replicas only: its pod template is
+    the Deployment's (cached itself), and a Deployment keeps up to revisionHistoryLimit (10) old
+    ones. Any other ReplicaSet (a Rollout's, or a bare one a workloadRef may name) keeps its spec."""
+    out = keep_spec(obj)
+    controller = _controller(out)
+    spec = out.get("spec")
+    if controller is not None and controller.get("kind") == "Deployment" and isinstance(spec, Mapping):
+        out["spec"] = {"replicas": spec.get("replicas")}
+    return out
+
+
 def _extended_resources(container: Mapping[str, Any]) -> Obj:
     """A container's extended resources (domain-qualified names: every GPU resource is one; cpu,
     memory, ephemeral-storage and hugepages never are) and its DRA claims."""
@@ -379,7 +391,7 @@ CACHED: tuple[Cached, ...] = (
     Cached("deployments", "Deployment", "apps/v1",
            lambda api: client.AppsV1Api(api).list_deployment_for_all_namespaces, keep_spec),
     Cached("replicasets", "ReplicaSet", "apps/v1",
-           lambda api: client.AppsV1Api(api).list_replica_set_for_all_namespaces, keep_spec),
+           lambda api: client.AppsV1Api(api).list_replica_set_for_all_namespaces, trim_replicaset),
     Cached("statefulsets", "StatefulSet", "apps/v1",
            lambda api: client.AppsV1Api(api).list_stateful_set_for_all_namespaces, keep_spec),
     Cached("runtimeclasses", "RuntimeClass", "node.k8s.io/v1",

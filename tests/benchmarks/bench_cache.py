@@ -3,9 +3,10 @@
 
     python tests/benchmarks/bench_cache.py [--sizes 10000,50000] [--namespaces 1000] [--requests 2000]
 
-Creates 1,000 namespaces, then Pods up to each size (spread evenly, a quarter of them with a GPU,
-each shaped like a vLLM pod a ReplicaSet made: env, args, probes, volumes, owner), and one GPU
-ResourceQuota per namespace. At each size it prints:
+Creates 1,000 namespaces, each with a vLLM Deployment (applied with kubectl, so it carries the
+last-applied copy) and four ReplicaSets of it, then Pods up to each size (spread evenly, a quarter
+of them with a GPU, each shaped like a vLLM pod a ReplicaSet made: env, args, probes, volumes,
+owner), and one GPU ResourceQuota per namespace. At each size it prints:
 
 - the cache alone, in a fresh process each (``--measure``): objects, sync time (list of every
   cached kind), resident memory the objects take (VmRSS after sync and a GC, minus before start,
@@ -105,6 +106,28 @@ def bench_pod(ns: str, index: int) -> dict[str, Any]:
     }
 
 
+def bench_workloads(ns: str) -> list[tuple[str, dict[str, Any]]]:
+    """One vLLM Deployment per namespace and the ReplicaSets a Deployment keeps: the current one and
+    three old revisions at 0 replicas (revisionHistoryLimit is 10 by default)."""
+    pod = bench_pod(ns, 0)
+    template = {"metadata": {"labels": pod["metadata"]["labels"]}, "spec": pod["spec"]}
+    dep = {"apiVersion": "apps/v1", "kind": "Deployment",
+           "metadata": {"name": "llm", "namespace": ns, "labels": {"app": "llm-0"},
+                        "annotations": {"kubectl.kubernetes.io/last-applied-configuration": json.dumps(
+                            {"kind": "Deployment", "spec": {"template": template}})}},
+           "spec": {"replicas": 0, "selector": {"matchLabels": {"app": "llm-0"}}, "template": template}}
+    out = [(f"/apis/apps/v1/namespaces/{ns}/deployments", dep)]
+    for revision in range(1, 5):
+        out.append((f"/apis/apps/v1/namespaces/{ns}/replicasets", {
+            "apiVersion": "apps/v1", "kind": "ReplicaSet",
+            "metadata": {"name": f"llm-{revision}f7c9d", "namespace": ns, "labels": {"app": "llm-0"},
+                         "annotations": {"deployment.kubernetes.io/revision": str(revision)},
+                         "ownerReferences": [{"apiVersion": "apps/v1", "kind": "Deployment", "name": "llm",
+                                              "uid": "00000000-0000-4000-8000-000000000099", "controller": True}]},
+            "spec": {"replicas": 0, "selector": {"matchLabels": {"app": "llm-0"}}, "template": template}}))
+    return out
+
+
 def review_body(ns: str) -> bytes:
     container = {"name": "vllm", "image": "registry.example.com/vllm/vllm-openai@sha256:" + "4f" * 32,
                  "resources": {"requests": {"cpu": "4", "memory": "24Gi"},
@@ -164,6 +187,9 @@ class Filler:
     def namespaces(self, n: int) -> None:
         self.create(*[("/api/v1/namespaces", {"metadata": {"name": namespace_name(i), "labels": {
             "team": f"team-{i % 50}"}}}) for i in range(n)])
+
+    def workloads(self, n: int) -> None:
+        self.create(*[w for i in range(n) for w in bench_workloads(namespace_name(i))])
 
     def pods(self, start: int, stop: int, namespaces: int) -> float:
         began = time.perf_counter()
@@ -319,10 +345,12 @@ def main() -> int:
                        "items": rbac}), text=True, check=True, capture_output=True)
         filler = Filler(cp)
         filler.namespaces(args.namespaces)
+        filler.workloads(args.namespaces)
         filler.quotas(args.namespaces, create=True)
         empty = webhook_figures(cp, work, args.namespaces, min(args.requests, 500))
         base = {v: cache_in_subprocess(cp.admin_kubeconfig, v) for v in ("before", "after")}
-        print(f"kube-apiserver {cp.server}, {args.namespaces} namespaces and quotas, no pods: webhook worker RSS "
+        print(f"kube-apiserver {cp.server}, {args.namespaces} namespaces, quotas and Deployments (each with 4 "
+              f"ReplicaSets), no pods: webhook worker RSS "
               f"{empty['worker_rss_mib']} MiB; a cache process +{base['before']['cache_mib']} / "
               f"+{base['after']['cache_mib']} MiB (before / after): the baselines subtracted below")
         created = 0

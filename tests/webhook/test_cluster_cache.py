@@ -248,3 +248,19 @@ def test_readyz_warns_while_the_runtime_class_is_missing(api: FakeApi, tmp_path:
         assert b"mlguard_runtimeclass_missing 0.0" in client.get("/metrics").data
     finally:
         state.stop()
+
+
+def test_replicasets_keep_a_template_only_when_no_deployment_holds_it(api: FakeApi, cache: ClusterCache) -> None:
+    """A Deployment's ReplicaSets (up to 10 old ones each) keep metadata and replicas; a Rollout's keep
+    their template, the one a /scale of the Rollout is sized by."""
+    template = {"spec": {"containers": [{"name": "c", "image": "i", "resources": {"limits": {"nvidia.com/gpu": "2"}}}]}}
+
+    def rs(name: str, kind: str, owner: str) -> dict:
+        return {"metadata": {"name": name, "namespace": "team-a", "ownerReferences": [
+            {"apiVersion": "x", "kind": kind, "name": owner, "uid": "u", "controller": True}]},
+            "spec": {"replicas": 3, "template": template}}
+    api.add("replicasets", rs("web-5d", "Deployment", "web"))
+    api.add("replicasets", rs("llm-7c", "Rollout", "llm"))
+    assert eventually(lambda: len(cache.replicasets.in_namespace("team-a")) == 2)
+    assert cache.resolve_object("team-a", "ReplicaSet", "web-5d")["spec"] == {"replicas": 3}
+    assert cache.owned_replicasets("team-a", "Rollout", "llm")[0]["spec"]["template"] == template
