@@ -2,7 +2,7 @@
 source package), driven with the real kubectl. `make e2e` runs it; the default `pytest` run does not
 (pyproject addopts ignore tests/e2e).
 
-One control plane and one webhook (gunicorn over TLS, 2 workers, the live cluster cache, the
+One control plane and one webhook (gunicorn over TLS as deployed: 1 worker x 8 threads, the live cluster cache, the
 project's own RBAC) serve the session. The webhook configurations are the ones the prod overlay
 ships (failurePolicy Fail), converted for 1.20 (url clientConfig + caBundle, no matchConditions).
 Each test gets its own namespace with a GPU ResourceQuota.
@@ -12,8 +12,8 @@ audit``) uses ``env.mlguard(...)`` with ``env.cp.admin_kubeconfig`` (or a user's
 ``env.cp.kubeconfig(env.cp.pki.client(user, group))``); its output goes into the transcript.
 
 Never a silent skip: a skipped e2e test is reported as a failure (see pytest_runtest_makereport).
-The kubectl transcript is printed at the end of the run and written to $MLGUARD_E2E_ARTIFACTS
-(default: the session's temporary directory).
+The kubectl transcript is printed at the end of the run and written to
+$MLGUARD_E2E_ARTIFACTS/transcript.txt (default: .e2e-artifacts/ in the clone, git-ignored).
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -79,13 +80,8 @@ class Env:
     oncall: Kubectl              # in the break-glass group platform-oncall
     workdir: Path
 
-    def as_user(self, user: str, group: str) -> Kubectl:
-        return Kubectl(self.cp.kubeconfig(self.cp.pki.client(user, group)), who=f"{user} ({group})")
-
     def mlguard(self, *args: str) -> Result:
         """The mlguard CLI, as an operator runs it (admin kubeconfig where a command reads the cluster)."""
-        import subprocess
-
         argv = [sys.executable, "-m", "policies.cli", *args]
         proc = subprocess.run(argv, capture_output=True, text=True, cwd=REPO, timeout=120, check=False)
         result = Result(["mlguard", *args], proc.returncode, proc.stdout, proc.stderr)
@@ -106,13 +102,6 @@ def eventually(check: Callable[[], Any], *, timeout: float = 30, what: str = "co
             return last
         time.sleep(0.25)
     raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what} (last: {last!r})")
-
-
-def artifacts_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    configured = os.environ.get("MLGUARD_E2E_ARTIFACTS")
-    path = Path(configured) if configured else tmp_path_factory.getbasetemp() / "e2e-artifacts"
-    path.mkdir(parents=True, exist_ok=True)
-    return path
 
 
 def crd_for_120(path: Path) -> dict[str, Any]:
