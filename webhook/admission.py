@@ -172,7 +172,8 @@ class Admission:
             return None, (f"{QUOTA_POLICY}: {resource}/{name} in {namespace} is not in the webhook's cache and has "
                           "no running pod to size the scale by; the GPU quota look-ahead did not run")
         pod = pods[0]
-        pod_template = {"metadata": copy.deepcopy(pod.get("metadata") or {}), "spec": copy.deepcopy(pod.get("spec") or {})}
+        pod_template = {"metadata": copy.deepcopy(pod.get("metadata") or {}),
+                        "spec": copy.deepcopy(pod.get("spec") or {})}
         if kind == "LeaderWorkerSet":
             size = str((_meta(pod).get("annotations") or {}).get(LWS_SIZE_ANNOTATION, ""))
             if not size.isascii() or not size.isdigit() or int(size) < 1:

@@ -56,6 +56,9 @@ Obj = dict[str, Any]
 Trim = Callable[[Obj], Obj | None]   # None: the object is not kept
 LAST_APPLIED = "kubectl.kubernetes.io/last-applied-configuration"
 OWNER_FIELDS = ("apiVersion", "kind", "name", "controller")
+# Pod annotations the webhook reads of another pod: a LeaderWorkerSet's group size (the /scale of a
+# LeaderWorkerSet is sized by one of its pods; webhook.admission.LWS_SIZE_ANNOTATION).
+POD_ANNOTATIONS = ("leaderworkerset.sigs.k8s.io/size",)
 
 
 class RawWatch(watch.Watch):
@@ -335,8 +338,9 @@ def _extended_resources(container: Mapping[str, Any]) -> Obj:
 
 def trim_pod(obj: Obj) -> Obj | None:
     """What GPU counting and ownership read of another pod: the extended resources and DRA claims of
-    its containers (a sidecar's restartPolicy with them), its resourceClaims, phase and owners.
-    No env, command, volumes, labels or annotations. A terminated pod holds nothing: not kept."""
+    its containers (a sidecar's restartPolicy with them), its resourceClaims, phase and owners, and a
+    LeaderWorkerSet's group size. No env, command, volumes, labels or other annotations. A terminated
+    pod holds nothing: not kept."""
     status = obj.get("status")
     phase = status.get("phase") if isinstance(status, Mapping) else None
     if phase in TERMINATED_PHASES:
@@ -365,6 +369,11 @@ def trim_pod(obj: Obj) -> Obj | None:
     refs = _owners(meta, ("kind", "name", "controller"))
     if refs:
         slim["ownerReferences"] = refs
+    annotations = meta.get("annotations")
+    kept_annotations = {k: _intern(annotations[k]) for k in POD_ANNOTATIONS
+                        if isinstance(annotations, Mapping) and k in annotations}
+    if kept_annotations:
+        slim["annotations"] = kept_annotations
     return {"metadata": slim, "spec": kept, "status": {"phase": _intern(phase)} if phase else {}}
 
 

@@ -18,8 +18,9 @@ from webhook_testlib import TEST_POLICYSET, gpu_deployment, gpu_pod
 
 from policies.gpu import GpuConfig
 from policies.model import Resource
+from webhook.admission import LWS_SIZE_ANNOTATION
 from webhook.app import create_app
-from webhook.cluster import ClusterCache, api_client
+from webhook.cluster import POD_ANNOTATIONS, ClusterCache, api_client
 
 GPU = GpuConfig()
 ANYONE = Resource("v1", "Pod", "team-a", "nobody")
@@ -264,3 +265,7 @@ def test_replicasets_keep_a_template_only_when_no_deployment_holds_it(api: FakeA
     assert eventually(lambda: len(cache.replicasets.in_namespace("team-a")) == 2)
     assert cache.resolve_object("team-a", "ReplicaSet", "web-5d")["spec"] == {"replicas": 3}
     assert cache.owned_replicasets("team-a", "Rollout", "llm")[0]["spec"]["template"] == template
+
+
+def test_the_pod_annotations_kept_are_the_ones_admission_reads() -> None:
+    assert POD_ANNOTATIONS == (LWS_SIZE_ANNOTATION,)
