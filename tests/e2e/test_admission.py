@@ -31,14 +31,14 @@ def test_requests_only_gpus_denied_by_mlguard_for_a_custom_resource_by_the_api_s
         env: Env, ns: str) -> None:
     """The API server's own validation refuses a non-overcommitable resource in requests only for the
     built-in kinds, before any validating webhook runs; for a custom resource only mlguard catches it."""
-    requests_only = pod_template("llm", container(requests_only=True))
-    crd = env.alice.apply(rollout("llm", ns, template=requests_only))
+    crd = env.alice.apply(rollout("llm", ns, template=pod_template("llm", container(requests_only=True))))
     assert not crd.ok
     assert DENIED in crd.stderr
     assert "gpu-limits" in crd.stderr and "nvidia.com/gpu" in crd.stderr and "limits" in crd.stderr
 
-    builtin = env.alice.apply(deployment("web", ns, template=requests_only))
+    builtin = env.alice.apply(deployment("web", ns, template=pod_template("web", container(requests_only=True))))
     assert not builtin.ok
+    assert builtin.stderr.count("* ") <= 1, builtin.stderr   # refused for this one reason
     assert "Limit must be set for non overcommitable resources" in builtin.stderr
     assert "mlguard" not in builtin.stderr
     # refused before validation webhooks: mlguard never saw the Deployment
