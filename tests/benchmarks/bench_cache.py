@@ -252,7 +252,9 @@ def cache_in_subprocess(kubeconfig: Path, variant: str) -> dict[str, Any]:
     proc = subprocess.run([sys.executable, __file__, "--measure", variant, "--kubeconfig", str(kubeconfig)],
                           capture_output=True, text=True, cwd=REPO, timeout=900, check=False)
     if proc.returncode != 0:
-        raise SystemExit(f"cache measurement ({variant}) failed:\n{proc.stderr[-3000:]}")
+        lines = [ln for ln in proc.stderr.splitlines() if not ln.startswith('{"ts"')]  # not the cache's log
+        raise SystemExit(f"cache measurement ({variant}) failed with exit {proc.returncode}:\n"
+                         + "\n".join(lines[-40:]))
     result: dict[str, Any] = json.loads(proc.stdout.strip().splitlines()[-1])
     return result
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import yaml
 from conftest import QUOTA_GPUS, Env, eventually, wait_cached
 from e2e_cluster import WEBHOOK_NAMESPACE, deployment_for_120, objects_of, render
 from e2e_objects import GPU_TOLERATION, container, deployment, job, pod, pod_template, rollout
@@ -200,3 +201,33 @@ def test_kube_system_reaches_the_webhook_on_120_and_is_exempted_by_mlguard(env: 
     assert {d["endpoint"] for d in seen} == {"validate", "mutate"}, seen
     assert all(d["allowed"] and "exempt" in (d.get("reason") or "") for d in seen), seen
     env.admin.run("delete", "pod", "node-debug", "-n", "kube-system", "--wait=false", quiet=True)
+
+
+def test_mlguard_facts_reads_the_live_cluster_and_ci_agrees_with_admission(env: Env, ns: str) -> None:
+    """`mlguard facts`, with the webhook's own read-only identity, snapshots the live cluster; with that
+    snapshot `mlguard check` (CI) denies the Deployment that admission denies, for the same live usage."""
+    assert env.alice.apply(deployment("first", ns, replicas=3)).ok
+    wait_pods_cached(env, ns, "first", 3)
+    snapshot = env.workdir / f"facts-{ns}.yaml"
+    facts = env.mlguard("facts", "--kubeconfig", str(env.webhook.kubeconfig), "-o", str(snapshot))
+    assert facts.ok, facts.output
+    data = yaml.safe_load(snapshot.read_text())
+    assert {"name": ns, "labels": {}} in [{"name": n["name"], "labels": n.get("labels") or {}}
+                                         for n in data["namespaces"]]
+    assert [q["spec"]["hard"] for q in data["resourceQuotas"] if q["metadata"]["namespace"] == ns] == \
+        [{"requests.nvidia.com/gpu": str(QUOTA_GPUS)}]
+    assert len([p for p in data["pods"] if p["metadata"]["namespace"] == ns]) == 3
+
+    second = deployment("second", ns, replicas=2)
+    manifest = env.workdir / f"second-{ns}.yaml"
+    manifest.write_text(yaml.safe_dump(second))
+    ci = env.mlguard("check", str(manifest), "--cluster-facts", str(snapshot),
+                     "--policyset", str(env.policyset))
+    assert ci.returncode == 1, ci.output
+    admission = env.alice.apply(second)
+    assert not admission.ok and DENIED in admission.stderr
+    ci_quota = [line for line in ci.stdout.splitlines() if "gpu-quota" in line]
+    assert ci_quota, ci.stdout
+    # the same finding in both places: the workload at full size against the quota and the live usage
+    assert "Deployment `second` needs 3 nvidia.com/gpu" in ci.stdout and \
+        "Deployment `second` needs 3 nvidia.com/gpu" in admission.stderr
