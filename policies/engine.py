@@ -13,7 +13,9 @@ from policies.model import EnforcementPoint, Finding, Note, Report, Resource, Vi
 from policies.mutations import planned_mutations
 from policies.policyset import PolicySet, Resolved
 from policies.registry import all_policies
-from policies.selectors import Subject
+from policies.rules.evaluate import Budget, RuleInput, evaluate_rule
+from policies.rules.ruleset import Rule
+from policies.selectors import Subject, as_blocks
 from policies.workload import extract
 
 log = logging.getLogger("mlguard.policies")
@@ -49,9 +51,11 @@ def evaluate_object(obj: Mapping[str, Any], policyset: PolicySet, *, point: Enfo
                     facts: ClusterFacts | None = None, request: RequestInfo | None = None,
                     own_namespace: str | None = None, keys: Any = None,
                     default_namespace: str = "default",
-                    resolutions: dict[tuple[Any, ...], Resolved] | None = None) -> Evaluated:
-    """Evaluate every enabled policy on one object. An exception inside a policy denies the
-    object with ``policy <id> failed: ...`` (fail closed) and leaves the other policies running."""
+                    resolutions: dict[tuple[Any, ...], Resolved] | None = None,
+                    old_object: Mapping[str, Any] | None = None) -> Evaluated:
+    """Evaluate every enabled policy and rule on one object. An exception inside a policy denies the
+    object with ``policy <id> failed: ...`` (fail closed) and leaves the other policies running; a rule that
+    fails or runs past the budget denies the same way (`policies.rules.evaluate`)."""
     facts = facts or EmptyFacts()
     gpu = policyset.gpu
     resource = Resource.of(dict(obj), default_namespace=default_namespace)
@@ -113,6 +117,25 @@ def evaluate_object(obj: Mapping[str, Any], policyset: PolicySet, *, point: Enfo
             else:
                 violations.append(Violation(policy_id, weakest(resolved.action, f.action), target, f.path,
                                             f.message, policyset.runbook_url(policy.runbook_path())))
+    if policyset.rules:
+        given = RuleInput(workload=workload, gpu=gpu, environment=environment, namespace_labels=ns_labels,
+                          request=request, old_object=old_object)
+        budget = Budget(policyset.rule_limits.per_request_seconds)
+        for rule in policyset.rules:
+            if not (checkable or _names_kinds(rule)):
+                continue  # like the policies: objects without pod templates, unless the rule names its kinds
+            resolved = policyset.resolve_rule(rule, subject=subject, point=point)
+            if resolved.action == "off":
+                continue
+            if resolved.only_new:
+                only_new.add(rule.id)
+            runbook = policyset.rule_runbook_url(rule.runbook)
+            for found in dict.fromkeys(evaluate_rule(rule, given, resolved.params, budget)):
+                f = found.finding
+                if found.failure:
+                    errors.append(rule.id)
+                violations.append(Violation(rule.id, "deny" if found.failure else resolved.action, f.resource or owner,
+                                            f.path, f.message, runbook))
     if point == "ci" and policyset.mutations:
         # what the mutating webhook will add to the Pods, whether or not a policy mentioned it
         said = {(n.resource, n.message) for n in notes}
@@ -120,6 +143,13 @@ def evaluate_object(obj: Mapping[str, Any], policyset: PolicySet, *, point: Enfo
             if (owner, m.message) not in said:
                 notes.append(Note("mutation", owner, m.path, m.message))
     return Evaluated(resource, violations, notes, None, frozenset(only_new), errors)
+
+
+def _names_kinds(rule: Rule) -> bool:
+    """True when every match block of the rule names kinds: the rule then applies to objects of those kinds,
+    whether or not they hold a pod template."""
+    blocks = as_blocks(rule.config.get("match"))
+    return bool(blocks) and all("kinds" in b for b in blocks)
 
 
 def evaluate(objects: Iterable[Mapping[str, Any]], policyset: PolicySet, *, point: EnforcementPoint,

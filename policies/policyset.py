@@ -17,6 +17,7 @@ import yaml
 from policies.gpu import GpuConfig
 from policies.model import Action, EnforcementPoint
 from policies.registry import all_policies
+from policies.rules.ruleset import Rule, RuleLimits, compile_rules
 from policies.selectors import Subject, matches
 from policies.workload import WorkloadConfig
 
@@ -81,6 +82,11 @@ class PolicySet:
     digest: str = ""
     gpu: GpuConfig = field(default_factory=GpuConfig)
     workloads: WorkloadConfig = field(default_factory=WorkloadConfig)  # spec.workloadKinds and spec.serving
+    rules: tuple[Rule, ...] = ()   # spec.rules, compiled
+
+    @property
+    def rule_limits(self) -> RuleLimits:
+        return RuleLimits.from_spec(self.spec.get("ruleLimits"))
 
     @property
     def spec(self) -> Mapping[str, Any]:
@@ -110,6 +116,12 @@ class PolicySet:
         if reference.startswith(RUNBOOK_PREFIX):
             return self.runbook_base_url + reference[len(RUNBOOK_PREFIX):]
         return reference
+
+    def rule_runbook_url(self, reference: str) -> str:
+        """A rule's runbook: an http(s) URL as it is, any other path under `spec.runbookBaseURL`."""
+        if reference.startswith(("http://", "https://")):
+            return reference
+        return self.runbook_base_url + reference.removeprefix(RUNBOOK_PREFIX).lstrip("/")
 
     @property
     def break_glass(self) -> Mapping[str, Any]:
@@ -153,15 +165,22 @@ class PolicySet:
         4. the policy's `overrides`, in order: every matching one applies, the last wins;
         5. the policy's `match`/`exclude`: an object they leave out is not checked (`off`).
         """
-        policy = all_policies()[policy_id]
         config = self.policy_config(policy_id)
         if config is None:
             return Resolved("off", {}, False)
+        return self._resolve(config, all_policies()[policy_id].defaults, subject=subject, point=point)
+
+    def resolve_rule(self, rule: Rule, *, subject: Subject, point: EnforcementPoint) -> Resolved:
+        """A rule's action and params, in the same precedence as a policy's (see `resolve`)."""
+        return self._resolve(rule.config, {}, subject=subject, point=point)
+
+    def _resolve(self, config: Mapping[str, Any], defaults: Mapping[str, Any], *, subject: Subject,
+                 point: EnforcementPoint) -> Resolved:
         envs = self.spec.get("environments") or {}
         action: Any = config.get("action", self.spec.get("defaultAction", "deny"))
         if subject.environment is not None and action != "off":
             action = (envs.get("defaults") or {}).get(subject.environment, action)
-        params = {**policy.defaults, **(config.get("params") or {})}  # read-only: policies never mutate params
+        params = {**defaults, **(config.get("params") or {})}  # read-only: policies never mutate params
         for override in config.get("overrides") or []:
             if matches(override["match"], None, subject):
                 if "action" in override:
@@ -193,20 +212,22 @@ def _yaml11_off(data: Any) -> None:
     fix(spec, "defaultAction")
     fix(spec.get("environments"), "defaults")
     policies = spec.get("policies")
-    for config in policies.values() if isinstance(policies, dict) else []:
+    rules = spec.get("rules")
+    configs = list(policies.values()) if isinstance(policies, dict) else []
+    for config in configs + (rules if isinstance(rules, list) else []):
         fix(config, "action")
         overrides = config.get("overrides") if isinstance(config, dict) else None
         for override in overrides if isinstance(overrides, list) else []:
             fix(override, "action")
 
 
-def _validate(data: Any, source: str, root: yaml.Node | None) -> list[str]:
+def _validate(data: Any, source: str, root: yaml.Node | None) -> tuple[list[str], list[Rule]]:
     def where(parts: Sequence[Any]) -> str:
         line = _line_of(root, parts)
         return f"{_fmt_path(parts)} (line {line})" if line else _fmt_path(parts)
 
     if not isinstance(data, Mapping):
-        return ["<root>: a PolicySet is a mapping with apiVersion, kind and spec"]
+        return ["<root>: a PolicySet is a mapping with apiVersion, kind and spec"], []
     errors = []
     validator = jsonschema.Draft202012Validator(policyset_schema())
     for err in sorted(validator.iter_errors(data), key=lambda e: list(map(str, e.absolute_path))):
@@ -215,7 +236,7 @@ def _validate(data: Any, source: str, root: yaml.Node | None) -> list[str]:
             detail = "; ".join(sorted({c.message for c in err.context}))
         errors.append(f"{where(list(err.absolute_path))}: {detail}")
     if errors:
-        return errors
+        return errors, []
     inline_keys = (data["spec"].get("evalKeys") or {}).get("keys")
     if inline_keys:  # key files are read where they are mounted; inline keys must be right at load
         from policies.attestation import keyring_from_spec
@@ -225,7 +246,15 @@ def _validate(data: Any, source: str, root: yaml.Node | None) -> list[str]:
     if declared is not None and declared != len(data["spec"].get("policies") or {}):
         errors.append(f"{where(['spec', 'policyCount'])}: declares {declared} policies but spec.policies has "
                       f"{len(data['spec'].get('policies') or {})} (a partly written or edited file?)")
+    rules_spec = data["spec"].get("rules") or []
+    declared_rules = data["spec"].get("ruleCount")
+    if declared_rules is not None and declared_rules != len(rules_spec):
+        errors.append(f"{where(['spec', 'ruleCount'])}: declares {declared_rules} rules but spec.rules has "
+                      f"{len(rules_spec)} (a partly written or edited file?)")
     known = all_policies()
+    rules, rule_errors = compile_rules(rules_spec, where=where, builtin_ids=list(known),
+                                       limits=RuleLimits.from_spec(data["spec"].get("ruleLimits")))
+    errors.extend(rule_errors)
     for pid, config in (data["spec"].get("policies") or {}).items():
         base = ["spec", "policies", pid]
         if pid not in known:
@@ -241,7 +270,7 @@ def _validate(data: Any, source: str, root: yaml.Node | None) -> list[str]:
             checker = jsonschema.Draft202012Validator.FORMAT_CHECKER
             for err in jsonschema.Draft202012Validator(partial, format_checker=checker).iter_errors(params):
                 errors.append(f"{where(path + list(err.absolute_path))}: {err.message}")
-    return errors
+    return errors, rules
 
 
 def parse_policyset(text: str, *, source: str = "<memory>") -> PolicySet:
@@ -256,12 +285,12 @@ def parse_policyset(text: str, *, source: str = "<memory>") -> PolicySet:
     except yaml.composer.ComposerError as exc:  # pragma: no cover - several documents
         raise PolicySetError(source, [f"a PolicySet is one YAML document: {exc}"]) from exc
     _yaml11_off(data)
-    errors = _validate(data, source, root)
+    errors, rules = _validate(data, source, root)
     if errors:
         raise PolicySetError(source, errors)
     digest = hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()
     return PolicySet(raw=data, source=source, digest=digest, gpu=GpuConfig.from_spec(data["spec"].get("gpu")),
-                     workloads=WorkloadConfig.from_spec(data["spec"]))
+                     workloads=WorkloadConfig.from_spec(data["spec"]), rules=tuple(rules))
 
 
 def load_policyset(path: str | Path) -> PolicySet:

@@ -1,0 +1,204 @@
+"""Evaluate `spec.rules` on one object: once per object, pod template or container, as the rule's scope says.
+
+The facts a rule sees come from the same extractor as the built-in policies (policies.workload): the pod
+templates at their real paths, the GPUs of a container, a pod or the whole workload at full size (any
+configured resource name, DRA claims), the model a serving workload serves. A validation that is false is a
+finding at the validation's path under the scope's own path (``spec.template.spec.containers[0]`` +
+``args``). A rule that fails to evaluate, returns something other than a bool, or runs past the
+per-request budget is a finding that denies (fail closed), naming the rule.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from decimal import Decimal
+from typing import Any
+
+from policies.context import RequestInfo
+from policies.gpu import DRA_QUOTA_SUFFIX, GpuConfig, container_gpus
+from policies.model import Finding
+from policies.rules.celenv import EvalError, activation
+from policies.rules.ruleset import Rule, Validation
+from policies.workload import MODEL_LABEL, PodTemplate, Workload, join
+
+MODEL_VERSION_LABEL = "mlguard.io/model-version"
+QUANTIZATION_LABEL = "mlguard.io/quantization"
+Clock = Callable[[], float]
+
+
+@dataclass
+class Budget:
+    """The per-request time budget shared by every rule evaluated on one object."""
+
+    seconds: float
+    clock: Clock = time.perf_counter
+    spent: float = 0.0
+    exhausted_by: str | None = None
+
+    def charge(self, rule_id: str, seconds: float) -> bool:
+        """Add a rule's time; False once the budget is used up (the first rule to cross it is named)."""
+        self.spent += seconds
+        if self.spent > self.seconds and self.exhausted_by is None:
+            self.exhausted_by = rule_id
+        return self.exhausted_by is None
+
+
+@dataclass(frozen=True)
+class RuleInput:
+    """What every evaluation of a rule on this object shares."""
+
+    workload: Workload
+    gpu: GpuConfig
+    environment: str | None
+    namespace_labels: Mapping[str, str] | None
+    request: RequestInfo | None
+    old_object: Mapping[str, Any] | None = None
+    _cache: dict[str, Any] = field(default_factory=dict, compare=False)
+
+    def base(self) -> dict[str, Any]:
+        if "base" not in self._cache:
+            resource = self.workload.resource
+            self._cache["base"] = {
+                "object": self.workload.obj,
+                "oldObject": self.old_object,
+                "request": request_variable(self.request, self.workload),
+                "namespaceObject": {"apiVersion": "v1", "kind": "Namespace",
+                                    "metadata": {"name": resource.namespace,
+                                                 "labels": dict(self.namespace_labels or {})}},
+                "environment": self.environment,
+                "model": model_variable(self.workload),
+            }
+        return dict(self._cache["base"])
+
+
+def request_variable(request: RequestInfo | None, workload: Workload) -> dict[str, Any]:
+    """The admission request as a ValidatingAdmissionPolicy sees it (in CI: a CREATE by nobody)."""
+    resource = workload.resource
+    request = request or RequestInfo()
+    group, _, version = resource.api_version.rpartition("/")
+    return {"operation": request.operation, "namespace": resource.namespace, "name": resource.name,
+            "dryRun": request.dry_run, "subResource": request.subresource,
+            "kind": {"group": group, "version": version, "kind": resource.kind},
+            "userInfo": {"username": request.user, "groups": list(request.groups)}}
+
+
+def model_variable(workload: Workload) -> dict[str, Any] | None:
+    """The served model: name, version and quantization from the serving labels (None: not model serving)."""
+    for labels in [tpl.labels for tpl in workload.templates] + [workload.labels]:
+        if MODEL_LABEL in labels:
+            return {"name": str(labels[MODEL_LABEL]), "version": str(labels.get(MODEL_VERSION_LABEL, "")),
+                    "quantization": str(labels.get(QUANTIZATION_LABEL, ""))}
+    return None
+
+
+def _count(gpus: Mapping[str, Decimal]) -> int:
+    return math.ceil(sum(gpus.values(), Decimal(0)))
+
+
+def _names(gpus: Mapping[str, Decimal]) -> list[str]:
+    return sorted(k.removesuffix(DRA_QUOTA_SUFFIX) for k, v in gpus.items() if v > 0)
+
+
+@dataclass(frozen=True)
+class RuleFinding:
+    """A finding of a rule; ``failure``: the rule could not decide (an error, the budget), which denies."""
+
+    finding: Finding
+    failure: bool = False
+
+
+def _fail(path: str, message: str, inst: Instance) -> RuleFinding:
+    return RuleFinding(Finding(path, message, resource=_owner(inst)), failure=True)
+
+
+@dataclass(frozen=True)
+class Instance:
+    """One place a rule is evaluated: its variables and the path its findings are under."""
+
+    path: str
+    data: dict[str, Any]
+    template: PodTemplate | None = None
+
+
+def instances(rule: Rule, given: RuleInput) -> Iterator[Instance]:
+    workload = given.workload
+    base = given.base()
+    if rule.scope == "object":
+        total = workload.full_size_gpus(given.gpu, surge=False)
+        yield Instance("", {**base, "gpus": _count(total), "gpuResources": _names(total)})
+        return
+    for i, tpl in enumerate(workload.templates):
+        pod = workload.pod_gpus(i, given.gpu)
+        if rule.scope == "podTemplate":
+            yield Instance(tpl.spec_path, {**base, "template": tpl.spec, "gpus": _count(pod),
+                                           "gpuResources": _names(pod)}, tpl)
+            continue
+        for ref in tpl.containers():
+            mine = {k: v for k, v in container_gpus(ref.container, given.gpu).items() if v > 0}
+            yield Instance(ref.path, {**base, "template": tpl.spec, "container": ref.container,
+                                      "gpus": _count(mine), "gpuResources": _names(mine)}, tpl)
+
+
+def _message(rule: Rule, validation: Validation, act: Any) -> str:
+    if validation.message_program is not None:
+        try:
+            text = validation.message_program.run(act)
+            if isinstance(text, str) and text.strip():
+                return text
+        except EvalError:
+            pass  # as the API server does: fall back to the static message
+    return validation.message or f"failed expression: {validation.expression}"
+
+
+def evaluate_rule(rule: Rule, given: RuleInput, params: Mapping[str, Any], budget: Budget
+                  ) -> Iterator[RuleFinding]:
+    """The findings of one rule on one object; stops (and says so) when the budget is used up."""
+    for inst in instances(rule, given):
+        if budget.exhausted_by is not None:
+            yield _fail(inst.path, f"rule {rule.id} was not evaluated: the per-request rule budget of "
+                                   f"{budget.seconds * 1000:g} ms was used up by rule {budget.exhausted_by}; "
+                                   "denied (fail closed)", inst)
+            return
+        start = budget.clock()
+        try:
+            yield from _evaluate_instance(rule, inst, params)
+        finally:
+            if not budget.charge(rule.id, budget.clock() - start) and budget.exhausted_by == rule.id:
+                yield _fail(inst.path, f"rule {rule.id} exceeded the per-request evaluation budget of "
+                                       f"{budget.seconds * 1000:g} ms (spec.ruleLimits.perRequestMilliseconds); "
+                                       "denied (fail closed)", inst)
+
+
+def _owner(inst: Instance) -> Any:
+    return inst.template.resource if inst.template is not None else None
+
+
+def _evaluate_instance(rule: Rule, inst: Instance, params: Mapping[str, Any]) -> Iterator[RuleFinding]:
+    data = {**inst.data, "params": dict(params), "variables": {}}
+    failed: dict[str, str] = {}
+    for variable in rule.variables:  # in order: a variable may use the ones before it
+        try:
+            data["variables"][variable.name] = variable.program.run(activation(rule.scope, data))
+        except EvalError as exc:
+            failed[variable.name] = str(exc)
+    act = activation(rule.scope, data)
+    for validation in rule.validations:
+        path = join(inst.path, validation.path) if validation.path and inst.path else (validation.path or inst.path)
+        broken = sorted(rule.variables_used(validation) & set(failed))
+        if broken:
+            yield _fail(path, f"rule {rule.id} failed: variable {broken[0]} could not be evaluated "
+                              f"({failed[broken[0]]}); denied (fail closed)", inst)
+            continue
+        try:
+            verdict = validation.program.run(act)
+        except EvalError as exc:
+            yield _fail(path, f"rule {rule.id} failed: {exc} in `{validation.expression}`; denied (fail closed)", inst)
+            continue
+        if not isinstance(verdict, bool):
+            yield _fail(path, f"rule {rule.id} failed: `{validation.expression}` gave {verdict!r}, not a bool; "
+                              "denied (fail closed)", inst)
+        elif not verdict:
+            yield RuleFinding(Finding(path, _message(rule, validation, act), resource=_owner(inst)))
