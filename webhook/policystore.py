@@ -10,7 +10,8 @@ valid YAML with fewer policies: so a changed file is loaded only when
    the last line) matches ``spec.policies``; once a set that declares its count has been served, a
    set that does not is refused; and
 3. it drops no policy of the serving set, unless it declares ``spec.policyCount`` (saying "these
-   are all of them").
+   are all of them"); and the same for ``spec.rules`` and ``spec.ruleCount``. A rule that does not
+   compile refuses the whole set (the last good set keeps serving).
 
 A valid new set replaces the old one; anything else is refused: the last good set keeps serving,
 and the refusal shows in ``mlguard_policyset_refused``, ``mlguard_policyset_reloads_total{result=
@@ -98,7 +99,8 @@ class PolicyStore:
             metrics.REFUSED.set(0)
             log.info("policyset loaded", extra={"fields": {
                 "event": "policyset_loaded", "policyset": policyset.name, "digest": policyset.digest,
-                "policies": len(_policies(policyset)), "source": str(self.path), "file_sha256": digest,
+                "policies": len(_policies(policyset)), "rules": len(policyset.rules), "source": str(self.path),
+                "file_sha256": digest,
                 "previous_digest": previous.digest if previous else None,
                 "previous_policies": len(_policies(previous)) if previous else None}})
             return True
@@ -117,6 +119,15 @@ class PolicyStore:
             return [f"the new set drops {len(dropped)} of {len(_policies(serving))} policies ({', '.join(dropped)}) "
                     "and does not declare spec.policyCount: refused as a possibly partial file; declare "
                     f"spec.policyCount: {len(_policies(new))} to remove them on purpose"]
+        declared_rules = new.spec.get("ruleCount")
+        if declared_rules is None and serving.spec.get("ruleCount") is not None:
+            return ["spec.ruleCount is missing, but the serving set declares it: the file may be partly written "
+                    "(write spec.ruleCount as the last line, with spec.policyCount)"]
+        dropped_rules = sorted({r.id for r in serving.rules} - {r.id for r in new.rules})
+        if dropped_rules and declared_rules is None:
+            return [f"the new set drops {len(dropped_rules)} of {len(serving.rules)} rules "
+                    f"({', '.join(dropped_rules)}) and does not declare spec.ruleCount: refused as a possibly partial file; declare "
+                    f"spec.ruleCount: {len(new.rules)} to remove them on purpose"]
         return []
 
     def _refuse(self, refusal: Refusal, *, candidate: PolicySet | None = None) -> None:
@@ -160,7 +171,8 @@ class PolicyStore:
         current = self._current
         out: dict[str, Any] = {"source": str(self.path),
                                "policyset": {"name": current.name, "digest": current.digest,
-                                             "policies": len(_policies(current))} if current else None}
+                                             "policies": len(_policies(current)),
+                                             "rules": len(current.rules)} if current else None}
         if self._refused:
             out["refused"] = {"file_sha256": self._refused.file_sha256, "errors": self._refused.errors}
         return out
