@@ -126,7 +126,8 @@ class PolicyStore:
         dropped_rules = sorted({r.id for r in serving.rules} - {r.id for r in new.rules})
         if dropped_rules and declared_rules is None:
             return [f"the new set drops {len(dropped_rules)} of {len(serving.rules)} rules "
-                    f"({', '.join(dropped_rules)}) and does not declare spec.ruleCount: refused as a possibly partial file; declare "
+                    f"({', '.join(dropped_rules)}) and does not declare spec.ruleCount: refused as a possibly "
+                    "partial file; declare "
                     f"spec.ruleCount: {len(new.rules)} to remove them on purpose"]
         return []
 

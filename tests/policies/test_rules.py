@@ -206,7 +206,8 @@ def test_failures_deny_whatever_the_action_and_name_the_rule() -> None:
     report = evaluate([deployment([gpu("a", 1)])], ps, point="ci")
     by = {v.policy: v for v in report.violations}
     assert {v.action for v in report.violations} == {"deny"} and len(report.violations) == 3
-    assert by["missing-field"].message.startswith("rule missing-field failed: ") and "nope" in by["missing-field"].message
+    missing = by["missing-field"].message
+    assert missing.startswith("rule missing-field failed: ") and "nope" in missing
     assert "`object.spec.replicas == 2 ? object.kind : true` gave 'Deployment', not a bool" in by["not-bool"].message
     # a failed variable fails only the validations that use it (as the API server evaluates them lazily)
     assert by["bad-var"].message.startswith("rule bad-var failed: variable x could not be evaluated")
