@@ -1,4 +1,4 @@
-"""The `mlguard` command line: check, test, facts, eval, serve, report.
+"""The `mlguard` command line: check, test, export, facts, eval, serve, report.
 
 Exit codes of `mlguard check`: 0 nothing fails (warnings and audit findings may be printed), 1 something is
 denied (or, with ``--fail-on warn``, warned), 2 bad input (unparseable YAML, a kustomization that does not
@@ -123,6 +123,24 @@ def cmd_test(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
+def cmd_export(args: argparse.Namespace) -> int:
+    from policies.rules.vap import export_vap
+
+    try:
+        policyset = load_policyset(args.policyset)
+    except PolicySetError as exc:
+        _err(str(exc))
+        return EXIT_BAD_INPUT
+    result = export_vap(policyset, own_namespace=args.webhook_namespace)
+    for pid, why in result.skipped:
+        _err(f"not exported: {pid}: {why}")
+    if not _write(result.to_yaml(), args.output):
+        return EXIT_BAD_INPUT
+    print(f"mlguard export vap: {len(result.exported)} exported ({', '.join(result.exported) or 'none'}), "
+          f"{len(result.skipped)} not exported", file=sys.stderr)
+    return EXIT_OK
+
+
 def _handover(module: str, command: str, rest: list[str], *, prog: str) -> int:
     argv = [sys.executable, "-m", module, command, *rest]
     os.execve(sys.executable, argv, {**os.environ, "MLGUARD_PROG": prog})
@@ -191,6 +209,20 @@ def build_parser() -> argparse.ArgumentParser:
     test.add_argument("--policyset", metavar="FILE",
                       help="run the cases against this PolicySet instead of each suite's own one-policy set")
     test.set_defaults(func=cmd_test)
+
+    export = sub.add_parser(
+        "export", help="export rules and built-in policies as ValidatingAdmissionPolicies (no cluster needed)",
+        formatter_class=_Formatter,
+        description="mlguard export vap --policyset FILE [-o FILE]\n\n"
+                    "Writes a ValidatingAdmissionPolicy and Binding (admissionregistration.k8s.io/v1) for every rule\n"
+                    "whose expressions use only what the API server offers, and for the built-in policies with an\n"
+                    "exact CEL form; what is not exported is listed on stderr with why. Exit 0, or 2 for bad input.")
+    export.add_argument("format", choices=["vap"], help="what to export (vap: ValidatingAdmissionPolicy)")
+    export.add_argument("--policyset", metavar="FILE", required=True, help="the PolicySet to export")
+    export.add_argument("--output", "-o", metavar="FILE", help="write the manifests to FILE instead of stdout")
+    export.add_argument("--webhook-namespace", default="mlguard-system",
+                        help="the namespace mlguard runs in: exempt, as the webhook exempts its own")
+    export.set_defaults(func=cmd_export)
 
     # `mlguard facts ...` is handed over before parsing (main); listed here for the usage text
     sub.add_parser("facts", help="snapshot a cluster's quotas, namespace labels and GPU usage for "
