@@ -237,3 +237,238 @@ def gpu_limits(params: Mapping[str, Any], gpu: GpuConfig, runbook: str) -> Form:
                 leaves_out=["GPUs from DRA claims count toward maxPerPod only in the webhook and in CI (a "
                             "ResourceClaim is another object)"])
 
+
+
+# ---- gpu-tolerations ------------------------------------------------------------------------------------
+
+def _tolerates(tols: str, taint: str) -> str:
+    """Kubernetes toleration semantics (policies.mutations.tolerates) for a taint record {key, value, effect}."""
+    return (f"{tols}.exists(tol, (tol.?effect.orValue('') == '' || tol.?effect.orValue('') == {taint}.effect) && "
+            f"(tol.?operator.orValue('') == 'Exists' ? (tol.?key.orValue('') == '' || tol.?key.orValue('') == "
+            f"{taint}.key) : (tol.?key.orValue('') == {taint}.key && tol.?value.orValue('') == {taint}.value)))")
+
+
+def gpu_tolerations(params: Mapping[str, Any], gpu: GpuConfig, runbook: str, *,
+                    mutations: Mapping[str, Any] | None = None) -> Form:
+    taints = [{"key": t["key"], "value": t.get("value", ""), "effect": t.get("effect", ""),
+               "name": f"{t['key']}:{t.get('effect', '')}".rstrip(":"),
+               "example": f"{{key: {t['key']}, operator: Exists, effect: {t.get('effect', 'NoSchedule')}}}"}
+              for t in gpu.taints]
+    tols = "tp.spec.?tolerations.orValue([])"
+    t = "variables.tpls.indexOf(tp)"
+    allow = []
+    for entry in params["systemAllowlist"]:
+        terms = []
+        if "namespaces" in entry:
+            terms.append(f"request.namespace in {lit(list(entry['namespaces']))}")
+        for k, v in (entry.get("labels") or {}).items():  # template labels over the object's own
+            terms.append(f"(dyn(tp.labels[?{lit(k)}].orValue({OBJ_LABELS}[?{lit(k)}].orValue(dyn(null)))) == {lit(v)})")
+        if terms:
+            allow.append("(" + " && ".join(terms) + ")")
+    allowlisted = "(" + " || ".join(allow or ["false"]) + ")"
+    missing = f"{lit(taints)}.filter(tn, !{_tolerates(tols, 'tn')})"
+    tolerated = f"{lit(taints)}.filter(tn, {_tolerates(tols, 'tn')})"
+    wildcard = (f"{tols}.exists(tol, tol.?operator.orValue('') == 'Exists' && tol.?key.orValue('') == '')")
+    gpu_pod = ("{}" if (mutations or {}).get("tolerations") else  # the mutating webhook adds them: a note
+               f"size({missing}) > 0 ? {{'path': tp.path + '.tolerations', 'msg': 'pod uses a GPU but does not "
+               f"tolerate ' + {missing}.map(tn, tn.name).join(', ') + '; it cannot schedule on GPU nodes: add a "
+               f"toleration ' + {missing}[0].example}} : {{}}")
+    squat = (f"size({tolerated}) > 0 && !{allowlisted} ? {{'path': tp.path + '.tolerations', 'msg': 'pod uses no "
+             f"GPU but ' + ({wildcard} ? 'tolerates every taint (operator Exists without a key), including' : "
+             f"'tolerates') + ' ' + {tolerated}.map(tn, tn.name).join(', ') + '; it would squat on GPU nodes: "
+             f"remove the toleration, or request a GPU if it needs one'}} : {{}}")
+    variables = _shared(gpu) + [{"name": "tolerationProblems",
+                                 "expression": f"variables.tpls.map(tp, {_uses_gpu(t)} ? ({gpu_pod}) : ({squat}))"
+                                               ".filter(p, size(p) > 0)"}]
+    return Form("gpu-tolerations", variables, [_first("variables.tolerationProblems", "gpu-tolerations", runbook)])
+
+
+OBJ_LABELS = "object.metadata.?labels.orValue({})"
+
+
+# ---- gpu-isolation: NVIDIA_VISIBLE_DEVICES set literally, and hostPath device nodes -------------------------
+
+def _ancestors(path: str) -> list[str]:
+    out = ["/"]
+    parts = [p for p in path.split("/") if p]
+    for i in range(1, len(parts) + 1):
+        out.append("/" + "/".join(parts[:i]))
+    return out
+
+
+def _host_pattern_tests(patterns: Sequence[str]) -> list[tuple[str, str]]:
+    """Per pattern, a CEL test on the normalised path `h` (policies.library.gpu_isolation.device_host_path)."""
+    out = []
+    for pattern in patterns:
+        literal = re.split(r"[*?\[]", pattern, maxsplit=1)[0]
+        parent = literal if literal == pattern else (literal.rsplit("/", 1)[0] or "/")
+        inside = glob_regex([pattern.rstrip("/") + "/*"])
+        test = (f"h.matches({lit(glob_regex([pattern]))}) || h.matches({lit(inside)}) "
+                f"|| h in {lit(_ancestors(parent))}")
+        out.append((pattern, test))
+    return out
+
+
+def gpu_isolation(params: Mapping[str, Any], gpu: GpuConfig, runbook: str) -> Form:
+    tests = _host_pattern_tests(list(params["deviceHostPaths"]))
+    # posixpath.normpath('/' + path.strip()): // and /./ collapse, a trailing / goes (the root stays /); a path
+    # that still holds /../ is denied (only the webhook resolves it exactly)
+    slashed = "('/' + v.hostPath.path.trim() + '/')" + ".replace('//', '/').replace('/./', '/')" * 4
+    norm = f"(size({slashed}) > 1 ? {slashed}.substring(0, size({slashed}) - 1) : '/')"
+    variables = _shared(gpu) + [
+        {"name": "hostPaths", "expression":
+            "variables.tpls.map(tp, tp.spec.?volumes.orValue([]).filter(v, has(v.hostPath) && "
+            "type(v.hostPath.?path.orValue(null)) == string && v.hostPath.path.trim() != '').map(v, "
+            "{'tp': dyn(tp.path), 'v': dyn(v), 'i': dyn(tp.spec.volumes.indexOf(v)), 'h': dyn(" + norm + ")}))"},
+    ]
+    env_names = lit(list(params["envNames"]))
+    harmless = lit(["", "void", "none"])
+    gpu_value = ("(n in x.limits && isQuantity(string(x.limits[n])) ? quantity(string(x.limits[n])) : "
+                 "(n in x.requests && isQuantity(string(x.requests[n])) ? quantity(string(x.requests[n])) : "
+                 "quantity('0')))")
+    has_gpu = f"variables.gpuNames[variables.ctrs.indexOf(x)].exists(n, sign({gpu_value}) > 0)"
+    claims = "size(x.c.?resources.?claims.orValue([])) > 0"
+    voice_why = (f"({has_gpu} ? 'although the device plugin sets it to the GPUs the container was allocated "
+                 "(a value of its own can widen that to other pods\\' GPUs)' : 'without a GPU request, which hands it "
+                 "GPUs other pods were allocated')")
+    voice_fix = f"({has_gpu} ? 'remove it and let the device plugin set it' : 'remove it or set it to void')"
+    applies = f"(!{has_gpu} && !({claims}))" + (f" || {has_gpu}" if params["gpuContainers"] else "")
+    last = "x.c.?env.orValue([]).filter(e, e.?name.orValue('') == en)"
+    env_problem = (
+        f"({applies}) && size({last}) > 0 && !has({last}[size({last}) - 1].valueFrom) && "
+        f"!({last}[size({last}) - 1].?value.orValue('').trim().lowerAscii() in {harmless}) ? "
+        f"{{'path': x.path + '.env[' + string(x.c.env.lastIndexOf({last}[size({last}) - 1])) + '].value', "
+        f"'msg': 'container `' + x.name + '` sets ' + en + '=' + {last}[size({last}) - 1].?value.orValue('') + ' ' + "
+        f"{voice_why} + '; ' + {voice_fix}}} : {{}}")
+    variables += [
+        {"name": "envProblems", "expression": f"variables.ctrs.map(x, {env_names}.map(en, {env_problem})"
+                                              ".filter(p, size(p) > 0)).filter(ps, size(ps) > 0).map(ps, ps[0])"},
+        {"name": "hostPathProblems", "expression":
+            "variables.hostPaths.map(l, l.filter(r, " + _host_hit("r.h", tests) + " || (r.h + '/').contains('/../')))"
+            ".filter(l, size(l) > 0)"
+            ".map(l, {'path': l[0].tp + '.volumes[' + string(l[0].i) + '].hostPath.path', 'msg': 'volume `' + "
+            "l[0].v.?name.orValue('None') + '` mounts host path ' + l[0].v.hostPath.path + ', which exposes GPU device "
+            "nodes (' + " + _host_which("l[0].h", tests) + " + ') outside the scheduler\\'s allocation; remove the "
+            "hostPath volume and request GPUs through resources.limits (or a DRA claim)'})"},
+    ]
+    return Form("gpu-isolation", variables, [_first("variables.hostPathProblems", "gpu-isolation", runbook),
+                                             _first("variables.envProblems", "gpu-isolation", runbook)],
+                leaves_out=["only NVIDIA_VISIBLE_DEVICES set literally and hostPath device nodes are exported; values "
+                            "from ConfigMaps/Secrets, device-list mounts and privileged containers next to GPUs stay "
+                            "with the webhook"],
+                covers=lambda path: path.endswith(".hostPath.path") or bool(re.search(r"\.env\[\d+\]\.value$", path)))
+
+
+def _host_hit(h: str, tests: list[tuple[str, str]]) -> str:
+    return "(" + " || ".join("(" + t.replace("h.", f"{h}.").replace("h in", f"{h} in") + ")" for _, t in tests) + ")"
+
+
+def _host_which(h: str, tests: list[tuple[str, str]]) -> str:
+    chosen = "''"
+    for pattern, test in reversed(tests):
+        chosen = f"(({test.replace('h.', f'{h}.').replace('h in', f'{h} in')}) ? {lit(pattern)} : {chosen})"
+    return chosen
+
+
+# ---- gpu-job-deadline -----------------------------------------------------------------------------------
+
+def _human(v: str) -> str:
+    """policies.library.gpu_job_deadline.human_duration in CEL (``v`` an int expression, > 0)."""
+    return (f"(({v}) >= 86400 ? string(({v}) / 86400) + 'd' : '') + (({v}) % 86400 >= 3600 ? "
+            f"string(({v}) % 86400 / 3600) + 'h' : '') + (({v}) % 3600 >= 60 ? string(({v}) % 3600 / 60) + 'm' : '') "
+            f"+ (({v}) % 60 >= 1 ? string(({v}) % 60) + 's' : '')")
+
+
+def _human_static(seconds: int) -> str:
+    out = []
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60), ("s", 1)):
+        if seconds >= size:
+            out.append(f"{seconds // size}{unit}")
+            seconds %= size
+    return "".join(out) or "0s"
+
+
+def _repr(v: str) -> str:
+    """How Python's repr shows a scalar a manifest may hold (a string quoted, a bool capitalised)."""
+    return (f"(type({v}) == string ? \"'\" + string({v}) + \"'\" : type({v}) == bool ? ({v} ? 'True' : 'False') : "
+            f"string({v}))")
+
+
+def gpu_job_deadline(params: Mapping[str, Any], gpu: GpuConfig, runbook: str) -> Form:
+    limit = int(params["maxActiveDeadlineSeconds"])
+    human = _human_static(limit)
+    uses = f"variables.tpls.exists(tp, {_uses_gpu('variables.tpls.indexOf(tp)')})"
+    name = "object.metadata.?name.orValue(object.metadata.?generateName.orValue('<unnamed>'))"
+
+    def deadline(spec: str, base: str, label: str, what: str, hint: str) -> str:
+        path = f"{base}.activeDeadlineSeconds"
+        value = f"{spec}.?activeDeadlineSeconds"
+        return (
+            f"!{value}.hasValue() ? {{'path': {lit(path)}, 'msg': {label} + ' uses GPUs but sets no {path}; "
+            f"a stuck run would hold its GPUs until someone notices: set {path} to at most {limit} "
+            f"({human}){hint}'}} : "
+            f"(type({value}.value()) != int || {value}.value() < 1) ? {{'path': {lit(path)}, 'msg': {label} + ' sets "
+            f"{path}: ' + {_repr(value + '.value()')} + '; use a whole number of seconds between 1 and {limit} "
+            f"({human})'}} : "
+            f"{value}.value() > {limit} ? {{'path': {lit(path)}, 'msg': {label} + ' sets {path}: ' + "
+            f"string({value}.value()) + ' (' + {_human(value + '.value()')} + '), more than the {limit} ({human}) "
+            f"allowed for GPU work; lower it to at most {limit}, so {what} cannot hold GPUs idle for longer'}} : {{}}")
+
+    def ttl(spec: str, base: str, label: str) -> str:
+        path = f"{base}.ttlSecondsAfterFinished"
+        value = f"{spec}.?ttlSecondsAfterFinished"
+        return (f"!{value}.hasValue() ? {{'path': {lit(path)}, 'msg': {label} + ' uses GPUs but sets no {path}; set it "
+                f"(e.g. 3600) so the finished job and its pods are cleaned up'}} : (type({value}.value()) != int || "
+                f"{value}.value() < 0) ? {{'path': {lit(path)}, 'msg': {label} + ' sets {path}: ' + "
+                f"{_repr(value + '.value()')} + '; use a whole number of seconds (e.g. 3600)'}} : {{}}")
+
+    jobs = []
+    for kind, spec, base in (("Job", "object.spec", "spec"), ("CronJob", "object.spec.jobTemplate.spec",
+                                                              "spec.jobTemplate.spec")):
+        label = f"'{kind} `' + {name} + '`'"
+        checks = [deadline(spec, base, label, "the job", "")]
+        if params["requireTtlSecondsAfterFinished"]:
+            checks.append(ttl(spec, base, label))
+        jobs.append(f"object.kind == '{kind}' ? [{', '.join(checks)}] : ")
+    restart = "object.spec.?restartPolicy.orValue('Always')"
+    owned = "object.metadata.?ownerReferences.orValue([]).exists(r, r.?controller.orValue(false) == true)"
+    pod_label = f"'Pod `' + {name} + '` (restartPolicy ' + {restart} + ', a batch pod)'"
+    as_job = " (or run it as a Job with activeDeadlineSeconds and ttlSecondsAfterFinished)"
+    bare = (f"object.kind == 'Pod' && {lit(bool(params['checkBarePods']))} && !{owned} && {restart} in "
+            f"['Never', 'OnFailure'] ? [{deadline('object.spec', 'spec', pod_label, 'the pod', as_job)}] : []")
+    variables = _shared(gpu) + [{"name": "deadlineProblems",
+                                 "expression": f"({uses} ? ({''.join(jobs)}{bare}) : []).filter(p, size(p) > 0)"}]
+    return Form("gpu-job-deadline", variables, [_first("variables.deadlineProblems", "gpu-job-deadline", runbook)],
+                kinds=("Pod", "Job", "CronJob"))
+
+
+# ---- cost-labels ----------------------------------------------------------------------------------------
+
+def cost_labels(params: Mapping[str, Any], gpu: GpuConfig, runbook: str) -> Form:
+    wanted = list(params["labels"])
+    patterns = dict(params.get("valuePatterns") or {})
+    t = "variables.tpls.indexOf(tp)"
+    blank = "tp.labels[?k].orValue('').trim() == ''"
+    where = ("(tp.name == 'pod' ? 'the pod holds' : tp.name == 'template' ? 'the pod template holds' : "
+             "'the ' + tp.name + ' pods hold')")
+    path = "tp.meta + '.labels'"
+    missing = f"{lit(wanted)}.filter(k, {blank})"
+    on_object = (f"{missing}.filter(k, {OBJ_LABELS}[?k].orValue('').trim() != '')")
+    hint = (f"(tp.meta != 'metadata' && size({on_object}) > 0 ? ' (' + object.kind + ' ' + object.metadata.name + "
+            f"' has ' + {on_object}.map(k, k + ': ' + {OBJ_LABELS}[k]).join(', ') + ' in its own metadata.labels, "
+            "but cost tools read pod labels: copy them to the pod template)' : '')")
+    missing_problem = (f"size({missing}) > 0 ? [{{'path': {path}, 'msg': {where} + ' a GPU without the cost "
+                       f"label(s) ' + {missing}.map(k, '`' + k + '`').join(', ') + '; add ' + "
+                       f"{missing}.map(k, k + ': <' + k + '>').join(', ') + "
+                       f"' to ' + {path} + ' so the GPU hours are charged to an owner' + {hint}}}] : []")
+    pattern_problems = " + ".join(
+        f"(!({lit(k)} in {missing}) && {lit(k)} in tp.labels && "
+        f"!string(tp.labels[{lit(k)}]).matches({lit('^(?:' + p + ')$')}) ? "
+        f"[{{'path': {path}, 'msg': 'label {k}=' + string(tp.labels[{lit(k)}]) + ' at ' + {path} + "
+        f"' does not match ' + {lit(repr(p))} + '; set {k} to a value that matches it'}}] : [])"
+        for k, p in patterns.items()) or "[]"
+    variables = _shared(gpu) + [{"name": "costProblems", "expression":
+                                 f"variables.tpls.filter(tp, {_uses_gpu(t)}).map(tp, {missing_problem} + "
+                                 f"{pattern_problems}).filter(l, size(l) > 0).map(l, l[0])"}]
+    return Form("cost-labels", variables, [_first("variables.costProblems", "cost-labels", runbook)],
+                leaves_out=["KServe InferenceServices (component labels) are checked by the webhook only"])

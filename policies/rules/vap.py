@@ -36,7 +36,9 @@ ACTIONS = {"deny": "Deny", "warn": "Warn", "audit": "Audit"}
 PARAMS_VARIABLE = "mlguardParams"
 ACTION_VARIABLE = "mlguardAction"
 SELECTED_VARIABLE = "mlguardSelected"
-FORMS = {"gpu-limits": builtin.gpu_limits}
+FORMS = {"gpu-limits": builtin.gpu_limits, "gpu-tolerations": builtin.gpu_tolerations,
+         "gpu-isolation": builtin.gpu_isolation, "gpu-job-deadline": builtin.gpu_job_deadline,
+         "cost-labels": builtin.cost_labels}
 
 
 @dataclass
@@ -271,7 +273,10 @@ def builtin_form(policy_id: str, policyset: PolicySet) -> Form | str:
         return "its overrides change its parameters per object; the built-in CEL forms take one set"
     policy = all_policies()[policy_id]
     params = {**policy.defaults, **(config.get("params") or {})}
-    return FORMS[policy_id](params, policyset.gpu, policyset.runbook_url(policy.runbook_path()))
+    runbook = policyset.runbook_url(policy.runbook_path())
+    if policy_id == "gpu-tolerations":
+        return builtin.gpu_tolerations(params, policyset.gpu, runbook, mutations=policyset.mutations)
+    return FORMS[policy_id](params, policyset.gpu, runbook)
 
 
 def export_vap(policyset: PolicySet, *, own_namespace: str = "mlguard-system") -> Export:
