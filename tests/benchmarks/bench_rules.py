@@ -1,0 +1,216 @@
+#!/usr/bin/env python3
+"""What CEL rules (spec.rules) cost: the baseline PolicySet plus 0, 10 and 50 rules.
+
+    python tests/benchmarks/bench_rules.py [--duration 6] [--rate 200] [--objects 400]
+
+Three figures per rule count:
+- admission p50/p99 over HTTP: the webhook (gunicorn, TLS, 2 workers) answering bench_webhook.py's 8 KB vLLM
+  Deployment review at a fixed rate (open loop, latency from the scheduled send time);
+- in-process p50/p99 of one `evaluate_object` at admission on the same object (no sockets), and from it the
+  cost per rule per object (the mean's growth from 0 to 50 rules, divided by 50);
+- `mlguard check` throughput (objects/s) on a directory of generated GPU Deployments and Pods.
+
+The rules are a mix of what teams write: object rules on labels and fields, pod-template rules on GPUs and
+node selectors, container rules on images and arguments (the three shipped examples among them), all run
+in every scope they name. The loader shares the 2 cores with the server: HTTP figures are a floor.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import os
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import requests
+import trustme
+import yaml
+
+HERE = Path(__file__).resolve()
+sys.path.insert(0, str(HERE.parent))
+sys.path.insert(0, str(HERE.parents[2]))
+
+from bench_webhook import FACTS, deployment_review, fixed_rate, free_port  # noqa: E402
+
+REPO = HERE.parents[2]
+EXAMPLES = REPO / "policies" / "catalog" / "examples" / "gpu-rules.yaml"
+TEMPLATES: list[dict[str, Any]] = [
+    {"scope": "object", "validations": [{"expression": "object.metadata.?labels.?team.orValue('') != ''",
+                                         "message": "every workload names its team"}]},
+    {"scope": "podTemplate", "params": {"max": 8},
+     "validations": [{"expression": "gpus <= params.max", "messageExpression": "'too many GPUs: ' + string(gpus)"}]},
+    {"scope": "container", "validations": [{"expression": "!container.image.endsWith(':latest')",
+                                            "message": "pin the image"}]},
+    {"scope": "container", "params": {"registries": ["registry.example.com/", "nvcr.io/"]},
+     "validations": [{"expression": "params.registries.exists(r, container.image.startsWith(r))",
+                      "message": "images come from the approved registries"}]},
+    {"scope": "object", "validations": [{"expression": "!has(object.spec.replicas) || object.spec.replicas <= 16",
+                                         "message": "at most 16 replicas"}]},
+    {"scope": "podTemplate", "validations": [{
+        "expression": "gpus == 0 || (has(template.nodeSelector) && 'nvidia.com/gpu.product' in template.nodeSelector)",
+        "message": "GPU pods select a GPU class"}]},
+    {"scope": "container", "validations": [{
+        "expression": "gpus == 0 || quantity(string(container.?resources.?limits.?memory.orValue('0')))"
+                      ".isGreaterThan(quantity('1Gi'))", "message": "GPU containers set a memory limit"}]},
+]
+
+
+def rules(count: int) -> list[dict[str, Any]]:
+    examples = yaml.safe_load(EXAMPLES.read_text())["spec"]["rules"]
+    pool = examples + TEMPLATES
+    out = []
+    for i in range(count):
+        rule = copy.deepcopy(pool[i % len(pool)])
+        rule.update({"id": f"bench-rule-{i:02d}", "description": "benchmark rule", "action": "deny",
+                     "runbook": "runbooks/team-rules.md"})
+        rule.pop("match", None)  # every rule runs on every object (h100-prod-only names core kinds)
+        out.append(rule)
+    return out
+
+
+def policyset(count: int) -> str:
+    doc = yaml.safe_load((REPO / "policies" / "catalog" / "baseline.yaml").read_text())
+    doc["spec"]["rules"] = rules(count)
+    doc["spec"]["ruleCount"] = count
+    doc["spec"]["evalKeys"] = {"keys": []}
+    doc["spec"]["policies"].pop("eval-gate", None)
+    doc["spec"]["policyCount"] = len(doc["spec"]["policies"])
+    return yaml.safe_dump(doc, sort_keys=False)
+
+
+def in_process(text: str, body: bytes, *, n: int = 2000) -> tuple[float, float, float]:
+    from policies.context import RequestInfo
+    from policies.engine import evaluate_object
+    from policies.policyset import parse_policyset
+
+    ps = parse_policyset(text, source="bench")
+    obj = json.loads(body)["request"]["object"]
+    info = RequestInfo(operation="CREATE", user="system:serviceaccount:argocd:argocd-application-controller")
+    for _ in range(100):
+        evaluate_object(obj, ps, point="admission", request=info)
+    times = []
+    for _ in range(n):
+        start = time.perf_counter()
+        evaluate_object(obj, ps, point="admission", request=info)
+        times.append(time.perf_counter() - start)
+    times.sort()
+    return statistics.fmean(times) * 1e3, times[n // 2] * 1e3, times[int(n * 0.99)] * 1e3
+
+
+def serve(work: Path, cert: Path, key: Path, policyset_file: Path) -> tuple[subprocess.Popen[bytes], int, Path]:
+    port = free_port()
+    facts = work / "facts.yaml"
+    facts.write_text(FACTS)
+    metrics_dir = Path(tempfile.mkdtemp(prefix="bench-metrics-", dir=work))
+    env = {**os.environ, "MLGUARD_WEBHOOK_FACTS_FILE": str(facts), "PROMETHEUS_MULTIPROC_DIR": str(metrics_dir)}
+    log = (work / f"webhook-{port}.log").open("w")
+    proc = subprocess.Popen([sys.executable, "-m", "webhook", "serve", "--host", "127.0.0.1", "--port", str(port),
+                             "--cert", str(cert), "--key", str(key), "--policyset", str(policyset_file),
+                             "--workers", "2", "--threads", "4"], cwd=REPO, env=env, stdout=log,
+                            stderr=subprocess.STDOUT, start_new_session=True)
+    return proc, port, work / f"webhook-{port}.log"
+
+
+def ready(port: int, ca: Path, proc: subprocess.Popen[bytes]) -> None:
+    session = requests.Session()
+    session.trust_env = False
+    end = time.monotonic() + 30
+    while time.monotonic() < end and proc.poll() is None:
+        try:
+            if session.get(f"https://127.0.0.1:{port}/readyz", verify=str(ca), timeout=2).status_code == 200:
+                return
+        except requests.RequestException:
+            pass
+        time.sleep(0.2)
+    raise SystemExit("webhook did not become ready")
+
+
+def manifests(root: Path, count: int) -> None:
+    body = json.loads(deployment_review())["request"]["object"]
+    for i in range(count):
+        obj = copy.deepcopy(body)
+        obj["metadata"]["name"] = f"llm-{i:04d}"
+        if i % 2:  # half of them bare Pods
+            obj = {"apiVersion": "v1", "kind": "Pod", "metadata": obj["metadata"], "spec": obj["spec"]["template"]["spec"]}
+        (root / f"obj-{i:04d}.yaml").write_text(yaml.safe_dump(obj, sort_keys=False))
+
+
+def check_rate(root: Path, policyset_file: Path, count: int) -> float:
+    best = float("inf")
+    for _ in range(3):
+        start = time.perf_counter()
+        proc = subprocess.run([sys.executable, "-m", "policies.cli", "check", str(root), "--policyset",
+                               str(policyset_file), "--format", "json", "-o", os.devnull], cwd=REPO,
+                              capture_output=True, text=True, check=False)
+        best = min(best, time.perf_counter() - start)
+        if proc.returncode not in (0, 1):
+            raise SystemExit(proc.stderr)
+    return count / best
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--duration", type=float, default=6.0, help="seconds of load per rule count")
+    parser.add_argument("--rate", type=float, default=200.0, help="requests per second")
+    parser.add_argument("--objects", type=int, default=400, help="objects for the mlguard check run")
+    parser.add_argument("--counts", default="0,10,50")
+    args = parser.parse_args()
+    counts = [int(c) for c in args.counts.split(",")]
+    work = Path(tempfile.mkdtemp(prefix="bench-rules-"))
+    try:
+        ca_obj = trustme.CA()
+        ca, cert, key = work / "ca.pem", work / "tls.crt", work / "tls.key"
+        ca_obj.cert_pem.write_to_path(str(ca))
+        issued = ca_obj.issue_cert("127.0.0.1")
+        issued.cert_chain_pems[0].write_to_path(str(cert))
+        issued.private_key_pem.write_to_path(str(key))
+        body = deployment_review()
+        objects = work / "manifests"
+        objects.mkdir()
+        manifests(objects, args.objects)
+        print(f"CEL rules on top of the baseline PolicySet: {len(body)} byte Deployment review, {os.cpu_count()} CPUs "
+              f"(shared with the loader), {args.rate:.0f} req/s for {args.duration:.0f} s; check on {args.objects} "
+              "objects (best of 3 runs, process start included)")
+        print(f"  {'rules':>5}  {'in-process mean/p50/p99 ms':>27}  {'HTTP p50 ms':>11}  {'HTTP p99 ms':>11}  "
+              f"{'errors':>6}  {'check objects/s':>15}")
+        means = {}
+        for count in counts:
+            text = policyset(count)
+            file = work / f"policyset-{count}.yaml"
+            file.write_text(text)
+            mean, p50, p99 = in_process(text, body)
+            means[count] = mean
+            proc, port, log = serve(work, cert, key, file)
+            try:
+                ready(port, ca, proc)
+                fixed_rate(port, str(ca), body, rate=50, duration=1.0)  # warm-up
+                r = fixed_rate(port, str(ca), body, rate=args.rate, duration=args.duration)
+            finally:
+                proc.send_signal(signal.SIGTERM)
+                try:
+                    proc.wait(timeout=25)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+            rate = check_rate(objects, file, args.objects)
+            print(f"  {count:>5}  {mean:>9.3f} / {p50:>6.3f} / {p99:>6.3f}  {r['p50']:>11.2f}  {r['p99']:>11.2f}  "
+                  f"{r['errors']:>6}  {rate:>15.0f}")
+        if 0 in means and max(counts) > 0:
+            top = max(counts)
+            per_rule = (means[top] - means[0]) / top * 1000
+            print(f"  cost per rule per object (in-process mean, 0 -> {top} rules): {per_rule:.1f} us")
+        return 0
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
