@@ -13,7 +13,7 @@ from policies.model import EnforcementPoint, Finding, Note, Report, Resource, Vi
 from policies.mutations import planned_mutations
 from policies.policyset import PolicySet, Resolved
 from policies.registry import all_policies
-from policies.rules.evaluate import Budget, RuleInput, evaluate_rule
+from policies.rules.evaluate import Budget, Frame, RuleInput, evaluate_rule
 from policies.rules.ruleset import Rule
 from policies.selectors import Subject, as_blocks
 from policies.workload import extract
@@ -121,16 +121,19 @@ def evaluate_object(obj: Mapping[str, Any], policyset: PolicySet, *, point: Enfo
         given = RuleInput(workload=workload, gpu=gpu, environment=environment, namespace_labels=ns_labels,
                           request=request, old_object=old_object)
         budget = Budget(policyset.rule_limits.per_request_seconds)
+        active = []
         for rule in policyset.rules:
             if not (checkable or _names_kinds(rule)):
                 continue  # like the policies: objects without pod templates, unless the rule names its kinds
             resolved = policyset.resolve_rule(rule, subject=subject, point=point)
-            if resolved.action == "off":
-                continue
+            if resolved.action != "off":
+                active.append((rule, resolved))
+        frame = Frame(given, {rule.id: resolved.params for rule, resolved in active}) if active else None
+        for rule, resolved in active:
             if resolved.only_new:
                 only_new.add(rule.id)
             runbook = policyset.rule_runbook_url(rule.runbook)
-            for found in dict.fromkeys(evaluate_rule(rule, given, resolved.params, budget)):
+            for found in dict.fromkeys(evaluate_rule(rule, given, resolved.params, budget, frame)):
                 f = found.finding
                 if found.failure:
                     errors.append(rule.id)

@@ -24,7 +24,8 @@ from typing import Any, Literal
 
 from cel_expr_python import cel
 
-from policies.rules.k8slib import kubernetes_library
+from policies.rules.k8slib import INTERNAL_MATCHES, internal_library, kubernetes_library
+from policies.rules.lexer import tokens
 
 Scope = Literal["object", "podTemplate", "container"]
 SCOPES: tuple[Scope, ...] = ("object", "podTemplate", "container")
@@ -54,13 +55,76 @@ class EvalError(Exception):
     """An expression that failed at run time (no such key, division by zero, a non-bool result ...)."""
 
 
+EXTENSIONS = "extensions:\n  - name: strings\n  - name: sets\n  - name: optional\n"
+
+
 @cache
-def environment(scope: Scope) -> Any:
-    """The CEL environment of a scope: the variables it binds, the libraries every scope has."""
-    config = cel.NewEnvConfigFromYaml("extensions:\n  - name: strings\n  - name: sets\n  - name: optional\n")
+def environment(scope: Scope, internal: bool = False) -> Any:
+    """The CEL environment of a scope: the variables it binds, the libraries every scope has. The internal one
+    (what the engine runs, never what a rule is checked against) adds cel.bind and compiled-pattern matches."""
+    config = cel.NewEnvConfigFromYaml(EXTENSIONS + ("  - name: bindings\n" if internal else ""))
     names = VAP_VARIABLES + SCOPE_FACTS[scope]
     return cel.NewEnv(config=config, variables={n: _TYPES.get(n, cel.Type.DYN) for n in names},
-                      extensions=[kubernetes_library()])
+                      extensions=[kubernetes_library()] + ([internal_library()] if internal else []))
+
+
+def internal_source(source: str) -> str:
+    """``source`` with matches() calls made the engine's compiled-pattern matches (same RE2 semantics)."""
+    toks = tokens(source)
+    out, last = [], 0
+    for i, tok in enumerate(toks[:-1]):
+        if tok.kind == "ident" and tok.text == "matches" and toks[i + 1].text == "(":
+            out.append(source[last:tok.start])
+            out.append(INTERNAL_MATCHES)
+            last = tok.start + len(tok.text)
+    out.append(source[last:])
+    return "".join(out)
+
+
+def compile_internal(source: str, scope: Scope) -> Program | None:
+    """A program the engine runs (already checked as written), or None when it does not compile."""
+    try:
+        return Program(source, environment(scope, True).compile(internal_source(source)))
+    except RuntimeError:
+        return None
+
+
+# The frame: one binding per object for every rule. The runtime converts a bound value on its first use, whole,
+# once per binding: so each fact is a variable of its own (a rule that reads only containers never converts the
+# object), and a validation runs over all its instances at once: `mlguardN.<scope>.map(mlguardK, <expression>)`
+# with `container` read as `mlguardC[mlguardK]`, `template` as `mlguardT[...]`, `params` as `mlguardP[<rule>]`.
+FRAME_ITEM = "mlguardK"
+FRAME_REWRITES: Mapping[str, Mapping[str, str]] = {
+    "object": {"gpus": "mlguardOG", "gpuResources": "mlguardOR"},
+    "podTemplate": {"template": "mlguardT[mlguardK]", "gpus": "mlguardTG[mlguardK]",
+                    "gpuResources": "mlguardTR[mlguardK]"},
+    "container": {"container": "mlguardC[mlguardK]", "template": "mlguardT[mlguardCT[mlguardK]]",
+                  "gpus": "mlguardCG[mlguardK]", "gpuResources": "mlguardCR[mlguardK]"},
+}
+FRAME_VARIABLES = ("object", "oldObject", "request", "namespaceObject", "environment", "model", "variables",
+                   "mlguardN", "mlguardP", "mlguardOG", "mlguardOR", "mlguardT", "mlguardTG", "mlguardTR",
+                   "mlguardC", "mlguardCT", "mlguardCG", "mlguardCR")
+
+
+@cache
+def frame_environment() -> Any:
+    """The frame's environment; it also has cel.bind (lazy, as the API server's variables), which the rules'
+    own environment leaves out as Kubernetes does: only the engine writes it, for a rule's variables."""
+    config = cel.NewEnvConfigFromYaml(EXTENSIONS + "  - name: bindings\n")
+    return cel.NewEnv(config=config, variables={n: cel.Type.DYN for n in FRAME_VARIABLES},
+                      extensions=[kubernetes_library(), internal_library()])
+
+
+def compile_frame(source: str) -> Program | None:
+    """A frame expression (already checked in its own scope's form), or None when it does not compile."""
+    try:
+        return Program(source, frame_environment().compile(internal_source(source)))
+    except RuntimeError:
+        return None
+
+
+def frame_activation(data: Mapping[str, Any]) -> Any:
+    return frame_environment().Activation(dict(data))
 
 
 def _errors(text: str) -> list[CompileError]:
@@ -105,6 +169,6 @@ def compile_expression(source: str, *, scope: Scope, result: ResultKind) -> Prog
     return program
 
 
-def activation(scope: Scope, data: Mapping[str, Any]) -> Any:
-    """Bind the variables of one evaluation (every program of the scope may run against it)."""
-    return environment(scope).Activation(dict(data))
+def activation(scope: Scope, data: Mapping[str, Any], *, internal: bool = False) -> Any:
+    """Bind the variables of one evaluation (every program of the environment may run against it)."""
+    return environment(scope, internal).Activation(dict(data))

@@ -8,8 +8,8 @@ The runtime's Python functions cannot hand back values of a type of their own, s
 map with one key (``{"kubernetes.Quantity": "0.2"}``) that only these functions read. A Quantity is kept
 in its canonical value (``quantity("200M") == quantity("0.2G")`` holds, as in Kubernetes).
 
-Regular expressions run in the runtime's RE2 (linear time, as Kubernetes' Go regexp), never in Python's
-backtracking ``re``: a pattern taken from an object cannot stall the webhook.
+Regular expressions run in RE2 (google-re2: linear time, the syntax of Kubernetes' Go regexp), never in
+Python's backtracking ``re``: a pattern taken from an object cannot stall the webhook.
 """
 
 from __future__ import annotations
@@ -19,8 +19,10 @@ import math
 import urllib.parse
 from collections.abc import Callable, Mapping
 from decimal import Decimal
+from functools import lru_cache
 from typing import Any
 
+import re2
 from cel_expr_python import cel
 
 from policies.quantity import QuantityError, parse_quantity
@@ -151,67 +153,37 @@ def last_index_of(items: list[Any], item: Any) -> int:
 
 # ---- regex (library/regex.go), in RE2 -------------------------------------------------------------------
 
-def _non_capturing(pattern: str) -> str:
-    """The pattern with its capturing groups made non-capturing, wrapped in one group: RE2's extract then
-    returns whole matches, as Go's FindString does."""
-    out, i, in_class = [], 0, False
-    while i < len(pattern):
-        c = pattern[i]
-        if c == "\\" and i + 1 < len(pattern):
-            out.append(pattern[i:i + 2])
-            i += 2
-            continue
-        if in_class:
-            in_class = c != "]"
-        elif c == "[":
-            in_class = True
-            if pattern[i + 1:i + 2] == "]":  # a literal ] first in a class
-                out.append("[]")
-                i += 2
-                continue
-        elif c == "(":
-            rest = pattern[i + 1:]
-            if rest.startswith("?P<") or rest.startswith("?<"):
-                close = rest.find(">")
-                out.append("(?:")
-                i += close + 2
-                continue
-            if not rest.startswith("?"):
-                out.append("(?:")
-                i += 1
-                continue
-        out.append(c)
-        i += 1
-    return "(" + "".join(out) + ")"
+_RE2_OPTIONS = re2.Options()
+_RE2_OPTIONS.log_errors = False  # an invalid pattern is the caller's error, not a line on stderr
 
 
-class _Regex:
-    """RE2 through the runtime's own regex extension, in a separate environment of its own."""
-
-    def __init__(self) -> None:
-        env = cel.NewEnv(config=cel.NewEnvConfigFromYaml(
-            "extensions:\n  - name: regex\n  - name: optional\nvariables:\n"
-            "  - {name: s, type_name: string}\n  - {name: p, type_name: string}\n"))
-        self._all = env.compile("regex.extractAll(s, p)")
-        self._first = env.compile("regex.extract(s, p).orValue('')")
-
-    def _run(self, program: Any, text: str, pattern: str) -> Any:
-        value = program.eval(data={"s": text, "p": _non_capturing(pattern)})
-        if value.type().name() == "ERROR":
-            raise LibraryError(str(value.value()).replace("INVALID_ARGUMENT: ", ""))
-        return value.plain_value()
-
-    def find(self, text: str, pattern: str) -> str:
-        return str(self._run(self._first, text, pattern))
-
-    def find_all(self, text: str, pattern: str, limit: int = -1) -> list[str]:
-        if limit == 0:
-            return []
-        found = [str(x) for x in self._run(self._all, text, pattern)]
-        return found if limit < 0 else found[:limit]
+@lru_cache(maxsize=1024)  # bounded: patterns may come from objects
+def compiled(pattern: str) -> Any:
+    try:
+        return re2.compile(pattern.encode(), options=_RE2_OPTIONS)
+    except re2.error as exc:
+        raise LibraryError(f"invalid regular expression {pattern!r}: {exc.args[0].decode(errors='replace')}") from exc
 
 
-_REGEX = _Regex()
+def find(text: str, pattern: str) -> str:
+    found = compiled(pattern).search(text.encode())
+    return found.group(0).decode() if found else ""
+
+
+def find_all(text: str, pattern: str, limit: int = -1) -> list[str]:
+    if limit == 0:
+        return []
+    out = []
+    for found in compiled(pattern).finditer(text.encode()):
+        out.append(found.group(0).decode())
+        if len(out) == limit:
+            break
+    return out
+
+
+def matches(text: str, pattern: str) -> bool:
+    """CEL's matches() (RE2, unanchored), with the pattern compiled once."""
+    return compiled(pattern).search(text.encode()) is not None
 
 
 # ---- urls (library/urls.go) -----------------------------------------------------------------------------
@@ -321,11 +293,10 @@ def kubernetes_library() -> cel.CelExtension:
         _fn("max", "list_max", DYN, [lst], list_max, member=True),
         _fn("indexOf", "list_a_index_of_int", i, [lst, DYN], index_of, member=True),
         _fn("lastIndexOf", "list_a_last_index_of_int", i, [lst, DYN], last_index_of, member=True),
-        _fn("find", "string_find_string", s, [s, s], _REGEX.find, member=True),
+        _fn("find", "string_find_string", s, [s, s], find, member=True),
         cel.FunctionDecl("findAll", [
-            cel.Overload("string_find_all_string", cel.Type.List(s), [s, s], is_member=True, impl=_REGEX.find_all),
-            cel.Overload("string_find_all_string_int", cel.Type.List(s), [s, s, i], is_member=True,
-                         impl=_REGEX.find_all)]),
+            cel.Overload("string_find_all_string", cel.Type.List(s), [s, s], is_member=True, impl=find_all),
+            cel.Overload("string_find_all_string_int", cel.Type.List(s), [s, s, i], is_member=True, impl=find_all)]),
         _fn("url", "string_to_url", DYN, [s], url, member=False),
         _fn("isURL", "is_url_string", b, [s], is_url, member=False),
         _fn("getScheme", "url_get_scheme", s, [DYN], lambda u: _parsed(u).scheme, member=True),
@@ -336,3 +307,15 @@ def kubernetes_library() -> cel.CelExtension:
         _fn("getQuery", "url_get_query", cel.Type.Map(s, cel.Type.List(s)), [DYN], url_query, member=True),
     ]
     return cel.CelExtension("kubernetes", decls)
+
+
+INTERNAL_MATCHES = "mlguardMatches"
+
+
+def internal_library() -> cel.CelExtension:
+    """What only the engine writes into the programs it runs: matches() with compiled patterns (the runtime's
+    own recompiles its pattern on every call)."""
+    s, b = cel.Type.STRING, cel.Type.BOOL
+    return cel.CelExtension("mlguard", [cel.FunctionDecl(INTERNAL_MATCHES, [
+        cel.Overload("mlguard_matches_string", b, [s, s], is_member=True, impl=matches),
+        cel.Overload("mlguard_matches_string_string", b, [s, s], is_member=False, impl=matches)])])

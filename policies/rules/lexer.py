@@ -99,3 +99,26 @@ def comprehension_depth(source: str) -> int:
         elif tok.text in (")", "]", "}") and stack and stack.pop():
             depth -= 1
     return deepest
+
+
+def replace_selection(source: str, root: str, name: str, replacement: str) -> str:
+    """``source`` with every ``root.name`` (a free ``root``) replaced, e.g. ``variables.x`` -> ``(...)``."""
+    toks = tokens(source)
+    out, last = [], 0
+    for i, tok in enumerate(toks[:-2]):
+        before = toks[i - 1].text if i else ""
+        if tok.kind == "ident" and tok.text == root and before not in (".", "?.", ".?") \
+                and toks[i + 1].text == "." and toks[i + 2].text == name:
+            out.append(source[last:tok.start])
+            out.append(replacement)
+            last = toks[i + 2].start + len(name)
+    out.append(source[last:])
+    return "".join(out)
+
+
+def comprehension_variables(source: str) -> set[str]:
+    """The names comprehension macros bind (``x`` in ``list.all(x, ...)``)."""
+    toks = tokens(source)
+    return {toks[i + 1].text for i in range(1, len(toks) - 2)
+            if toks[i].text == "(" and toks[i - 1].text in MACROS and toks[i + 1].kind == "ident"
+            and toks[i + 2].text == ","}

@@ -8,13 +8,32 @@ expression itself: the same channel as every other PolicySet error.
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from policies.rules.celenv import MLGUARD_FACTS, Program, ResultKind, Scope, compile_expression
-from policies.rules.lexer import LexError, comprehension_depth, free_identifiers, selections
+from policies.rules.celenv import (
+    FRAME_ITEM,
+    FRAME_REWRITES,
+    MLGUARD_FACTS,
+    Program,
+    ResultKind,
+    Scope,
+    compile_expression,
+    compile_frame,
+    compile_internal,
+)
+from policies.rules.lexer import (
+    LexError,
+    comprehension_depth,
+    comprehension_variables,
+    free_identifiers,
+    replace_identifier,
+    replace_selection,
+    selections,
+)
 
 DEFAULT_LIMITS = {"maxExpressionLength": 5000, "maxComprehensionDepth": 3, "perRequestMilliseconds": 50}
 _VARIABLE_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
@@ -22,10 +41,13 @@ _VARIABLE_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 @dataclass(frozen=True)
 class Validation:
-    program: Program
+    program: Program                 # as written (the export keeps `variables.<name>`)
     message: str | None
     message_program: Program | None
     path: str | None
+    runner: Program | None = None          # with the rule's variables inlined: what the engine evaluates
+    message_runner: Program | None = None
+    frame_runner: Program | None = None    # the same over every instance of the object at once (the fast path)
 
     @property
     def expression(self) -> str:
@@ -50,6 +72,7 @@ class Rule:
     variables: tuple[Variable, ...]
     validations: tuple[Validation, ...]
     facts: frozenset[str] = field(default_factory=frozenset)  # the mlguard-only facts its expressions use
+    names: frozenset[str] = field(default_factory=frozenset)  # every variable its evaluation binds
 
     @property
     def params(self) -> Mapping[str, Any]:
@@ -182,7 +205,68 @@ def compile_rules(entries: Any, *, where: Where, builtin_ids: Sequence[str], lim
             if program is not None:
                 validations.append(Validation(program, item.get("message"), message_program, item.get("path")))
         if len(errors) == before:
+            runnable, bound = _inline(variables, validations, scope, rule_id)
             rules.append(Rule(rule_id, str(entry["description"]), str(entry["runbook"]), scope, entry,
-                              tuple(variables), tuple(validations), frozenset(compiler.facts)))
+                              tuple(variables), tuple(runnable), frozenset(compiler.facts), bound))
     return rules, errors
+
+
+INSTANCE_NAMES = ("container", "template", "gpus", "gpuResources")
+
+
+def _frame(source: str, variables: list[Variable], scope: Scope, rule_id: str) -> Program | None:
+    """The validation over all instances at once, its variables bound once each (cel.bind, lazy), or None
+    when the rewrite would not be faithful (a comprehension variable named like a scope variable)."""
+    sources = {v.name: v.program.source for v in variables}
+    needed: set[str] = set()
+    todo = [n for n, _ in selections(source, "variables")]
+    while todo:
+        name = todo.pop()
+        if name in sources and name not in needed:
+            needed.add(name)
+            todo += [n for n, _ in selections(sources[name], "variables")]
+
+    def bound(text: str) -> str:
+        for name in sources:
+            text = replace_selection(text, "variables", name, f"mlguardV_{name}")
+        return text
+
+    source = bound(source)
+    for variable in reversed(variables):
+        if variable.name in needed:
+            source = f"cel.bind(mlguardV_{variable.name}, {bound(variable.program.source)}, {source})"
+    if comprehension_variables(source) & {*INSTANCE_NAMES, "params", FRAME_ITEM}:
+        return None
+    for name, replacement in FRAME_REWRITES[scope].items():
+        source = replace_identifier(source, name, replacement)
+    source = replace_identifier(source, "params", f"mlguardP[{json.dumps(rule_id)}]")
+    return compile_frame(f"mlguardN.{scope}.map({FRAME_ITEM}, {source})")
+
+
+def _inline(variables: list[Variable], validations: list[Validation], scope: Scope, rule_id: str
+            ) -> tuple[list[Validation], frozenset[str]]:
+    """The validations with `variables.<name>` replaced by the variable's expression, compiled: one
+    evaluation binds the object once, and a variable is evaluated only where it is used (as the API server
+    evaluates variables lazily: a variable that fails fails only the validations that use it)."""
+    inlined: dict[str, str] = {}
+
+    def expand(source: str) -> str:
+        for name, text in inlined.items():
+            source = replace_selection(source, "variables", name, f"({text})")
+        return source
+
+    for variable in variables:
+        inlined[variable.name] = expand(variable.program.source)
+    user_variables = variables
+    out, names = [], {"variables"}
+    for v in validations:
+        sources = [expand(v.program.source)] + ([expand(v.message_program.source)] if v.message_program else [])
+        programs = [compile_internal(src, scope) for src in sources]
+        runner, message_runner = (programs + [None])[:2]
+        if runner is None or (v.message_program is not None and message_runner is None):  # pragma: no cover
+            raise ValueError(f"an inlined expression of {rule_id} does not compile: {sources}")
+        names |= {t.text for src in sources for t in free_identifiers(src)}
+        out.append(Validation(v.program, v.message, v.message_program, v.path, runner, message_runner,
+                              _frame(v.program.source, user_variables, scope, rule_id)))
+    return out, frozenset(names)
 

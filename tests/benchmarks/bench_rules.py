@@ -140,7 +140,8 @@ def manifests(root: Path, count: int) -> None:
         obj = copy.deepcopy(body)
         obj["metadata"]["name"] = f"llm-{i:04d}"
         if i % 2:  # half of them bare Pods
-            obj = {"apiVersion": "v1", "kind": "Pod", "metadata": obj["metadata"], "spec": obj["spec"]["template"]["spec"]}
+            obj = {"apiVersion": "v1", "kind": "Pod", "metadata": obj["metadata"],
+                   "spec": obj["spec"]["template"]["spec"]}
         (root / f"obj-{i:04d}.yaml").write_text(yaml.safe_dump(obj, sort_keys=False))
 
 
@@ -189,7 +190,7 @@ def main() -> int:
             file.write_text(text)
             mean, p50, p99 = in_process(text, body)
             means[count] = mean
-            proc, port, log = serve(work, cert, key, file)
+            proc, port, _log = serve(work, cert, key, file)
             try:
                 ready(port, ca, proc)
                 fixed_rate(port, str(ca), body, rate=50, duration=1.0)  # warm-up

@@ -210,7 +210,8 @@ def test_failures_deny_whatever_the_action_and_name_the_rule() -> None:
     assert missing.startswith("rule missing-field failed: ") and "nope" in missing
     assert "`object.spec.replicas == 2 ? object.kind : true` gave 'Deployment', not a bool" in by["not-bool"].message
     # a failed variable fails only the validations that use it (as the API server evaluates them lazily)
-    assert by["bad-var"].message.startswith("rule bad-var failed: variable x could not be evaluated")
+    assert by["bad-var"].message.startswith("rule bad-var failed: ") and "nope" in by["bad-var"].message
+    assert by["bad-var"].message.endswith("in `variables.x == 1`; denied (fail closed)")
     assert sorted(report.policy_errors) == ["bad-var", "missing-field", "not-bool"]
 
 
