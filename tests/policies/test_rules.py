@@ -332,3 +332,52 @@ def json_copy(value: Any) -> Any:
     import json
 
     return json.loads(json.dumps(value))
+
+
+def test_mlguard_export_vap_writes_the_exportable_and_lists_the_rest(tmp_path: Path, capsys) -> None:
+    from policies.cli import main
+
+    out = tmp_path / "vap.yaml"
+    assert main(["export", "vap", "--policyset", str(EXAMPLES / "gpu-rules.yaml"), "-o", str(out)]) == 0
+    docs = [d for d in yaml.safe_load_all(out.read_text()) if d]
+    assert [(d["kind"], d["metadata"]["name"]) for d in docs] == [
+        ("ValidatingAdmissionPolicy", "mlguard-h100-prod-only"),
+        ("ValidatingAdmissionPolicyBinding", "mlguard-h100-prod-only")]
+    assert docs[1]["spec"] == {"policyName": "mlguard-h100-prod-only", "validationActions": ["Deny"]}
+    err = capsys.readouterr().err
+    assert "not exported: team-max-gpus: uses mlguard's own facts (gpus)" in err
+    assert "not exported: vllm-tensor-parallel: uses mlguard's own facts (container, gpus)" in err
+    assert "# Not exported: team-max-gpus:" in out.read_text()
+    bad = tmp_path / "bad.yaml"
+    bad.write_text((EXAMPLES / "gpu-rules.yaml").read_text().replace("gpus <= variables.ceiling", "gpus <="))
+    assert main(["export", "vap", "--policyset", str(bad)]) == 2
+    assert "rule team-max-gpus: Syntax error" in capsys.readouterr().err
+
+
+def test_export_of_a_strict_policyset_makes_one_policy_per_action(tmp_path: Path) -> None:
+    from policies.rules.vap import export_vap
+
+    ps = policyset([rule("r", action="warn", validations=[{"expression": "object.metadata.name != 'x'",
+                                                           "message": "not x"}])],
+                   environments={"label": "env", "defaults": {"prod": "deny"}}, dryRun=False)
+    docs = export_vap(ps).documents
+    bindings = {d["metadata"]["name"]: d["spec"]["validationActions"] for d in docs
+                if d["kind"] == "ValidatingAdmissionPolicyBinding"}
+    assert bindings == {"mlguard-r-warn": ["Warn"], "mlguard-r-deny": ["Deny"]}
+    from policies.rules.vap import evaluate_policy
+
+    obj = deployment([gpu("a", 1)], ns="team-a")
+    obj["metadata"]["name"] = "x"
+    request = {"operation": "CREATE", "namespace": "team-a", "name": "x", "dryRun": False,
+               "kind": {"group": "apps", "version": "v1", "kind": "Deployment"},
+               "userInfo": {"username": "u", "groups": []}}
+    by_name = {d["metadata"]["name"]: d for d in docs if d["kind"] == "ValidatingAdmissionPolicy"}
+
+    def fired(env: str) -> set[str]:
+        ns = {"metadata": {"name": "team-a", "labels": {"env": env}}}
+        return {n for n, d in by_name.items() if evaluate_policy(d, obj=obj, request=request, namespace=ns).denied}
+
+    assert fired("prod") == {"mlguard-r-deny"} and fired("dev") == {"mlguard-r-warn"}
+    [message] = evaluate_policy(by_name["mlguard-r-deny"], obj=obj, request=request,
+                                namespace={"metadata": {"name": "team-a", "labels": {"env": "prod"}}}).messages
+    assert message == "r: : not x (https://runbooks.example.com/r.md)"
