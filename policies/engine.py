@@ -125,7 +125,13 @@ def evaluate_object(obj: Mapping[str, Any], policyset: PolicySet, *, point: Enfo
         for rule in policyset.rules:
             if not (checkable or _names_kinds(rule)):
                 continue  # like the policies: objects without pod templates, unless the rule names its kinds
-            resolved = policyset.resolve_rule(rule, subject=subject, point=point)
+            # rule ids never are policy ids: the resolution cache holds both
+            cache_key = ("rule", rule.id, subject_key) if subject_key is not None else None
+            resolved = resolutions.get(cache_key) if resolutions is not None and cache_key is not None else None
+            if resolved is None:
+                resolved = policyset.resolve_rule(rule, subject=subject, point=point)
+                if resolutions is not None and cache_key is not None:
+                    resolutions[cache_key] = resolved
             if resolved.action != "off":
                 active.append((rule, resolved))
         frame = Frame(given, {rule.id: resolved.params for rule, resolved in active}) if active else None

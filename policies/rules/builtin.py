@@ -28,6 +28,12 @@ KIND_RESOURCES: Mapping[str, tuple[str, str, str]] = {
     "LeaderWorkerSet": ("leaderworkerset.x-k8s.io", "v1", "leaderworkersets"),
 }
 TEMPLATE_KINDS = ("Deployment", "ReplicaSet", "StatefulSet", "DaemonSet", "Job", "Rollout")
+GROUP = "(object.apiVersion.contains('/') ? object.apiVersion.split('/')[0] : '')"
+
+
+def is_kind(kind: str) -> str:
+    """The object is ``kind`` of its API group (a Volcano `Job` is not a batch/v1 Job)."""
+    return f"(object.kind == {lit(kind)} && {GROUP} == {lit(KIND_RESOURCES[kind][0])})"
 
 
 def lit(value: Any) -> str:
@@ -84,18 +90,19 @@ class Form:
 # ---- shared variables: pod templates and containers of the core kinds --------------------------------------
 
 def _tpl(path: str, spec: str, meta: str, labels: str, name: str) -> str:
+    annotations = labels.replace("labels", "annotations")
     return (f"{{'path': dyn({lit(path)}), 'meta': dyn({lit(meta)}), 'name': dyn({lit(name)}), 'spec': dyn({spec}), "
-            f"'labels': dyn({labels})}}")
+            f"'labels': dyn({labels}), 'annotations': dyn({annotations})}}")
 
 
 TEMPLATES = (
-    "object.kind == 'Pod' ? (has(object.spec) ? ["
+    f"{is_kind('Pod')} ? (has(object.spec) ? ["
     + _tpl("spec", "object.spec", "metadata", "object.metadata.?labels.orValue({})", "pod") + "] : []) : "
-    "object.kind == 'CronJob' ? (object.?spec.?jobTemplate.?spec.?template.?spec.hasValue() ? ["
+    f"{is_kind('CronJob')} ? (object.?spec.?jobTemplate.?spec.?template.?spec.hasValue() ? ["
     + _tpl("spec.jobTemplate.spec.template.spec", "object.spec.jobTemplate.spec.template.spec",
            "spec.jobTemplate.spec.template.metadata",
            "object.spec.jobTemplate.spec.template.?metadata.?labels.orValue({})", "template") + "] : []) : "
-    "object.kind == 'LeaderWorkerSet' ? ("
+    f"{is_kind('LeaderWorkerSet')} ? ("
     "(object.?spec.?leaderWorkerTemplate.?leaderTemplate.?spec.hasValue() ? ["
     + _tpl("spec.leaderWorkerTemplate.leaderTemplate.spec", "object.spec.leaderWorkerTemplate.leaderTemplate.spec",
            "spec.leaderWorkerTemplate.leaderTemplate.metadata",
@@ -104,7 +111,7 @@ TEMPLATES = (
     + _tpl("spec.leaderWorkerTemplate.workerTemplate.spec", "object.spec.leaderWorkerTemplate.workerTemplate.spec",
            "spec.leaderWorkerTemplate.workerTemplate.metadata",
            "object.spec.leaderWorkerTemplate.workerTemplate.?metadata.?labels.orValue({})", "worker") + "] : [])) : "
-    f"object.kind in {lit(list(TEMPLATE_KINDS))} && object.?spec.?template.?spec.hasValue() ? ["
+    "(" + " || ".join(is_kind(k) for k in TEMPLATE_KINDS) + ") && object.?spec.?template.?spec.hasValue() ? ["
     + _tpl("spec.template.spec", "object.spec.template.spec", "spec.template.metadata",
            "object.spec.template.?metadata.?labels.orValue({})", "template") + "] : []"
 )
@@ -140,9 +147,43 @@ def _shared(gpu: GpuConfig) -> list[dict[str, str]]:
     ]
 
 
+CDI_PREFIXES = ("cdi.k8s.io/", "nvidia.cdi.k8s.io/")
+PATH_RE = r"""path\s*:\s*['"]?[^'"\s,}]+"""   # policies.devices' scan of a device list
+TAIL_RE = r"""[^'"\s:]+$"""
+GKE_PREFIX = "devices.gke.io/container."
+
+
+def _asks(x: str) -> str:
+    """Container record ``x`` names a GPU resource with a positive or unparseable quantity (policies.gpu.asks_for_gpu:
+    limits over requests)."""
+    v = f"(n in {x}.limits ? {x}.limits[n] : {x}.requests[n])"
+    return (f"variables.gpuNames[variables.ctrs.indexOf({x})].exists(n, !isQuantity(string({v})) || "
+            f"sign(quantity(string({v}))) > 0)")
+
+
+def _injected(tp: str) -> str:
+    """GPU devices injected by a pod annotation (policies.devices): a CDI device of a GPU kind for every container,
+    or a GKE NRI device list naming a GPU device node for a container of the pod."""
+    from policies.devices import CDI_GPU_KINDS, GPU_DEVICE_NODES
+
+    kinds = lit(glob_regex(CDI_GPU_KINDS))
+    nodes = lit(glob_regex(list(GPU_DEVICE_NODES) + [p.rstrip("/") + "/*" for p in GPU_DEVICE_NODES]))
+    cdi = (f"{tp}.annotations.exists(k, ({' || '.join(f'k.startsWith({lit(p)})' for p in CDI_PREFIXES)}) && "
+           f"string({tp}.annotations[k]).split(',').exists(d, d.contains('=') && "
+           f"d.split('=')[0].trim().matches({kinds})))")
+    path = f"m.find({lit(TAIL_RE)})"
+    norm = f"('/' + {path}).replace('//', '/').replace('//', '/')"
+    gke = (f"{tp}.annotations.exists(k, k.startsWith({lit(GKE_PREFIX)}) && size(k) > {len(GKE_PREFIX)} && "
+           f"variables.ctrs.exists(x, x.tpl == variables.tpls.indexOf({tp}) && "
+           f"x.name == k.substring({len(GKE_PREFIX)})) && string({tp}.annotations[k]).findAll({lit(PATH_RE)})"
+           f".exists(m, {norm}.matches({nodes})))")
+    return f"({cdi} || {gke})"
+
+
 def _uses_gpu(i: str) -> str:
-    """A template (index expression ``i``) asks for a GPU in any container."""
-    return f"variables.ctrs.exists(x, x.tpl == {i} && size(variables.gpuNames[variables.ctrs.indexOf(x)]) > 0)"
+    """A template (index expression ``i``) uses a GPU: a container asks for one, or an annotation injects one."""
+    return (f"(variables.ctrs.exists(x, x.tpl == {i} && {_asks('x')}) || "
+            f"variables.tpls.exists(tq, variables.tpls.indexOf(tq) == {i} && {_injected('tq')}))")
 
 
 def _line(policy: str, path: str, message: str, runbook: str) -> str:
@@ -166,7 +207,7 @@ def _ok(v: str) -> str:
 
 
 def _whole(v: str) -> str:
-    return f"({_q(v)}.isInteger() && sign({_q(v)}) > 0)"
+    return f"({_q(v)}.isInteger() && sign({_q(v)}) >= 0)"
 
 
 def gpu_limits(params: Mapping[str, Any], gpu: GpuConfig, runbook: str) -> Form:
@@ -183,14 +224,15 @@ def gpu_limits(params: Mapping[str, Any], gpu: GpuConfig, runbook: str) -> Form:
          f"{who} + 'sets ' + n + ': ' + \"'\" + string({lim}) + \"'\" + ', which is not a quantity; use a whole number "
          f"such as limits.' + n + ': 1'"),
         (f"n in x.limits && !{_whole(lim)}", "limits",
-         f"{who} + 'sets ' + n + ': ' + string({lim}) + ' in limits; GPUs are whole devices: use a whole number of "
-         f"at least 1'"),
+         f"{who} + 'sets ' + n + ': ' + string({lim}) + ' in limits; GPUs are whole devices: use a whole number "
+         f"(0 for none)'"),
         (f"n in x.requests && !{_ok(req)}", "requests",
          f"{who} + 'sets ' + n + ': ' + \"'\" + string({req}) + \"'\" + ', which is not a quantity; use a whole "
          f"number such as requests.' + n + ': 1'"),
         (f"n in x.requests && !{_whole(req)}", "requests",
          f"{who} + 'sets ' + n + ': ' + string({req}) + ' in requests; GPUs are whole devices: use a whole number "
-         f"of at least 1'"),
+         f"(0 for none)'"),
+        (f"!(n in x.limits) && {_q(req)} == quantity('0')", "", "''"),  # a request of zero asks for no GPU
         ("!(n in x.limits)", "limits",
          f"{who} + 'sets ' + n + ' in requests (' + string({req}) + ') but not in limits; add limits.' + n + ': ' + "
          f"string({req})"),
@@ -203,7 +245,7 @@ def gpu_limits(params: Mapping[str, Any], gpu: GpuConfig, runbook: str) -> Form:
     ]
     expr = "{}"
     for cond, section, msg in reversed(chain):
-        expr = f"({cond}) ? {problem(section, msg)} : {expr}"
+        expr = f"({cond}) ? {problem(section, msg) if section else '{}'} : {expr}"
     idx = "variables.ctrs.indexOf({})".format
     t = "variables.tpls.indexOf(tp)"
     # a container's GPUs: limits win over requests; unparseable values count 0 (gpu-limits reports them)

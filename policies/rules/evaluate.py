@@ -22,7 +22,7 @@ from policies.gpu import DRA_QUOTA_SUFFIX, GpuConfig, container_gpus
 from policies.model import Finding
 from policies.rules.celenv import EvalError, activation, frame_activation
 from policies.rules.ruleset import Rule, Validation
-from policies.workload import MODEL_LABEL, PodTemplate, Workload, join
+from policies.workload import PodTemplate, Workload, join
 
 MODEL_VERSION_LABEL = "mlguard.io/model-version"
 QUANTIZATION_LABEL = "mlguard.io/quantization"
@@ -93,12 +93,18 @@ def request_variable(request: RequestInfo | None, workload: Workload) -> dict[st
 
 
 def model_variable(workload: Workload) -> dict[str, Any] | None:
-    """The served model: name, version and quantization from the serving labels (None: not model serving)."""
-    for labels in [tpl.labels for tpl in workload.templates] + [workload.labels]:
-        if MODEL_LABEL in labels:
-            return {"name": str(labels[MODEL_LABEL]), "version": str(labels.get(MODEL_VERSION_LABEL, "")),
-                    "quantization": str(labels.get(QUANTIZATION_LABEL, ""))}
-    return None
+    """The served model, from the extractor's serving detection (the mlguard.io/model label, a serving kind,
+    a model server's image and arguments): name ("" when it cannot be told), version and quantization from the
+    serving labels, and how it was recognised. None: the workload serves no model."""
+    serving = workload.serving
+    if serving is None:
+        return None
+    labels: dict[str, Any] = dict(workload.labels)
+    for tpl in workload.serving_templates():
+        labels.update(tpl.labels)
+    return {"name": serving.model or "", "version": str(labels.get(MODEL_VERSION_LABEL, "")),
+            "quantization": str(labels.get(QUANTIZATION_LABEL, "")), "source": serving.model_source,
+            "reason": serving.reason}
 
 
 def _count(gpus: Mapping[str, Decimal]) -> int:

@@ -328,8 +328,11 @@ def evaluate_policy(document: Mapping[str, Any], *, obj: Mapping[str, Any], requ
     spec = document["spec"]
     data: dict[str, Any] = {"object": obj, "oldObject": old_object, "request": request, "namespaceObject": namespace,
                             "params": None, "variables": {}}
-    kinds = {r for rule in spec["matchConstraints"]["resourceRules"] for r in rule["resources"]}
-    if KIND_RESOURCES.get(str(obj.get("kind")), ("", "", ""))[2] not in kinds:
+    kinds = {(g, r) for rule in spec["matchConstraints"]["resourceRules"] for g in rule["apiGroups"]
+             for r in rule["resources"]}
+    group = str(obj.get("apiVersion", "")).rpartition("/")[0]
+    resource = KIND_RESOURCES.get(str(obj.get("kind")), ("-", "", ""))
+    if resource[0] != group or (group, resource[2]) not in kinds:
         return Verdict(False, [], [])
     for condition in spec.get("matchConditions") or []:
         if not _run(condition["expression"], data):

@@ -381,3 +381,16 @@ def test_export_of_a_strict_policyset_makes_one_policy_per_action(tmp_path: Path
     [message] = evaluate_policy(by_name["mlguard-r-deny"], obj=obj, request=request,
                                 namespace={"metadata": {"name": "team-a", "labels": {"env": "prod"}}}).messages
     assert message == "r: : not x (https://runbooks.example.com/r.md)"
+
+
+def test_the_model_comes_from_the_extractors_serving_detection_without_the_label() -> None:
+    ps = policyset([rule("m", validations=[{"expression": "false", "messageExpression":
+                                           "model == null ? 'none' : model.name + '/' + model.quantization"}])])
+    server = {"name": "vllm", "image": "vllm/vllm-openai:v0.9.0",
+              "args": ["--model", "Qwen/Qwen2.5-7B-Instruct-AWQ", "--quantization", "awq"],
+              "resources": {"limits": {"nvidia.com/gpu": 1}}}
+    served = deployment([server], labels={"mlguard.io/quantization": "awq-int4"})
+    plain = deployment([gpu("train", 1)])
+    got = {v.resource.name: v.message for v in evaluate([served], ps, point="ci").violations}
+    assert got == {"d": "Qwen/Qwen2.5-7B-Instruct-AWQ/awq-int4"}
+    assert [v.message for v in evaluate([plain], ps, point="ci").violations] == ["none"]
