@@ -91,7 +91,7 @@ def evaluate_object(obj: Mapping[str, Any], policyset: PolicySet, *, point: Enfo
     subject_key = _subject_key(subject) if resolutions is not None else None
     for policy_id in policyset.enabled_policies():
         # one evaluation of many objects (a PR's manifests) resolves each policy once per kind of subject
-        cache_key = (policy_id, subject_key) if subject_key is not None else None
+        cache_key: tuple[Any, ...] | None = (policy_id, subject_key) if subject_key is not None else None
         resolved = resolutions.get(cache_key) if resolutions is not None and cache_key is not None else None
         if resolved is None:
             resolved = policyset.resolve(policy_id, subject=subject, point=point)
