@@ -325,12 +325,14 @@ def _pick_line(lines: _Lines, items: list[int], end: int, index: int, judged: An
             for n, start in enumerate(items):
                 stop = items[n + 1] if n + 1 < len(items) else end
                 _, _, content = lines.info[start]  # type: ignore[misc]
-                cols = {content} if content >= 0 else set()
-                for j in range(start, stop):
-                    info = lines.info[j]
-                    if info is not None and not info[1]:
-                        cols.add(info[0])
-                        break
+                # the item's own keys: on its dash line, or (a bare "-") on its first line below; never a
+                # deeper mapping's keys (`- name:` holding `name: x` one level down is not named x)
+                if content >= 0:
+                    cols = {content}
+                else:
+                    below = next((info for j in range(start + 1, stop)
+                                  if (info := lines.info[j]) is not None), None)
+                    cols = {below[0]} if below is not None and not below[1] else set()
                 for col in cols:
                     at = _find_key(lines, start, stop, col, key)
                     if at is not None and lines.value_start(at, col, key).strip("'\"") == str(want):

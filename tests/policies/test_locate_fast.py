@@ -68,6 +68,19 @@ def test_every_manifest_in_the_repository() -> None:
     assert answered > 5000
 
 
+def test_a_list_item_is_named_by_its_own_key_not_a_nested_one() -> None:
+    """Found by the property below: item 0 holds `name:` whose mapping holds `name: 0`; item 1 is
+    `name: 0`. The fast reader once took item 0 for "the item named 0" one level too deep."""
+    text = "apiVersion: v1\nkind: Thing\nname:\n- name:\n    name: 0\n- name: 0\n"
+    located = parse_documents(text, "x.yaml").objects[0]
+    assert located.span is not None
+    _, offset = compose_span(located.span)
+    body = located.span.text[located.span.start:located.span.end]
+    hit = scan(body, tokens(located.obj, "name[1]"), located.obj, offset=offset)
+    assert hit is not None and hit.line == 6
+    agree(text)
+
+
 @settings(max_examples=300, deadline=None)
 @given(body=st.dictionaries(KEYS, VALUES, min_size=1, max_size=5), indent=st.sampled_from([2, 4]),
        flow=st.sampled_from([False, None]), width=st.sampled_from([20, 80]))
