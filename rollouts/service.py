@@ -77,9 +77,11 @@ class AnalysisService:
 
         ``arrived``: when the request arrived (``time.monotonic()``); the budget runs from there.
         """
+        # the checks' modules load (on first use) before the budget starts: in job mode the process has
+        # just started, and a loaded node's imports must not be charged to the analysis
+        label = check if check in check_names() else "unknown"
         deadline = Deadline(self.config.deadline_seconds, started=arrived)
         started = deadline.started
-        label = check if check in check_names() else "unknown"
         try:
             params = Params(values)  # a malformed request never takes a slot
             self._acquire_slot(deadline)
