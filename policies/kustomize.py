@@ -126,25 +126,24 @@ def read_kustomization(directory: Path) -> Kustomization | None:
         for i, entry in enumerate(entries if isinstance(entries, list) else []):
             yield (lines[i] if i < len(lines) else 1), entry
 
-    for line, entry in patch_entries("patches"):
+    def targeted(line: int, entry: Any) -> None:
+        """A `patches` or `patchesJson6902` entry: a file (path) or the patch inline, with a target."""
         if isinstance(entry, Mapping):
             target = entry.get("target") if isinstance(entry.get("target"), Mapping) else None
             if isinstance(entry.get("path"), str):
                 k.patches.append(PatchRef(path, line, Path(os.path.normpath(directory / entry["path"])), target))
             elif isinstance(entry.get("patch"), str):
                 k.patches.append(PatchRef(path, line, None, target, entry["patch"]))
+
+    for line, entry in patch_entries("patches"):
+        targeted(line, entry)
     for line, entry in patch_entries("patchesStrategicMerge"):
         if isinstance(entry, str) and "\n" not in entry and not entry.lstrip().startswith(("apiVersion", "{")):
             k.patches.append(PatchRef(path, line, Path(os.path.normpath(directory / entry)), None))
         elif isinstance(entry, str):
             k.patches.append(PatchRef(path, line, None, None, entry))
     for line, entry in patch_entries("patchesJson6902"):
-        if isinstance(entry, Mapping):
-            target = entry.get("target") if isinstance(entry.get("target"), Mapping) else None
-            if isinstance(entry.get("path"), str):
-                k.patches.append(PatchRef(path, line, Path(os.path.normpath(directory / entry["path"])), target))
-            elif isinstance(entry.get("patch"), str):
-                k.patches.append(PatchRef(path, line, None, target, entry["patch"]))
+        targeted(line, entry)
 
     for key in ("configMapGenerator", "secretGenerator"):
         for gen in data.get(key) or []:

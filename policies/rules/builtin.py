@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from policies.gpu import GpuConfig
+from policies.library.gpu_job_deadline import human_duration
 
 # kinds whose pod templates the forms find, with the resource the API server calls them by
 KIND_RESOURCES: Mapping[str, tuple[str, str, str]] = {
@@ -421,15 +422,6 @@ def _human(v: str) -> str:
             f"+ (({v}) % 60 >= 1 ? string(({v}) % 60) + 's' : '')")
 
 
-def _human_static(seconds: int) -> str:
-    out = []
-    for unit, size in (("d", 86400), ("h", 3600), ("m", 60), ("s", 1)):
-        if seconds >= size:
-            out.append(f"{seconds // size}{unit}")
-            seconds %= size
-    return "".join(out) or "0s"
-
-
 def _repr(v: str) -> str:
     """How Python's repr shows a scalar a manifest may hold (a string quoted, a bool capitalised)."""
     return (f"(type({v}) == string ? \"'\" + string({v}) + \"'\" : type({v}) == bool ? ({v} ? 'True' : 'False') : "
@@ -438,7 +430,7 @@ def _repr(v: str) -> str:
 
 def gpu_job_deadline(params: Mapping[str, Any], gpu: GpuConfig, runbook: str) -> Form:
     limit = int(params["maxActiveDeadlineSeconds"])
-    human = _human_static(limit)
+    human = human_duration(limit)
     uses = f"variables.tpls.exists(tp, {_uses_gpu('variables.tpls.indexOf(tp)')})"
     name = "object.metadata.?name.orValue(object.metadata.?generateName.orValue('<unnamed>'))"
 
