@@ -52,6 +52,16 @@ class QuotaKnowledge(Protocol):
         """False when a missing ResourceQuota may only be missing from these facts."""
 
 
+@runtime_checkable
+class ScaleKnowledge(Protocol):
+    """Facts that know the KEDA ScaledObjects of a namespace (the CLI: those of the checked set; the webhook:
+    its cache, when the cluster serves keda.sh). Facts without this method cannot tell (gpu-scale-to-zero
+    then warns that it could not see them, never denies)."""
+
+    def scaled_objects(self, namespace: str) -> list[Mapping[str, Any]] | None:
+        """The namespace's ScaledObjects; None when they cannot be seen (KEDA's API absent, cache not synced)."""
+
+
 @dataclass(frozen=True)
 class RequestInfo:
     """Who asks for what, at admission. Absent in CI."""
@@ -129,6 +139,7 @@ class ManifestFacts(EmptyFacts):
         self._by_key: dict[tuple[str, str, str], Mapping[str, Any]] = {}
         self._quotas: dict[str, list[Mapping[str, Any]]] = {}
         self._rollout_refs: set[tuple[str, str, str]] = set()
+        self._scaled: dict[str, list[Mapping[str, Any]]] = {}
         self._usage_cache: dict[tuple[str, int], tuple[dict[str, Decimal], dict[Resource, dict[str, Decimal]]]] = {}
         self._by_namespace: dict[str, list[tuple[Resource, Mapping[str, Any]]]] = {}
         for obj in self._objects:
@@ -144,6 +155,8 @@ class ManifestFacts(EmptyFacts):
                 self._cluster_scoped[(res.kind, res.name)] = obj
             if res.kind == "ResourceQuota":
                 self._quotas.setdefault(res.namespace, []).append(obj)
+            if res.kind == "ScaledObject" and res.group == "keda.sh":
+                self._scaled.setdefault(res.namespace, []).append(obj)
             if res.kind == "Rollout":
                 spec = obj.get("spec")
                 ref = spec.get("workloadRef") if isinstance(spec, Mapping) else None
@@ -177,6 +190,10 @@ class ManifestFacts(EmptyFacts):
 
     def referenced_by_rollout(self, namespace: str, kind: str, name: str) -> bool:
         return (namespace, kind, name) in self._rollout_refs
+
+    def scaled_objects(self, namespace: str) -> list[Mapping[str, Any]] | None:
+        """The KEDA ScaledObjects of the checked set in ``namespace`` (the set is all CI sees: never None)."""
+        return list(self._scaled.get(namespace, []))
 
     def _usage(self, namespace: str, gpu: GpuConfig) -> tuple[dict[str, Decimal], dict[Resource, dict[str, Decimal]]]:
         """The namespace's total steady-state GPU need and each workload's own share (computed once)."""

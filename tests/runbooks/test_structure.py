@@ -40,7 +40,8 @@ DENIAL_SECTIONS = (
     "gpu-job-deadline", "cost-labels", "canary-required",
 )
 # Policies whose denials have a runbook of their own, linked from admission-denied.md.
-DENIAL_ELSEWHERE = {"gpu-quota": "gpu-quota-exhausted.md", "eval-gate": "eval-attestation-rejected.md"}
+DENIAL_ELSEWHERE = {"gpu-quota": "gpu-quota-exhausted.md", "eval-gate": "eval-attestation-rejected.md",
+                    "gpu-scale-to-zero": "gpu-scale-to-zero.md"}
 PROMETHEUS_RULE = ROOT / "kustomize" / "components" / "prometheus" / "prometheusrule.yaml"
 
 
