@@ -11,7 +11,10 @@ namespaces (labels for match selectors and environments), pods (GPU usage), reso
 deployments, replicasets and statefulsets (a Rollout's ``workloadRef`` at admission, the pod
 template a ``/scale`` is sized by, and which workload a pod belongs to), runtimeclasses (does
 ``mutations.runtimeClassName`` exist), and — when the API has them — resource.k8s.io ResourceClaims
-and ResourceClaimTemplates (DRA GPUs).
+and ResourceClaimTemplates (DRA GPUs) and KEDA's keda.sh ScaledObjects (gpu-scale-to-zero: does a
+ScaledObject take this workload to zero; trimmed to name, namespace, pause annotations, scaleTargetRef,
+minReplicaCount and idleReplicaCount). Where KEDA's CRD is not installed that informer is absent and
+``scaled_objects`` answers None: the policy then warns that it could not see them.
 
 Each object is trimmed as it arrives (`Cached.trim`): metadata without managedFields and without
 the kubectl last-applied annotation (a second copy of the object); a Pod keeps only what GPU
@@ -318,6 +321,26 @@ def trim_replicaset(obj: Obj) -> Obj:
     return out
 
 
+KEDA_ANNOTATIONS = ("autoscaling.keda.sh/paused", "autoscaling.keda.sh/paused-replicas")
+KEDA_SPEC = ("scaleTargetRef", "minReplicaCount", "idleReplicaCount")
+
+
+def trim_scaledobject(obj: Obj) -> Obj:
+    """What gpu-scale-to-zero reads of a KEDA ScaledObject: its name, the pause annotations, its target and
+    its floors. Never its triggers (they may hold queries, addresses and authentication references)."""
+    meta = _meta(obj)
+    slim: Obj = {k: meta[k] for k in ("name", "resourceVersion") if k in meta}
+    if "namespace" in meta:
+        slim["namespace"] = _intern(meta["namespace"])
+    annotations = meta.get("annotations")
+    kept = {k: str(annotations[k]) for k in KEDA_ANNOTATIONS if isinstance(annotations, Mapping) and k in annotations}
+    if kept:
+        slim["annotations"] = kept
+    found = obj.get("spec")
+    spec: Mapping[str, Any] = found if isinstance(found, Mapping) else {}
+    return {"metadata": slim, "spec": {k: spec[k] for k in KEDA_SPEC if k in spec}}
+
+
 def _extended_resources(container: Mapping[str, Any]) -> Obj:
     """A container's extended resources (domain-qualified names: every GPU resource is one; cpu,
     memory, ephemeral-storage and hugepages never are) and its DRA claims."""
@@ -390,6 +413,7 @@ class Cached:
     lister: Callable[[client.ApiClient], Callable[..., Any]]
     trim: Trim
     optional: bool = False
+    args: tuple[str, ...] = ()   # the group, version and plural of a custom resource (list_cluster_custom_object)
 
 
 CACHED: tuple[Cached, ...] = (
@@ -405,6 +429,9 @@ CACHED: tuple[Cached, ...] = (
            lambda api: client.AppsV1Api(api).list_stateful_set_for_all_namespaces, keep_spec),
     Cached("runtimeclasses", "RuntimeClass", "node.k8s.io/v1",
            lambda api: client.NodeV1Api(api).list_runtime_class, keep_metadata, optional=True),
+    Cached("scaledobjects", "ScaledObject", "keda.sh/v1alpha1",
+           lambda api: client.CustomObjectsApi(api).list_cluster_custom_object, trim_scaledobject, optional=True,
+           args=("keda.sh", "v1alpha1", "scaledobjects")),
 )
 # The kinds `resolve_object` answers from the cache (kind -> informer). Secrets are never cached; a
 # ConfigMap entry here (with its informer in CACHED) is what gpu-isolation's env lookups would need.
@@ -429,7 +456,8 @@ class ClusterCache:
         self._custom = client.CustomObjectsApi(api)
         self._watch_timeout, self._backoff = watch_timeout, backoff
         self.by_name: dict[str, Informer] = {
-            c.name: self._informer(c.name, c.kind, c.api_version, c.lister(api), optional=c.optional, trim=c.trim)
+            c.name: self._informer(c.name, c.kind, c.api_version, c.lister(api), args=c.args, optional=c.optional,
+                                   trim=c.trim)
             for c in cached}
         self.by_name["resourceclaims"] = self._dra("resourceclaims", "ResourceClaim")
         self.by_name["resourceclaimtemplates"] = self._dra("resourceclaimtemplates", "ResourceClaimTemplate")
@@ -439,6 +467,7 @@ class ClusterCache:
         self.quotas_informer = self.by_name["resourcequotas"]
         self.replicasets = self.by_name["replicasets"]
         self.runtimeclasses = self.by_name["runtimeclasses"]
+        self.scaledobjects = self.by_name.get("scaledobjects")
         self.claims = self.by_name["resourceclaims"]
         self.claim_templates = self.by_name["resourceclaimtemplates"]
         self._memo: dict[tuple[str, str, str, int], dict[str, Decimal]] = {}
@@ -513,6 +542,14 @@ class ClusterCache:
 
     def referenced_by_rollout(self, namespace: str, kind: str, name: str) -> bool:
         return False  # Rollouts are not cached: a referenced Deployment is checked on its own (stricter)
+
+    def scaled_objects(self, namespace: str) -> list[Mapping[str, Any]] | None:
+        """The namespace's KEDA ScaledObjects (trimmed); None when they cannot be known: KEDA's API is not
+        served (or RBAC does not grant it), or the informer has not listed them yet."""
+        informer = self.scaledobjects
+        if informer is None or informer.absent or not informer.synced.is_set():
+            return None
+        return list(informer.in_namespace(namespace).values())
 
     def runtime_class_exists(self, name: str) -> bool | None:
         """Whether the cluster has RuntimeClass ``name``; None when that is not known (API not served,

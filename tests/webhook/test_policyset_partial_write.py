@@ -16,6 +16,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import yaml
 from webhook_testlib import REPO, WebhookServer, pod, pod_spec, review
 
 from policies.policyset import parse_policyset
@@ -67,7 +68,6 @@ def test_no_line_prefix_of_a_catalog_is_ever_served(catalog: Path, tmp_path: Pat
 
 
 def test_a_set_without_its_count_may_not_drop_policies_but_one_declaring_it_may(tmp_path: Path) -> None:
-    import yaml
 
     doc = yaml.safe_load(CATALOGS[0].read_text())
     del doc["spec"]["policyCount"]
@@ -75,25 +75,26 @@ def test_a_set_without_its_count_may_not_drop_policies_but_one_declaring_it_may(
     path.write_text(yaml.safe_dump(doc))
     store = PolicyStore(path)
     store.start()
-    assert store.current is not None and len(store.current.spec["policies"]) == 14
+    n = len(doc["spec"]["policies"])  # the catalog's own count: adding a policy to it changes nothing here
+    assert store.current is not None and len(store.current.spec["policies"]) == n
     fewer = json.loads(json.dumps(doc))
     for pid in ("gpu-isolation", "gpu-quota"):
         del fewer["spec"]["policies"][pid]
     path.write_text(yaml.safe_dump(fewer))
     store.check()
     store.check()
-    assert len(store.current.spec["policies"]) == 14
-    assert store.refused and "drops 2 of 14 policies (gpu-isolation, gpu-quota)" in store.refused.errors[0]
-    fewer["spec"]["policyCount"] = 12  # says so: the removal is on purpose
+    assert len(store.current.spec["policies"]) == n
+    assert store.refused and f"drops 2 of {n} policies (gpu-isolation, gpu-quota)" in store.refused.errors[0]
+    fewer["spec"]["policyCount"] = n - 2  # says so: the removal is on purpose
     path.write_text(yaml.safe_dump(fewer))
     store.check()
     store.check()
-    assert len(store.current.spec["policies"]) == 12 and store.refused is None
-    fewer["spec"]["policyCount"] = 13  # a count that disagrees is invalid, wherever it is read
+    assert len(store.current.spec["policies"]) == n - 2 and store.refused is None
+    fewer["spec"]["policyCount"] = n - 1  # a count that disagrees is invalid, wherever it is read
     path.write_text(yaml.safe_dump(fewer))
     store.check()
     store.check()
-    assert "declares 13 policies but spec.policies has 12" in store.refused.errors[0]
+    assert f"declares {n - 1} policies but spec.policies has {n - 2}" in store.refused.errors[0]
 
 
 def test_a_change_is_loaded_only_when_two_reads_agree(tmp_path: Path) -> None:
@@ -158,7 +159,8 @@ def test_running_webhook_never_decides_with_a_half_written_policyset(catalog_ser
         worker.join()
     assert decisions and not any(decisions), f"{decisions.count(True)} of {len(decisions)} leaking pods allowed"
     after = srv.session.get(srv.url + "/readyz").json()
-    assert after["policyset"]["digest"] == before["digest"] and after["policyset"]["policies"] == 14
+    n = len(yaml.safe_load(text)["spec"]["policies"])
+    assert after["policyset"]["digest"] == before["digest"] and after["policyset"]["policies"] == n
     refused = [x for x in srv.log_lines() if x.get("event") == "policyset_refused"]
-    assert refused and all(x["serving_policies"] == 14 for x in refused)
+    assert refused and all(x["serving_policies"] == n for x in refused)
     assert any("spec.policyCount is missing" in " ".join(x["errors"]) for x in refused)

@@ -2,9 +2,10 @@
 
 Enough of the API for the webhook's list+watch caches, served as kube-apiserver serves it:
 - ``GET /api/v1/{namespaces,pods,resourcequotas}``, ``/apis/apps/v1/{deployments,replicasets,
-  statefulsets}``, ``/apis/node.k8s.io/v1/runtimeclasses`` and ``/apis/resource.k8s.io/v1/{resourceclaims,
-  resourceclaimtemplates}``: a ``*List`` with ``metadata.resourceVersion`` and items without
-  ``kind``/``apiVersion`` (as the real server lists them);
+  statefulsets}``, ``/apis/node.k8s.io/v1/runtimeclasses``, ``/apis/resource.k8s.io/v1/{resourceclaims,
+  resourceclaimtemplates}`` and KEDA's ``/apis/keda.sh/v1alpha1/scaledobjects`` (404 with ``with_keda=False``,
+  as without KEDA's CRD): a ``*List`` with ``metadata.resourceVersion`` and items without ``kind``/``apiVersion``
+  (as the real server lists them);
 - the same with ``?watch=true&resourceVersion=N``: a chunked stream of
   ``{"type": "ADDED"|"MODIFIED"|"DELETED", "object": {...}}`` lines, one per change after N, held
   open until ``timeoutSeconds``; a ``resourceVersion`` older than the compaction point gets the
@@ -39,17 +40,20 @@ RESOURCES = {
     "/apis/resource.k8s.io/v1/resourceclaims": ("ResourceClaimList", "resource.k8s.io/v1", "resourceclaims"),
     "/apis/resource.k8s.io/v1/resourceclaimtemplates": ("ResourceClaimTemplateList", "resource.k8s.io/v1",
                                                         "resourceclaimtemplates"),
+    "/apis/keda.sh/v1alpha1/scaledobjects": ("ScaledObjectList", "keda.sh/v1alpha1", "scaledobjects"),
 }
 KINDS = {"namespaces": ("Namespace", "v1"), "pods": ("Pod", "v1"), "resourcequotas": ("ResourceQuota", "v1"),
          "deployments": ("Deployment", "apps/v1"), "replicasets": ("ReplicaSet", "apps/v1"),
          "statefulsets": ("StatefulSet", "apps/v1"), "runtimeclasses": ("RuntimeClass", "node.k8s.io/v1"),
          "resourceclaims": ("ResourceClaim", "resource.k8s.io/v1"),
-         "resourceclaimtemplates": ("ResourceClaimTemplate", "resource.k8s.io/v1")}
+         "resourceclaimtemplates": ("ResourceClaimTemplate", "resource.k8s.io/v1"),
+         "scaledobjects": ("ScaledObject", "keda.sh/v1alpha1")}
 
 
 class FakeApi:
-    def __init__(self, *, with_dra: bool = True) -> None:
+    def __init__(self, *, with_dra: bool = True, with_keda: bool = True) -> None:
         self.with_dra = with_dra
+        self.with_keda = with_keda  # False: KEDA's CRD is not installed (its path answers 404)
         self.rv = 100
         self.compacted = 0
         self.objects: dict[str, dict[tuple[str, str], dict[str, Any]]] = {r: {} for r in KINDS}
@@ -139,7 +143,8 @@ class FakeApi:
                                      "groups": groups if api.with_dra else []})
                     return
                 found = RESOURCES.get(url.path)
-                if found is None or (not api.with_dra and url.path.startswith("/apis/resource.k8s.io")):
+                if found is None or (not api.with_dra and url.path.startswith("/apis/resource.k8s.io")) or (
+                        not api.with_keda and url.path.startswith("/apis/keda.sh")):
                     self._status(404, "NotFound", "the server could not find the requested resource")
                     return
                 list_kind, api_version, plural = found

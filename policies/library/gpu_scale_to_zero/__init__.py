@@ -34,7 +34,7 @@ from typing import Any
 
 from policies.context import EvalContext, ScaleKnowledge
 from policies.kinds import KNATIVE_MIN, group_of
-from policies.model import Finding, Resource
+from policies.model import Action, Finding, Resource
 from policies.registry import Policy, register
 from policies.templates import as_map, join
 from policies.workload import Workload
@@ -181,18 +181,18 @@ class GpuScaleToZero(Policy):
                           f"listed them), so it cannot tell whether {wanted} exists; check that one does",
                           resource=me, action="warn")
             return
-        cap = "warn" if ctx.point == "admission" else None
+        cap: Action | None = "warn" if ctx.point == "admission" else None
         where = "in the cluster" if ctx.point == "admission" else "in the checked set"
         mine = [so for so in found if self._targets(so, res)]
         if not mine:
             near = [so for so in found if _target(so)[2] == res.name and _target(so)[1].lower() == res.kind.lower()]
             if near:
                 so = near[0]
+                written = as_map(as_map(so.get("spec")).get("scaleTargetRef")).get("apiVersion")
+                shown = f"{_target(so)[0]}{'' if written else ' (KEDA default)'}"
                 yield Finding("spec.replicas", f"{head}; ScaledObject `{_so_name(so)}` names it but with "
-                              f"scaleTargetRef apiVersion {_target(so)[0]}"
-                              f"{' (KEDA default)' if not as_map(as_map(so.get('spec')).get('scaleTargetRef')).get('apiVersion') else ''}"
-                              f", so KEDA looks for another object; set spec.scaleTargetRef.apiVersion: {api_version}",
-                              resource=me, action=cap)
+                              f"scaleTargetRef apiVersion {shown}, so KEDA looks for another object; set "
+                              f"spec.scaleTargetRef.apiVersion: {api_version}", resource=me, action=cap)
                 return
             others = ", ".join(f"`{_so_name(so)}` -> {_target(so)[1]}/{_target(so)[2]}" for so in found[:5])
             seen = (f" (ScaledObjects {where} in {res.namespace}: {others}{', ...' if len(found) > 5 else ''})"
