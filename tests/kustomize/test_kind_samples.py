@@ -1,5 +1,5 @@
 """Every policy sample and corpus manifest of a kind whose CRD is in ../shared/schemas/crds (KServe, KubeRay,
-Kubeflow Trainer, JobSet, LeaderWorkerSet) is a valid object of that CRD version: mlguard is judged on manifests
+Kubeflow Trainer, JobSet, LeaderWorkerSet, KEDA's ScaledObject) is a valid object of that CRD version: mlguard is judged on manifests
 the API server would accept, not on shapes of its own making."""
 
 from __future__ import annotations
@@ -9,11 +9,12 @@ import yaml
 from kustomize_testlib import REPO, CrdSchemas, validate_custom
 
 SAMPLE_DIRS = [REPO / "policies" / "library", REPO / "tests" / "policies" / "data" / "kinds"]
-GROUPS = {"serving.kserve.io", "ray.io", "trainer.kubeflow.org", "jobset.x-k8s.io", "leaderworkerset.x-k8s.io"}
+GROUPS = {"serving.kserve.io", "ray.io", "trainer.kubeflow.org", "jobset.x-k8s.io", "leaderworkerset.x-k8s.io",
+          "keda.sh"}
 # the kinds of those groups with a CRD in ../shared (KServe's LLMInferenceServiceConfig has none there)
 WITH_CRD = {"InferenceService", "LLMInferenceService", "ServingRuntime", "ClusterServingRuntime", "RayCluster",
             "RayService", "RayJob", "TrainJob", "TrainingRuntime", "ClusterTrainingRuntime", "JobSet",
-            "LeaderWorkerSet"}
+            "LeaderWorkerSet", "ScaledObject"}
 
 
 def _samples() -> list[tuple[str, dict]]:
