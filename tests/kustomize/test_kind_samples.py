@@ -1,6 +1,6 @@
 """Every policy sample and corpus manifest of a kind whose CRD is in ../shared/schemas/crds (KServe, KubeRay,
-Kubeflow Trainer, JobSet, LeaderWorkerSet, KEDA's ScaledObject) is a valid object of that CRD version: mlguard is judged on manifests
-the API server would accept, not on shapes of its own making."""
+Kubeflow Trainer, JobSet, LeaderWorkerSet, KEDA's ScaledObject) is a valid object of that CRD version: mlguard is
+judged on manifests the API server would accept, not on shapes of its own making."""
 
 from __future__ import annotations
 
