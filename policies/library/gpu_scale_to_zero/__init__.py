@@ -91,9 +91,10 @@ def _so_problem(so: Mapping[str, Any]) -> str | None:
     """Why a ScaledObject that targets the workload does not take it to zero (None: it does)."""
     annotations = as_map(as_map(so.get("metadata")).get("annotations"))
     paused = annotations.get(KEDA_PAUSED_REPLICAS)
-    if paused is not None and _int(paused) != 0:
-        return (f"is paused at {paused} replica(s) (annotation {KEDA_PAUSED_REPLICAS}); remove the annotation so "
-                "KEDA scales it again")
+    if paused is not None:  # KEDA holds the target at that count
+        return None if _int(paused) == 0 else (
+            f"is paused at {paused} replica(s) (annotation {KEDA_PAUSED_REPLICAS}); remove the annotation so KEDA "
+            "scales it again")
     if str(annotations.get(KEDA_PAUSED, "")).lower() == "true" and paused is None:
         return f"is paused (annotation {KEDA_PAUSED}: \"true\"); remove the annotation so KEDA scales it again"
     spec = as_map(so.get("spec"))
