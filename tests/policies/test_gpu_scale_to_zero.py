@@ -135,15 +135,15 @@ def test_knative_explicit_min_scale_parameter() -> None:
 def test_a_kind_it_does_not_judge_gets_a_note_not_a_silent_pass() -> None:
     """A KubeRay RayService (ray.io/v1, ray-service.llm-serve.yaml) with GPU workers serves a model; how it scales
     to zero (KubeRay's autoscaler, worker minReplicas 0) is not judged here: a note says so."""
+    image = "rayproject/ray-llm:2.46.0-py311-cu124"
+    worker = {"name": "ray-worker", "image": image, "resources": {"limits": {"nvidia.com/gpu": "1"}}}
     ray = {"apiVersion": "ray.io/v1", "kind": "RayService", "metadata": {"name": "ray-llm", "namespace": "llm-dev"},
            "spec": {"serveConfigV2": "applications:\n- name: llms\n  import_path: ray.serve.llm:build_openai_app\n",
                     "rayClusterConfig": {
                         "headGroupSpec": {"rayStartParams": {}, "template": {"spec": {"containers": [
-                            {"name": "ray-head", "image": "rayproject/ray-llm:2.46.0-py311-cu124"}]}}},
+                            {"name": "ray-head", "image": image}]}}},
                         "workerGroupSpecs": [{"groupName": "gpu", "replicas": 1, "minReplicas": 1, "maxReplicas": 2,
-                                              "rayStartParams": {}, "template": {"spec": {"containers": [
-                                                  {"name": "ray-worker", "image": "rayproject/ray-llm:2.46.0-py311-cu124",
-                                                   "resources": {"limits": {"nvidia.com/gpu": "1"}}}]}}}]}}}
+                                              "rayStartParams": {}, "template": {"spec": {"containers": [worker]}}}]}}}
     report = evaluate([ray], ONE, point="ci", facts=ManifestFacts([ray]))
     assert not [v for v in report.violations if v.policy == ID]
     notes = [n.message for n in report.notes if n.policy == ID]
