@@ -10,8 +10,12 @@ from pathlib import Path
 from zoneinfo import ZoneInfo
 
 import yaml
-from kustomize_testlib import Renders, find, one
+from kustomize_testlib import REPO, Renders, find, one
 from promdata import Prom
+
+from policies.context import ManifestFacts
+from policies.engine import evaluate
+from policies.policyset import load_policyset
 
 EXAMPLE = "kustomize/examples/keda-scale-to-zero"
 STACK = "kustomize/examples/inference-stack"
@@ -73,3 +77,20 @@ def test_the_queue_query_asks_for_this_deployments_model(renders: Renders, prome
     assert len(result) == 1 and float(result[0]["value"][1]) >= 0
     # With the server scaled to zero its series are gone: an empty answer, which ignoreNullValues reads as 0.
     assert prometheus.instant(query.replace(model, "model-scaled-to-zero")) == []
+
+
+def test_strict_gpu_scale_to_zero_is_satisfied_for_the_scaled_server_only(renders: Renders) -> None:
+    """The inference stack's namespace is staging, where strict.yaml asks GPU serving to scale to zero. Checked with
+    this example (as `mlguard check kustomize/examples/inference-stack kustomize/examples/keda-scale-to-zero` does),
+    the vLLM server it scales passes; the 70B server, which no ScaledObject scales, is denied and told what to add."""
+    strict = load_policyset(REPO / "policies" / "catalog" / "strict.yaml")
+    objects = renders(STACK) + renders(EXAMPLE)
+    report = evaluate(objects, strict, point="ci", facts=ManifestFacts(objects))
+    found = {v.resource.name: v for v in report.violations if v.policy == "gpu-scale-to-zero"}
+    target = scaled_object(renders)["spec"]["scaleTargetRef"]["name"]
+    assert target not in found
+    assert found["vllm-llama-70b"].action == "deny"
+    assert ("spec.scaleTargetRef {apiVersion: apps/v1, kind: Deployment, name: vllm-llama-70b} and minReplicaCount: 0"
+            in found["vllm-llama-70b"].message)
+    alone = evaluate(renders(STACK), strict, point="ci", facts=ManifestFacts(renders(STACK)))
+    assert target in {v.resource.name for v in alone.violations if v.policy == "gpu-scale-to-zero"}
