@@ -49,6 +49,7 @@ from e2e_kubectl import TRANSCRIPT, Kubectl, Result
 
 SHARED_CRDS = REPO.parent / "shared" / "schemas" / "crds"
 ROLLOUT_CRD = SHARED_CRDS / "argo-rollouts" / "rollout-crd.yaml"   # argoproj/argo-rollouts manifests/crds
+KEDA_CRD = SHARED_CRDS / "keda" / "keda.sh_scaledobjects.yaml"       # kedacore/keda config/crd/bases
 BASELINE = REPO / "policies" / "catalog" / "baseline.yaml"
 QUOTA_GPUS = 4
 DEVELOPERS, ONCALL = "e2e:developers", "platform-oncall"   # platform-oncall: the baseline's break-glass group
@@ -142,15 +143,16 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
         install(admin, objects_of(prod, "ClusterRole", "ClusterRoleBinding"),
                 "install the webhook's RBAC (kustomize/base/webhook/rbac.yaml)")
         install(admin, [TENANT_ROLE, tenant_binding(DEVELOPERS), tenant_binding(ONCALL)], "tenant RBAC")
-        crd = admin.run("apply", "--server-side", "-f", "-", manifest=crd_for_120(ROLLOUT_CRD))
-        if not crd.ok:
-            raise StartError(f"install the Argo Rollouts CRD ({ROLLOUT_CRD}): {crd.output}")
-        eventually(lambda: admin.run("get", "crd", "rollouts.argoproj.io", "-o",
-                                     "jsonpath={.status.conditions[?(@.type=='Established')].status}",
-                                     quiet=True).stdout == "True", what="the Rollout CRD to be established")
+        for path, name in ((ROLLOUT_CRD, "rollouts.argoproj.io"), (KEDA_CRD, "scaledobjects.keda.sh")):
+            crd = admin.run("apply", "--server-side", "-f", "-", manifest=crd_for_120(path))
+            if not crd.ok:
+                raise StartError(f"install the CRD {name} ({path}): {crd.output}")
+            eventually(lambda n=name: admin.run("get", "crd", n, "-o",
+                                                "jsonpath={.status.conditions[?(@.type=='Established')].status}",
+                                                quiet=True).stdout == "True", what=f"the CRD {name} to be established")
         policyset = workdir / "policyset.yaml"
         shutil.copy(BASELINE, policyset)
-        timed("RBAC and the Rollout CRD installed")
+        timed("RBAC and the Rollout and KEDA ScaledObject CRDs installed")
         webhook = Webhook(cp, policyset=policyset, workdir=workdir).start()
         timed(f"webhook ready at {webhook.url} (cache synced)")
         install(admin, webhook_configurations_for_120(prod, url=webhook.url, ca_bundle=cp.pki.ca_b64),

@@ -110,8 +110,8 @@ def test_one_scaledobject_that_scales_to_zero_is_enough() -> None:
     paused["metadata"]["annotations"] = {"autoscaling.keda.sh/paused": "true"}
     messages = sorted(v.message for v in _findings([VLLM, paused, floor], ONE))
     assert len(messages) == 2
-    assert "ScaledObject `floor` that scales it keeps at least 2 replica(s)" in messages[0]
-    assert "ScaledObject `zero` that scales it is paused (annotation autoscaling.keda.sh/paused" in messages[1]
+    assert "its ScaledObject `floor` keeps at least 2 replica(s)" in messages[0]
+    assert "its ScaledObject `zero` is paused (annotation autoscaling.keda.sh/paused" in messages[1]
 
 
 def test_paused_replicas_zero_is_at_zero() -> None:
@@ -154,3 +154,15 @@ def test_a_kind_it_does_not_judge_gets_a_note_not_a_silent_pass() -> None:
 def test_findings_link_the_policys_runbook() -> None:
     (finding,) = _findings([VLLM], ONE)
     assert finding.runbook == "https://github.com/mlguard/mlguard/blob/main/runbooks/gpu-scale-to-zero.md"
+
+
+def test_the_verdict_and_its_cause_fit_in_a_warning() -> None:
+    """kubectl shows the first 256 characters of an admission warning: every finding on the denied samples says
+    there what is wrong (the policy, the field, "cannot scale to zero" and why), the fix may follow."""
+    objects = list(_objects("denied.yaml").values())
+    report = evaluate(objects, ONE, point="admission", facts=ManifestFacts(objects))
+    assert len(report.violations) >= 13
+    for v in report.violations:
+        shown = f"{v.policy}: {v.path}: {v.message}"[:256]
+        assert "cannot scale to zero: " in shown, shown
+        assert len(shown.split("cannot scale to zero: ", 1)[1]) >= 30, shown

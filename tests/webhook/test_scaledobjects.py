@@ -135,9 +135,10 @@ def test_admission_warns_until_the_scaledobject_is_there_then_admits_quietly(ked
         first = admit(app, VLLM)
         assert first["allowed"] is True   # never denied for what a sync may create a moment later
         (warning,) = first["warnings"]
-        assert warning.startswith("gpu-scale-to-zero: spec.replicas: Deployment `vllm` serves a model on GPUs in "
-                                  "namespace llm-dev")
-        assert "no ScaledObject in the cluster targets it" in warning
+        # the verdict and its cause within the 256 characters kubectl shows
+        head = ("gpu-scale-to-zero: spec.replicas: Deployment `vllm` serves a model on GPUs and cannot scale to zero: "
+                "no ScaledObject in the cluster targets it")
+        assert warning.startswith(head)
         keda_api.add("scaledobjects", {**SCALED, "spec": {**SCALED["spec"], "minReplicaCount": 1}})
         cache = app.extensions["mlguard"].cache
         assert eventually(lambda: bool(cache.scaled_objects("llm-dev")))

@@ -159,9 +159,9 @@ class GpuScaleToZero(Policy):
         elif group == KSERVE and res.kind == "LLMInferenceService":
             yield from self._llm_inference_service(workload, gpu_parts)
         elif group == "" and res.kind == "Pod":
-            yield Finding("kind", f"Pod `{res.name}` serves a model on GPUs in namespace {res.namespace}, where GPU "
-                          "serving must be able to scale to zero, but a bare Pod cannot scale at all; run it from "
-                          "a Deployment and add a KEDA ScaledObject (keda.sh/v1alpha1) with scaleTargetRef "
+            yield Finding("kind", f"Pod `{res.name}` serves a model on GPUs and cannot scale to zero: a bare Pod "
+                          f"cannot scale at all (namespace {res.namespace} asks GPU serving to scale to zero); run it "
+                          "from a Deployment and add a KEDA ScaledObject (keda.sh/v1alpha1) with scaleTargetRef "
                           "{kind: Deployment, name: ...} and minReplicaCount: 0")
         else:
             yield Finding("kind", f"gpu-scale-to-zero does not judge how a {res.kind} scales to zero; not checked "
@@ -174,12 +174,13 @@ class GpuScaleToZero(Policy):
         me = Resource(res.api_version, res.kind, res.namespace, res.name)  # a Rollout's finding names the Rollout
         wanted = (f"a KEDA ScaledObject (keda.sh/v1alpha1) in namespace {res.namespace} with spec.scaleTargetRef "
                   f"{{apiVersion: {api_version}, kind: {res.kind}, name: {res.name}}} and minReplicaCount: 0")
-        head = f"{res.kind} `{res.name}` serves a model on GPUs in namespace {res.namespace}"
+        # kubectl shows the first 256 characters of a warning: the verdict and its cause come first
+        head = f"{res.kind} `{res.name}` serves a model on GPUs"
         found = ctx.facts.scaled_objects(res.namespace) if isinstance(ctx.facts, ScaleKnowledge) else None
         if found is None:
-            yield Finding("spec.replicas", f"{head}, where GPU serving must be able to scale to zero; mlguard could "
-                          f"not see the cluster's ScaledObjects here (KEDA's API not served, or the cache has not "
-                          f"listed them), so it cannot tell whether {wanted} exists; check that one does",
+            yield Finding("spec.replicas", f"{head}; whether it can scale to zero is unknown: mlguard could not see "
+                          "the cluster's ScaledObjects here (KEDA's API not served, or the cache has not listed them); "
+                          f"check that {wanted} exists",
                           resource=me, action="warn")
             return
         cap: Action | None = "warn" if ctx.point == "admission" else None
@@ -191,8 +192,8 @@ class GpuScaleToZero(Policy):
                 so = near[0]
                 written = as_map(as_map(so.get("spec")).get("scaleTargetRef")).get("apiVersion")
                 shown = f"{_target(so)[0]}{'' if written else ' (KEDA default)'}"
-                yield Finding("spec.replicas", f"{head}; ScaledObject `{_so_name(so)}` names it but with "
-                              f"scaleTargetRef apiVersion {shown}, so KEDA looks for another object; set "
+                yield Finding("spec.replicas", f"{head} and cannot scale to zero: ScaledObject `{_so_name(so)}` "
+                              f"names it with scaleTargetRef apiVersion {shown}, so KEDA looks for another object; set "
                               f"spec.scaleTargetRef.apiVersion: {api_version}", resource=me, action=cap)
                 return
             others = ", ".join(f"`{_so_name(so)}` -> {_target(so)[1]}/{_target(so)[2]}" for so in found[:5])
@@ -200,16 +201,16 @@ class GpuScaleToZero(Policy):
                     if found else f" (no ScaledObject {where} in {res.namespace})")
             late = (" (applied in the same sync? it may not be in the cluster yet: this is a warning; "
                     "`mlguard check` of the pull request denies it)") if ctx.point == "admission" else ""
-            yield Finding("spec.replicas", f"{head}, where GPU serving must be able to scale to zero, but no "
-                          f"ScaledObject {where} targets it{seen}{late}; add {wanted} "
+            yield Finding("spec.replicas", f"{head} and cannot scale to zero: no ScaledObject {where} targets "
+                          f"it{seen}{late}; add {wanted} "
                           "(kustomize/examples/keda-scale-to-zero)", resource=me, action=cap)
             return
         problems = [(so, _so_problem(so)) for so in mine]
         if any(p is None for _, p in problems):
             return
         for so, problem in problems:
-            yield Finding("spec.replicas", f"{head}, where GPU serving must be able to scale to zero, but ScaledObject "
-                          f"`{_so_name(so)}` that scales it {problem}", resource=me, action=cap)
+            yield Finding("spec.replicas", f"{head} and cannot scale to zero: its ScaledObject `{_so_name(so)}` "
+                          f"{problem}", resource=me, action=cap)
 
     @staticmethod
     def _targets(so: Mapping[str, Any], res: Resource) -> bool:
@@ -223,11 +224,11 @@ class GpuScaleToZero(Policy):
         res = workload.resource
         annotations = as_map(as_map(as_map(as_map(workload.obj.get("spec")).get("template")).get("metadata"))
                              .get("annotations"))
-        head = f"Knative {res.kind} `{res.name}` serves a model on GPUs in namespace {res.namespace}"
+        head = f"Knative {res.kind} `{res.name}` serves a model on GPUs"
         if annotations.get(KNATIVE_CLASS) == KNATIVE_HPA:
-            yield Finding(join(ANNOTATIONS, KNATIVE_CLASS), f"{head} with the HPA autoscaler class, which never "
-                          f"scales to zero; remove {KNATIVE_CLASS} (the default KPA class) and set "
-                          "autoscaling.knative.dev/min-scale: \"0\"")
+            yield Finding(join(ANNOTATIONS, KNATIVE_CLASS), f"{head} and cannot scale to zero: the HPA "
+                          f"autoscaler class ({KNATIVE_CLASS}: {KNATIVE_HPA}) never does; remove {KNATIVE_CLASS} "
+                          "(the default KPA class) and set autoscaling.knative.dev/min-scale: \"0\"")
             return
         for key in KNATIVE_MIN:
             if key in annotations:
@@ -235,12 +236,13 @@ class GpuScaleToZero(Policy):
                 if value == 0:
                     return
                 shown = f"\"{annotations[key]}\""
-                yield Finding(join(ANNOTATIONS, key), f"{head} with {key}: {shown}, so it keeps "
+                yield Finding(join(ANNOTATIONS, key), f"{head} and cannot scale to zero: {key}: {shown} keeps "
                               f"{'that many' if value is None else value} revision pod(s) with GPUs when idle; "
                               "set autoscaling.knative.dev/min-scale: \"0\"")
                 return
-        message = (f"{head} without autoscaling.knative.dev/min-scale: it scales to zero only under Knative's default "
-                   "(KPA class, config-autoscaler enable-scale-to-zero: true and no cluster-wide min-scale); set "
+        message = (f"{head} and may not scale to zero: it sets no autoscaling.knative.dev/min-scale, so it does only "
+                   "under Knative's default (KPA class, config-autoscaler enable-scale-to-zero: true and no "
+                   "cluster-wide min-scale); set "
                    "autoscaling.knative.dev/min-scale: \"0\" on the revision template to say so")
         yield Finding(ANNOTATIONS, message, note=not params["knativeExplicitMinScale"])
 
@@ -257,8 +259,8 @@ class GpuScaleToZero(Policy):
                 continue
             path = f"spec.{part}.minReplicas"
             said = f"sets {path}: {value}" if value is not None else f"leaves {path} unset (KServe's default is 1)"
-            yield Finding(path, f"InferenceService `{res.name}` serves a model on GPUs in namespace {res.namespace}, "
-                          f"where GPU serving must be able to scale to zero, but its {part} {said}; set {path}: 0")
+            yield Finding(path, f"InferenceService `{res.name}` serves a model on GPUs and cannot scale to zero: its "
+                          f"{part} {said}; set {path}: 0")
 
     @staticmethod
     def _llm_inference_service(workload: Workload, gpu_parts: set[str]) -> Iterator[Finding]:
@@ -276,7 +278,7 @@ class GpuScaleToZero(Policy):
                 continue
             path = join(base, "scaling")
             said = "has no spec.scaling" if not scaling else "sets no idleReplicaCount: 0"
-            yield Finding(path, f"LLMInferenceService `{res.name}` serves a model on GPUs in namespace "
-                          f"{res.namespace}, where GPU serving must be able to scale to zero, but its {label} stage "
+            yield Finding(path, f"LLMInferenceService `{res.name}` serves a model on GPUs and cannot scale to zero: "
+                          f"its {label} stage "
                           f"{said.replace('spec.scaling', path)} (minReplicas is at least 1); set "
                           f"{path}.keda.idleReplicaCount: 0 (or {path}.wva.keda.idleReplicaCount: 0) with a trigger")
