@@ -7,7 +7,7 @@ list+watch caches.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any, Protocol, runtime_checkable
@@ -58,8 +58,9 @@ class ScaleKnowledge(Protocol):
     its cache, when the cluster serves keda.sh). Facts without this method cannot tell (gpu-scale-to-zero
     then warns that it could not see them, never denies)."""
 
-    def scaled_objects(self, namespace: str) -> list[Mapping[str, Any]] | None:
-        """The namespace's ScaledObjects; None when they cannot be seen (KEDA's API absent, cache not synced)."""
+    def scaled_objects(self, namespace: str, target: str | None = None) -> Sequence[Mapping[str, Any]] | None:
+        """The namespace's ScaledObjects (with ``target``: those whose scaleTargetRef.name is ``target``); None
+        when they cannot be seen (KEDA's API absent, cache not synced). Read-only: never modify what it returns."""
 
 
 @dataclass(frozen=True)
@@ -140,6 +141,7 @@ class ManifestFacts(EmptyFacts):
         self._quotas: dict[str, list[Mapping[str, Any]]] = {}
         self._rollout_refs: set[tuple[str, str, str]] = set()
         self._scaled: dict[str, list[Mapping[str, Any]]] = {}
+        self._scaled_by_target: dict[tuple[str, str], list[Mapping[str, Any]]] = {}  # (namespace, target name)
         self._usage_cache: dict[tuple[str, int], tuple[dict[str, Decimal], dict[Resource, dict[str, Decimal]]]] = {}
         self._by_namespace: dict[str, list[tuple[Resource, Mapping[str, Any]]]] = {}
         for obj in self._objects:
@@ -157,6 +159,10 @@ class ManifestFacts(EmptyFacts):
                 self._quotas.setdefault(res.namespace, []).append(obj)
             if res.kind == "ScaledObject" and res.group == "keda.sh":
                 self._scaled.setdefault(res.namespace, []).append(obj)
+                spec = obj.get("spec")
+                ref = spec.get("scaleTargetRef") if isinstance(spec, Mapping) else None
+                target = ref.get("name") if isinstance(ref, Mapping) else None
+                self._scaled_by_target.setdefault((res.namespace, str(target)), []).append(obj)
             if res.kind == "Rollout":
                 spec = obj.get("spec")
                 ref = spec.get("workloadRef") if isinstance(spec, Mapping) else None
@@ -191,9 +197,12 @@ class ManifestFacts(EmptyFacts):
     def referenced_by_rollout(self, namespace: str, kind: str, name: str) -> bool:
         return (namespace, kind, name) in self._rollout_refs
 
-    def scaled_objects(self, namespace: str) -> list[Mapping[str, Any]] | None:
-        """The KEDA ScaledObjects of the checked set in ``namespace`` (the set is all CI sees: never None)."""
-        return list(self._scaled.get(namespace, []))
+    def scaled_objects(self, namespace: str, target: str | None = None) -> Sequence[Mapping[str, Any]] | None:
+        """The KEDA ScaledObjects of the checked set in ``namespace`` (the set is all CI sees: never None), by
+        target name from an index (a namespace of thousands of workloads and ScaledObjects stays linear)."""
+        if target is not None:
+            return self._scaled_by_target.get((namespace, target), ())
+        return self._scaled.get(namespace, ())
 
     def _usage(self, namespace: str, gpu: GpuConfig) -> tuple[dict[str, Decimal], dict[Resource, dict[str, Decimal]]]:
         """The namespace's total steady-state GPU need and each workload's own share (computed once)."""

@@ -36,7 +36,7 @@ from __future__ import annotations
 import sys
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
@@ -543,13 +543,17 @@ class ClusterCache:
     def referenced_by_rollout(self, namespace: str, kind: str, name: str) -> bool:
         return False  # Rollouts are not cached: a referenced Deployment is checked on its own (stricter)
 
-    def scaled_objects(self, namespace: str) -> list[Mapping[str, Any]] | None:
-        """The namespace's KEDA ScaledObjects (trimmed); None when they cannot be known: KEDA's API is not
-        served (or RBAC does not grant it), or the informer has not listed them yet."""
+    def scaled_objects(self, namespace: str, target: str | None = None) -> Sequence[Mapping[str, Any]] | None:
+        """The namespace's KEDA ScaledObjects (trimmed; with ``target``, those whose scaleTargetRef.name it is);
+        None when they cannot be known: KEDA's API is not served (or RBAC does not grant it), or the informer
+        has not listed them yet. One admission request reads one namespace's ScaledObjects once."""
         informer = self.scaledobjects
         if informer is None or informer.absent or not informer.synced.is_set():
             return None
-        return list(informer.in_namespace(namespace).values())
+        found = list(informer.in_namespace(namespace).values())
+        if target is None:
+            return found
+        return [so for so in found if (so.get("spec") or {}).get("scaleTargetRef", {}).get("name") == target]
 
     def runtime_class_exists(self, name: str) -> bool | None:
         """Whether the cluster has RuntimeClass ``name``; None when that is not known (API not served,

@@ -176,8 +176,9 @@ class GpuScaleToZero(Policy):
                   f"{{apiVersion: {api_version}, kind: {res.kind}, name: {res.name}}} and minReplicaCount: 0")
         # kubectl shows the first 256 characters of a warning: the verdict and its cause come first
         head = f"{res.kind} `{res.name}` serves a model on GPUs"
-        found = ctx.facts.scaled_objects(res.namespace) if isinstance(ctx.facts, ScaleKnowledge) else None
-        if found is None:
+        facts = ctx.facts if isinstance(ctx.facts, ScaleKnowledge) else None
+        found = facts.scaled_objects(res.namespace, res.name) if facts is not None else None  # by target name
+        if facts is None or found is None:
             yield Finding("spec.replicas", f"{head}; whether it can scale to zero is unknown: mlguard could not see "
                           "the cluster's ScaledObjects here (KEDA's API not served, or the cache has not listed them); "
                           f"check that {wanted} exists",
@@ -196,9 +197,10 @@ class GpuScaleToZero(Policy):
                               f"names it with scaleTargetRef apiVersion {shown}, so KEDA looks for another object; set "
                               f"spec.scaleTargetRef.apiVersion: {api_version}", resource=me, action=cap)
                 return
-            others = ", ".join(f"`{_so_name(so)}` -> {_target(so)[1]}/{_target(so)[2]}" for so in found[:5])
-            seen = (f" (ScaledObjects {where} in {res.namespace}: {others}{', ...' if len(found) > 5 else ''})"
-                    if found else f" (no ScaledObject {where} in {res.namespace})")
+            every = facts.scaled_objects(res.namespace) or ()
+            others = ", ".join(f"`{_so_name(so)}` -> {_target(so)[1]}/{_target(so)[2]}" for so in every[:5])
+            seen = (f" (ScaledObjects {where} in {res.namespace}: {others}{', ...' if len(every) > 5 else ''})"
+                    if every else f" (no ScaledObject {where} in {res.namespace})")
             late = (" (applied in the same sync? it may not be in the cluster yet: this is a warning; "
                     "`mlguard check` of the pull request denies it)") if ctx.point == "admission" else ""
             yield Finding("spec.replicas", f"{head} and cannot scale to zero: no ScaledObject {where} targets "
