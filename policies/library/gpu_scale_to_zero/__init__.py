@@ -198,11 +198,16 @@ class GpuScaleToZero(Policy):
                               f"spec.scaleTargetRef.apiVersion: {api_version}", resource=me, action=cap)
                 return
             every = facts.scaled_objects(res.namespace) or ()
-            others = ", ".join(f"`{_so_name(so)}` -> {_target(so)[1]}/{_target(so)[2]}" for so in every[:5])
-            seen = (f" (ScaledObjects {where} in {res.namespace}: {others}{', ...' if len(every) > 5 else ''})"
-                    if every else f" (no ScaledObject {where} in {res.namespace})")
-            late = (" (applied in the same sync? it may not be in the cluster yet: this is a warning; "
-                    "`mlguard check` of the pull request denies it)") if ctx.point == "admission" else ""
+            if not every:
+                seen = f" (no ScaledObject {where} in {res.namespace})"
+            elif ctx.point == "admission":  # the requester may not be allowed to read them: a count, no names
+                seen = f" ({len(every)} ScaledObject(s) {where} in {res.namespace} target other workloads)"
+            else:  # the checked set is the author's own files
+                others = ", ".join(f"`{_so_name(so)}` -> {_target(so)[1]}/{_target(so)[2]}" for so in every[:5])
+                seen = f" (ScaledObjects {where} in {res.namespace}: {others}{', ...' if len(every) > 5 else ''})"
+            late = (" (applied in the same sync? it may not be in the cluster yet, so this only warns; `mlguard "
+                    "check` of the pull request, with the ScaledObject in the checked set, is where it is enforced)"
+                    ) if ctx.point == "admission" else ""
             yield Finding("spec.replicas", f"{head} and cannot scale to zero: no ScaledObject {where} targets "
                           f"it{seen}{late}; add {wanted} "
                           "(kustomize/examples/keda-scale-to-zero)", resource=me, action=cap)
