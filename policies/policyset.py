@@ -221,6 +221,73 @@ def _yaml11_off(data: Any) -> None:
             fix(override, "action")
 
 
+# Criteria an object or a namespace owner controls: the object's own labels, the namespace's labels (and the
+# environment, read from a namespace label). An exemption resting on them alone is one a tenant grants itself.
+LABEL_CRITERIA = ("objectSelector", "namespaceSelector", "environments")
+LABEL_ONLY_WHY = ("a label alone never exempts: a tenant can label its own pod (and whoever may label a namespace "
+                  "its namespace) the same way")
+
+
+def _label_only(block: Any, criteria: Sequence[str]) -> list[str]:
+    """The label criteria a match block rests on without naming namespaces."""
+    if not isinstance(block, Mapping) or block.get("namespaces"):
+        return []
+    return [c for c in criteria if c in block]
+
+
+def label_only_exemptions(spec: Mapping[str, Any]) -> list[tuple[list[Any], str]]:
+    """Every exemption in a (schema-valid) PolicySet spec that rests on labels alone, with its path.
+
+    Exemptions are the `exclude` blocks (of the spec, each policy and each rule), overrides selected by object labels
+    (they may turn a policy off or loosen it), and the allowlists policies declare (`Policy.allowlist_params`).
+    Each must name the namespaces it applies in; selectors, service accounts and labels narrow it within them.
+    """
+    found: list[tuple[list[Any], str]] = []
+
+    def blocks(path: list[Any], value: Any, criteria: Sequence[str], what: str) -> None:
+        items = list(enumerate(value)) if isinstance(value, list) else [(None, value)]
+        for i, block in items:
+            used = _label_only(block, criteria)
+            if used:
+                where = path if i is None else path + [i]
+                found.append((where, f"{what} rests on {' and '.join(used)} alone: {LABEL_ONLY_WHY}; add namespaces: "
+                                     "[...] naming the namespaces the exempted workloads run in"))
+
+    blocks(["spec", "exclude"], spec.get("exclude"), LABEL_CRITERIA, "an exclude entry")
+    rules = spec.get("rules")
+    for r, rule in enumerate(rules if isinstance(rules, list) else []):  # a team's CEL rules exempt the same way
+        if isinstance(rule, Mapping):
+            blocks(["spec", "rules", r, "exclude"], rule.get("exclude"), LABEL_CRITERIA, "an exclude entry")
+            for i, override in enumerate(rule.get("overrides") or []):
+                if isinstance(override, Mapping):
+                    blocks(["spec", "rules", r, "overrides", i, "match"], override.get("match"), ("objectSelector",),
+                           "an override selected by object labels")
+    known = all_policies()
+    for pid, config in (spec.get("policies") or {}).items():
+        if not isinstance(config, Mapping):
+            continue
+        base = ["spec", "policies", pid]
+        blocks(base + ["exclude"], config.get("exclude"), LABEL_CRITERIA, "an exclude entry")
+        for i, override in enumerate(config.get("overrides") or []):
+            blocks(base + ["overrides", i, "match"], override.get("match"), ("objectSelector",),
+                   "an override selected by object labels")
+        policy = known.get(pid)
+        if policy is None:
+            continue
+        param_blocks = [(base + ["params"], config.get("params") or {})]
+        param_blocks += [(base + ["overrides", i, "params"], o.get("params") or {})
+                         for i, o in enumerate(config.get("overrides") or [])]
+        for path, params in param_blocks:
+            for name in policy.allowlist_params:
+                entries = params.get(name)
+                for j, entry in enumerate(entries if isinstance(entries, list) else []):
+                    if isinstance(entry, Mapping) and not entry.get("namespaces"):
+                        found.append((path + [name, j],
+                                      f"an allowlist entry names no namespaces: {LABEL_ONLY_WHY}; add namespaces: "
+                                      "[...] naming the namespaces the allowlisted workloads run in"))
+    return found
+
+
 def _validate(data: Any, source: str, root: yaml.Node | None) -> tuple[list[str], list[Rule]]:
     def where(parts: Sequence[Any]) -> str:
         line = _line_of(root, parts)
@@ -242,6 +309,7 @@ def _validate(data: Any, source: str, root: yaml.Node | None) -> tuple[list[str]
         from policies.attestation import keyring_from_spec
 
         errors.extend(keyring_from_spec({"keys": inline_keys}).problems)
+    errors.extend(f"{where(path)}: {message}" for path, message in label_only_exemptions(data["spec"]))
     declared = data["spec"].get("policyCount")
     if declared is not None and declared != len(data["spec"].get("policies") or {}):
         errors.append(f"{where(['spec', 'policyCount'])}: declares {declared} policies but spec.policies has "

@@ -30,6 +30,9 @@ class Policy:
     defaults: ClassVar[dict[str, Any]] = {}
     # kinds the policy can deny at all (None: every workload kind); the sample-coverage test reads it
     denies_kinds: ClassVar[frozenset[str] | None] = None
+    # params that exempt workloads (lists of entries with `namespaces`): the PolicySet loader refuses an entry
+    # that names no namespaces (policies.policyset.label_only_exemptions)
+    allowlist_params: ClassVar[tuple[str, ...]] = ()
 
     def check(self, workload: Workload, params: Mapping[str, Any], ctx: EvalContext) -> Iterable[Finding]:
         raise NotImplementedError

@@ -120,3 +120,57 @@ def test_unquoted_off_is_the_action_off_not_a_boolean() -> None:
     assert ps.resolve("gpu-limits", subject=subject(), point="ci").action == "off"
     assert ps.resolve("gpu-tolerations", subject=subject(), point="admission").action == "off"
     assert ps.resolve("gpu-isolation", subject=subject(env="dev"), point="ci").action == "off"
+
+
+def test_an_exemption_resting_on_labels_alone_is_refused_with_the_reason() -> None:
+    """Issue 14: a label alone never exempts (a tenant can label its own pod). Every exclude entry, every override
+    selected by object labels and every policy allowlist entry names its namespaces."""
+    text = HEAD + """spec:
+  exclude:
+    - namespaceSelector: {matchLabels: {mlguard.io/ignore: "true"}}
+  policies:
+    gpu-isolation:
+      exclude:
+        - objectSelector: {matchLabels: {app.kubernetes.io/name: dcgm-exporter}}
+        - {namespaces: [monitoring], objectSelector: {matchLabels: {app.kubernetes.io/name: dcgm-exporter}}}
+        - {environments: [dev]}
+    gpu-limits:
+      overrides:
+        - {match: {objectSelector: {matchLabels: {big: "yes"}}}, action: "off"}
+        - {match: {namespaceSelector: {matchLabels: {tier: batch}}}, params: {maxPerPod: 4}}
+    gpu-tolerations:
+      params:
+        systemAllowlist:
+          - {labels: {app.kubernetes.io/name: prometheus-node-exporter}}
+          - {namespaces: [monitoring], labels: {app.kubernetes.io/name: node-exporter}}
+"""
+    with pytest.raises(PolicySetError) as err:
+        parse_policyset(text, source="labels.yaml")
+    errors = err.value.errors
+    why = "a label alone never exempts: a tenant can label its own pod"
+    expected = ["spec.exclude[0] (line 6): an exclude entry rests on namespaceSelector alone",
+                "spec.policies.gpu-isolation.exclude[0] (line 10): an exclude entry rests on objectSelector alone",
+                "spec.policies.gpu-isolation.exclude[2] (line 12): an exclude entry rests on environments alone",
+                "spec.policies.gpu-limits.overrides[0].match (line 15): an override selected by object labels rests "
+                "on objectSelector alone",
+                "spec.policies.gpu-tolerations.params.systemAllowlist[0] (line 20): an allowlist entry names no "
+                "namespaces"]
+    for start in expected:
+        assert any(e.startswith(start) and why in e and "add namespaces:" in e for e in errors), (start, errors)
+    assert len(errors) == len(expected), errors  # the namespaced entries and the namespace-label override pass
+
+
+def test_a_label_only_allowlist_entry_exempts_nothing_even_unvalidated() -> None:
+    """Defence in depth: gpu-tolerations itself ignores an allowlist entry that names no namespaces."""
+    from policies.registry import all_policies
+    from policies.gpu import GpuConfig
+    from policies.workload import extract
+
+    policy = all_policies()["gpu-tolerations"]
+    ds = {"apiVersion": "apps/v1", "kind": "DaemonSet", "metadata": {"name": "x", "namespace": "team-a"},
+          "spec": {"template": {"metadata": {"labels": {"app.kubernetes.io/name": "node-exporter"}},
+                                "spec": {"containers": [{"name": "c", "image": "i"}]}}}}
+    workload = extract(ds, gpu=GpuConfig())
+    labels = {"app.kubernetes.io/name": "node-exporter"}
+    assert not policy._allowlisted(workload, labels, {"systemAllowlist": [{"labels": labels}]})
+    assert policy._allowlisted(workload, labels, {"systemAllowlist": [{"namespaces": ["team-*"], "labels": labels}]})

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fnmatch
 from collections.abc import Iterator, Mapping
 from typing import Any
 
@@ -23,49 +24,57 @@ class GpuTolerations(Policy):
     id = "gpu-tolerations"
     title = "GPU taints are tolerated by GPU pods and only by them"
     severity = "high"
-    version = "1.1.0"
+    version = "1.2.0"
     description = ("A pod that uses a GPU (a GPU resource above zero, a DRA GPU claim, or GPU devices injected by "
                    "annotation) tolerates the configured GPU node taint(s); a pod that uses no GPU must not "
                    "tolerate them, or it squats on GPU nodes and starves GPU work. A pod whose DRA claim cannot be "
                    "resolved is not judged a squatter: it gets a warning that names the claim. Runtime templates "
                    "(ServingRuntime, TrainingRuntime, LLMInferenceServiceConfig) may tolerate the taint for the "
                    "GPUs their users add. System workloads (device plugin, DCGM exporter, node exporters) are "
-                   "allowlisted by namespace and labels.")
+                   "allowlisted by namespace (and labels within it): a label alone never exempts.")
     params_schema = {
         "type": "object",
         "additionalProperties": False,
         "properties": {
             "systemAllowlist": {
+                "description": "System workloads that may tolerate the GPU taints without a GPU: each entry names "
+                               "namespaces (required: a label alone never exempts, a tenant can label its own pod) "
+                               "and may narrow them by pod labels.",
                 "type": "array",
                 "items": {
                     "type": "object",
                     "additionalProperties": False,
                     "properties": {
-                        "namespaces": {"type": "array", "items": {"type": "string"}},
+                        "namespaces": {"type": "array", "minItems": 1, "items": {"type": "string", "minLength": 1}},
                         "labels": {"type": "object", "additionalProperties": {"type": "string"}},
                     },
                 },
             },
         },
     }
+    allowlist_params = ("systemAllowlist",)
     defaults = {"systemAllowlist": [
-        # NVIDIA GPU operator (its operands run in its namespace; OpenShift's OperatorHub uses nvidia-gpu-operator)
+        # NVIDIA GPU operator (its operands run in its namespace; OpenShift's OperatorHub uses nvidia-gpu-operator),
+        # and the standalone device plugin's Helm chart in its documented namespace
         {"namespaces": ["gpu-operator", "nvidia-gpu-operator", "nvidia-device-plugin"]},
-        {"labels": {"app.kubernetes.io/name": "dcgm-exporter"}},
-        {"labels": {"app.kubernetes.io/name": "nvidia-device-plugin"}},
-        # prometheus-community's prometheus-node-exporter chart (kube-prometheus-stack)
-        {"labels": {"app.kubernetes.io/name": "prometheus-node-exporter"}},
+        # the standalone dcgm-exporter Helm chart installed next to Prometheus
+        {"namespaces": ["monitoring"], "labels": {"app.kubernetes.io/name": "dcgm-exporter"}},
+        # prometheus-community's prometheus-node-exporter chart (kube-prometheus-stack), in its usual namespace
+        {"namespaces": ["monitoring"], "labels": {"app.kubernetes.io/name": "prometheus-node-exporter"}},
         # kube-prometheus (manifests/nodeExporter-daemonset.yaml): namespace monitoring, name node-exporter
         {"namespaces": ["monitoring"], "labels": {"app.kubernetes.io/name": "node-exporter"}},
-        # GKE's managed DCGM exporter
+        # GKE's managed DCGM exporter (GKE's device plugin runs in kube-system, which is always exempt)
         {"namespaces": ["gke-managed-system"], "labels": {"app.kubernetes.io/name": "gke-managed-dcgm-exporter"}},
     ]}
 
     def _allowlisted(self, workload: Workload, labels: Mapping[str, str], params: Mapping[str, Any]) -> bool:
+        """An entry allowlists the workload in one of its namespaces (and with its labels, when it names some);
+        an entry without namespaces allowlists nothing (the loader refuses it too)."""
         for entry in params["systemAllowlist"]:
-            ns_ok = "namespaces" not in entry or workload.resource.namespace in entry["namespaces"]
-            labels_ok = "labels" not in entry or label_selector_matches({"matchLabels": entry["labels"]}, labels)
-            if ns_ok and labels_ok and ("namespaces" in entry or "labels" in entry):
+            if not entry.get("namespaces") or not any(fnmatch.fnmatchcase(workload.resource.namespace, p)
+                                                      for p in entry["namespaces"]):
+                continue
+            if "labels" not in entry or label_selector_matches({"matchLabels": entry["labels"]}, labels):
                 return True
         return False
 
