@@ -5,11 +5,10 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from decimal import Decimal
 from typing import Any
 
 from policies.context import ClusterFacts, EmptyFacts, EvalContext, RequestInfo
-from policies.model import EnforcementPoint, Finding, Note, Report, Resource, Violation, weakest
+from policies.model import EnforcementPoint, Finding, Note, Report, Resource, Violation, identity_of, weakest
 from policies.mutations import planned_mutations
 from policies.policyset import PolicySet, Resolved
 from policies.registry import all_policies
@@ -116,7 +115,8 @@ def evaluate_object(obj: Mapping[str, Any], policyset: PolicySet, *, point: Enfo
                 notes.append(Note(policy_id, target, f.path, f.message))
             else:
                 violations.append(Violation(policy_id, weakest(resolved.action, f.action), target, f.path,
-                                            f.message, policyset.runbook_url(policy.runbook_path())))
+                                            f.message, policyset.runbook_url(policy.runbook_path()),
+                                            amount=f.amount, identity=identity_of(f)))
     if policyset.rules:
         given = RuleInput(workload=workload, gpu=gpu, environment=environment, namespace_labels=ns_labels,
                           request=request, old_object=old_object)
@@ -191,36 +191,27 @@ def evaluate(objects: Iterable[Mapping[str, Any]], policyset: PolicySet, *, poin
 
 
 def new_violations(current: Evaluated, previous: Evaluated) -> list[Violation]:
-    """For UPDATE: drop violations of `onlyNewViolations` policies that the old object already had,
-    so a scale-down or a label change is never blocked by an old violation. A violation counts
-    as old when the old object had one of the same policy at the same path; for quantities
-    (`needs N GPUs`) only a need that grew is new."""
-    old: dict[tuple[str, str], list[Violation]] = {}
+    """For UPDATE: drop violations of `onlyNewViolations` policies that the old object already had, so a
+    scale-down or a label change is never blocked by an old violation. A violation is old only when the old
+    object had one of the same policy, at the same path, about the same thing (`Violation.identity`: for
+    eval-gate the model, version, digests and images it was checked for), with an amount no larger (GPUs per
+    container or pod, GPUs needed at full size). A container with 9 GPUs growing to 64 is new; so is an
+    attestation problem on a workload that now names another model version, artifact or image."""
+    old: dict[tuple[str, str, str], list[Violation]] = {}
     for v in previous.violations:
-        old.setdefault((v.policy, v.path), []).append(v)
+        old.setdefault((v.policy, v.path, v.identity), []).append(v)
     kept = []
     for v in current.violations:
-        if v.policy in current.only_new and (v.policy, v.path) in old and not _grew(v, old[(v.policy, v.path)]):
+        before = old.get((v.policy, v.path, v.identity))
+        if v.policy in current.only_new and before and not _grew(v, before):
             continue
         kept.append(v)
     return kept
 
 
 def _grew(violation: Violation, before: list[Violation]) -> bool:
-    now = _amount(violation.message)
-    if now is None:
+    """The amount grew past every old one's; an amount where the old finding had none is new too."""
+    if violation.amount is None:
         return False
-    amounts = [a for a in (_amount(b.message) for b in before) if a is not None]
-    return not amounts or now > max(amounts)
-
-
-def _amount(message: str) -> Decimal | None:
-    """The `needs N` amount of a quota message, when the message has one."""
-    marker = "needs "
-    if marker not in message:
-        return None
-    head = message.split(marker, 1)[1].split(" ", 1)[0]
-    try:
-        return Decimal(head)
-    except ArithmeticError:
-        return None
+    amounts = [b.amount for b in before if b.amount is not None]
+    return not amounts or violation.amount > max(amounts)

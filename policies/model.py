@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
+from decimal import Decimal
 from typing import Any, Literal
 
 Action = Literal["deny", "warn", "audit", "off"]
@@ -60,6 +62,13 @@ class Finding:
     note: bool = False
     resource: Resource | None = None  # set when the finding belongs to another object (workloadRef)
     action: Action | None = None  # a cap: e.g. "warn" for what cannot be seen offline; never raises the action
+    # At UPDATE (onlyNewViolations) a finding is old only when the old object had one of the same policy at the
+    # same path with the same identity and an amount no larger. The identity defaults to the message with its
+    # numbers left out (see `identity_of`); a policy whose finding is about a thing the message does not spell out
+    # (eval-gate: the model, version, digests it checked) sets it. The amount is what may grow: GPUs of a
+    # container or a pod, GPUs a workload needs at full size.
+    amount: Decimal | None = field(default=None, compare=False)
+    identity: str | None = field(default=None, compare=False)
 
 
 @dataclass(frozen=True)
@@ -72,6 +81,8 @@ class Violation:
     path: str
     message: str
     runbook: str
+    amount: Decimal | None = field(default=None, compare=False)  # see Finding
+    identity: str = field(default="", compare=False)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -86,6 +97,15 @@ class Violation:
     def line(self) -> str:
         """``policy: path: what to change (runbook)`` — the form used in denials and CI logs."""
         return f"{self.policy}: {self.path}: {self.message} ({self.runbook})"
+
+
+_NUMBER = re.compile(r"[0-9]+(?:\.[0-9]+)?")
+
+
+def identity_of(finding: Finding) -> str:
+    """What a finding is about, for UPDATE comparisons: its own identity, else its message with every number
+    replaced (a count that changes is an amount, not another finding)."""
+    return finding.identity if finding.identity is not None else _NUMBER.sub("#", finding.message)
 
 
 @dataclass(frozen=True)

@@ -167,7 +167,7 @@ class Admission:
                     return {"apiVersion": api_version, "kind": kind, "metadata": meta,
                             "spec": {"template": copy.deepcopy(dict(template)), "strategy": {"canary": {}}}}, ""
         finder = getattr(self.facts, "workload_pods", None)
-        pods = finder(namespace, name) if finder else []
+        pods = finder(namespace, kind, name) if finder else []
         if not pods:
             return None, (f"{QUOTA_POLICY}: {resource}/{name} in {namespace} is not in the webhook's cache and has "
                           "no running pod to size the scale by; the GPU quota look-ahead did not run")

@@ -25,10 +25,13 @@ tests/benchmarks/bench_cache.py measures it: 50,000 pods took 1.6 GiB kept whole
 
 GPU usage: the GPUs of a namespace's non-terminated pods (phase not Succeeded or Failed), minus
 the pods of the workload under review. A pod belongs to workload ``W`` when it is ``W`` itself,
-when its controller is ``W``, or when its controller is a cached ReplicaSet whose controller is
-``W`` (a Deployment's or a Rollout's pods). For an owner the cache does not hold (a Job of a
-CronJob), a name ``W-*`` counts as ``W``'s: the look-ahead is then more lenient, never stricter.
-Pods still Pending count: the quota holds them.
+when its controller is ``W``, or when its chain of controllers leads to ``W`` through cached ReplicaSets,
+StatefulSets and pods, each link with the uid its reference names (a Deployment's or a Rollout's pods, a
+LeaderWorkerSet's leaders and workers).
+Owners are matched by kind, name and (where the cache holds ``W``) uid, never by a name prefix: ``llm``
+does not own ``llm-big-*``. The one owner matched by name alone is a CronJob's Job, ``W-<digits>``, which
+the cache does not hold. A pod whose chain the cache cannot follow counts as someone else's: the
+look-ahead is then stricter, never more lenient. Pods still Pending count: the quota holds them.
 """
 
 from __future__ import annotations
@@ -58,7 +61,10 @@ DRA_VERSIONS = ("v1", "v1beta2", "v1beta1")
 Obj = dict[str, Any]
 Trim = Callable[[Obj], Obj | None]   # None: the object is not kept
 LAST_APPLIED = "kubectl.kubernetes.io/last-applied-configuration"
-OWNER_FIELDS = ("apiVersion", "kind", "name", "controller")
+OWNER_FIELDS = ("apiVersion", "kind", "name", "uid", "controller")
+# how many controllers up a pod's owner chain is followed (LeaderWorkerSet: worker pod, worker StatefulSet,
+# leader pod, leader StatefulSet, LeaderWorkerSet)
+OWNER_DEPTH = 5
 # Pod annotations the webhook reads of another pod: a LeaderWorkerSet's group size (the /scale of a
 # LeaderWorkerSet is sized by one of its pods; webhook.admission.LWS_SIZE_ANNOTATION).
 POD_ANNOTATIONS = ("leaderworkerset.sigs.k8s.io/size",)
@@ -272,7 +278,7 @@ def trim_metadata(meta: Any, *, annotations: bool = True) -> Obj:
     than kubectl's last-applied copy; never managedFields."""
     if not isinstance(meta, Mapping):
         return {}
-    out: Obj = {k: meta[k] for k in ("name", "resourceVersion") if k in meta}
+    out: Obj = {k: meta[k] for k in ("name", "uid", "resourceVersion") if k in meta}
     if "namespace" in meta:
         out["namespace"] = _intern(meta["namespace"])
     if isinstance(meta.get("labels"), Mapping):
@@ -386,10 +392,10 @@ def trim_pod(obj: Obj) -> Obj | None:
     if spec.get("resourceClaims"):
         kept["resourceClaims"] = spec["resourceClaims"]
     meta = _meta(obj)
-    slim: Obj = {k: meta[k] for k in ("name", "resourceVersion") if k in meta}
+    slim: Obj = {k: meta[k] for k in ("name", "uid", "resourceVersion") if k in meta}
     if "namespace" in meta:
         slim["namespace"] = _intern(meta["namespace"])
-    refs = _owners(meta, ("kind", "name", "controller"))
+    refs = _owners(meta, ("kind", "name", "uid", "controller"))
     if refs:
         slim["ownerReferences"] = refs
     annotations = meta.get("annotations")
@@ -582,36 +588,48 @@ class ClusterCache:
             self._memo[key] = hit
         return hit
 
-    def owned_by(self, pod: Mapping[str, Any], workload: str) -> bool:
-        """The pod is ``workload`` itself, its controller is, or its controller is a cached ReplicaSet
-        whose controller is; an owner not in the cache counts when named ``workload-*``."""
+    def owned_by(self, pod: Mapping[str, Any], workload: Resource) -> bool:
+        """The pod is ``workload`` itself (a Pod), or its chain of controllers leads to ``workload`` through
+        cached objects (ReplicaSets, StatefulSets, pods: a Deployment's or a Rollout's pods, a LeaderWorkerSet's
+        leader and worker pods), each link checked by uid. The workload is matched by kind and name and, where
+        the cache holds it, by uid: ``llm`` never claims ``llm-big``'s pods. The one owner known by name alone
+        is a CronJob's Job, ``<cronjob>-<minutes>``, which the cache does not hold."""
         meta = _meta(pod)
-        if meta.get("name") == workload:
-            return True
-        for ref in meta.get("ownerReferences") or []:
-            owner = ref.get("name") if isinstance(ref, Mapping) else None
-            if not isinstance(owner, str):
-                continue
-            if owner == workload:
+        if workload.kind == "Pod":
+            return meta.get("name") == workload.name
+        namespace = str(meta.get("namespace") or workload.namespace)
+        cached = self.resolve_object(namespace, workload.kind, workload.name)
+        uid = _meta(cached).get("uid") if cached is not None else None
+        obj: Mapping[str, Any] = pod
+        for _ in range(OWNER_DEPTH):
+            ref = _controller(obj)
+            if ref is None:
+                return False
+            if _is_ref_to(ref, workload, uid):
                 return True
-            if ref.get("kind") == "ReplicaSet":
-                rs = self.replicasets.in_namespace(str(meta.get("namespace") or "")).get(owner)
-                if rs is not None:
-                    if (_controller(rs) or {}).get("name") == workload:
-                        return True
-                    continue
-            if owner.startswith(workload + "-"):
-                return True
+            kind, name = ref.get("kind"), ref.get("name")
+            if not isinstance(name, str):
+                return False
+            if workload.kind == "CronJob" and kind == "Job":
+                suffix = name[len(workload.name) + 1:] if name.startswith(workload.name + "-") else ""
+                return suffix.isascii() and suffix.isdigit()
+            parent = (self.pods.in_namespace(namespace).get(name) if kind == "Pod"
+                      else self.resolve_object(namespace, str(kind), name))
+            if parent is None or _meta(parent).get("uid") != ref.get("uid"):
+                return False
+            obj = parent
         return False
 
-    def workload_pods(self, namespace: str, name: str) -> list[Obj]:
-        """Non-terminated pods that belong to workload ``name``."""
-        return [p for p in list(self.pods.in_namespace(namespace).values()) if _running(p) and self.owned_by(p, name)]
+    def workload_pods(self, namespace: str, kind: str, name: str) -> list[Obj]:
+        """Non-terminated pods that belong to workload ``kind``/``name``."""
+        workload = Resource("", kind, namespace, name)
+        return [p for p in list(self.pods.in_namespace(namespace).values())
+                if _running(p) and self.owned_by(p, workload)]
 
     def gpu_usage(self, namespace: str, *, exclude: Resource, gpu: GpuConfig) -> dict[str, Decimal]:
         total: dict[str, Decimal] = {}
         for pod in list(self.pods.in_namespace(namespace).values()):
-            if not _running(pod) or self.owned_by(pod, exclude.name):
+            if not _running(pod) or self.owned_by(pod, exclude):
                 continue
             for k, v in self._pod_gpus(pod, gpu).items():
                 total[k] = total.get(k, Decimal(0)) + v
@@ -629,6 +647,12 @@ def _controller(obj: Mapping[str, Any]) -> Mapping[str, Any] | None:
         if isinstance(ref, Mapping) and ref.get("controller"):
             return ref
     return None
+
+
+def _is_ref_to(ref: Mapping[str, Any], workload: Resource, uid: Any) -> bool:
+    """The reference names the workload: same kind and name, and the same uid when the workload's is known."""
+    return ref.get("kind") == workload.kind and ref.get("name") == workload.name and (uid is None or
+                                                                                      ref.get("uid") == uid)
 
 
 def _revision(rs: Mapping[str, Any]) -> int:

@@ -7,7 +7,7 @@ from collections.abc import Mapping
 
 import yaml
 
-from policies.context import EmptyFacts, ManifestFacts
+from policies.context import EmptyFacts, ManifestFacts, RequestInfo
 from policies.engine import evaluate, evaluate_object
 from policies.policyset import parse_policyset
 from policies.testing import LIBRARY
@@ -32,8 +32,11 @@ class LiveFacts(EmptyFacts):
         return (namespace, kind, name) in self.refs
 
 
-def _denied(obj: Mapping, facts=None) -> list[str]:
-    result = evaluate_object(obj, POLICYSET, point="admission", facts=facts)
+RS_CONTROLLER = "system:serviceaccount:kube-system:replicaset-controller"
+
+
+def _denied(obj: Mapping, facts=None, user: str = RS_CONTROLLER) -> list[str]:
+    result = evaluate_object(obj, POLICYSET, point="admission", facts=facts, request=RequestInfo(user=user))
     return [v.message for v in result.violations if v.policy == "canary-required"]
 
 
@@ -62,6 +65,14 @@ def test_controller_made_pods_pass_bare_pods_do_not() -> None:
     not_controller = copy.deepcopy(pod)
     not_controller["metadata"]["ownerReferences"][0]["controller"] = False
     assert _denied(not_controller)
+    # the same reference in a tenant's request: believed only when the webhook's cache holds the owner, same uid
+    assert _denied(pod, user="alice")
+    rs = {"apiVersion": "apps/v1", "kind": "ReplicaSet",
+          "metadata": {"name": "vllm-7d9f8", "namespace": "prod-serving",
+                       "uid": pod["metadata"]["ownerReferences"][0]["uid"]}}
+    assert not _denied(pod, ManifestFacts([rs]), user="alice")
+    rs["metadata"]["uid"] = "another"
+    assert _denied(pod, ManifestFacts([rs]), user="alice")
 
 
 def test_a_gating_analysis_next_to_a_dry_run_one_is_enough() -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from decimal import Decimal
+
 import pytest
 
 from policies.engine import evaluate, evaluate_object, new_violations
@@ -77,12 +79,29 @@ def test_quota_amounts_only_block_growth() -> None:
 
     r = Resource("apps/v1", "Deployment", "ns", "d")
 
-    def ev(n: int) -> Evaluated:
-        v = Violation("gpu-quota", "deny", r, "spec.replicas", f"needs {n} GPUs at full size", "x")
+    def ev(n: int | None, identity: str = "needs # GPUs at full size") -> Evaluated:
+        v = Violation("gpu-quota", "deny", r, "spec.replicas", f"needs {n} GPUs at full size", "x",
+                      amount=None if n is None else Decimal(n), identity=identity)
         return Evaluated(r, [v], [], None, frozenset({"gpu-quota"}), [])
 
     assert new_violations(ev(12), ev(16)) == []          # scale-down: allowed
+    assert new_violations(ev(16), ev(16)) == []          # unchanged: allowed
     assert len(new_violations(ev(20), ev(16))) == 1      # scale-up beyond: denied
+    assert len(new_violations(ev(20), ev(None))) == 1    # an amount where there was none: new
+    assert len(new_violations(ev(12), ev(16, identity="another finding"))) == 1  # another thing found: new
+
+
+def test_a_container_growing_from_9_to_64_gpus_is_new() -> None:
+    """Issue 14: onlyNewViolations matched by policy and path only, so a container with 9 GPUs (over the limit of
+    8, admitted before the policy) could grow to 64 at UPDATE. The amount makes it new; shrinking stays old."""
+    ps = parse_policyset(HEAD + "spec:\n  policies:\n    gpu-limits: {onlyNewViolations: true, "
+                         "params: {maxPerContainer: 8, maxPerPod: 128}}\n")
+    nine, sixty_four, eight_plus = (evaluate_object(pod(gpu_limits=n), ps, point="admission") for n in (9, 64, 12))
+    assert [v.amount for v in nine.violations] == [Decimal(9)]
+    [grown] = new_violations(sixty_four, nine)
+    assert grown.path == "spec.containers[0].resources.limits" and "asks for 64 nvidia.com/gpu" in grown.message
+    assert new_violations(eight_plus, sixty_four) == []   # 64 -> 12: still over, but less: the UPDATE may pass
+    assert new_violations(nine, nine) == []
 
 
 def test_notes_are_not_violations() -> None:

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 import yaml
 
-from policies.context import EmptyFacts, ManifestFacts
+from policies.context import EmptyFacts, ManifestFacts, RequestInfo
 from policies.engine import evaluate_object, new_violations
 from policies.gpu import GpuConfig
 from policies.library.gpu_quota import quota_applies, quota_limit
@@ -164,15 +164,44 @@ def test_quota_scopes_follow_kubernetes(spec: dict, pod: dict, applies: bool) ->
     assert quota_applies(_scoped(**spec), pod) is applies
 
 
-@pytest.mark.parametrize("owner", ["ReplicaSet", "Deployment", "CronJob"])
-def test_objects_a_controller_made_are_left_to_their_owner(owner: str) -> None:
+@pytest.mark.parametrize(("owner", "api_version", "controller"), [
+    ("ReplicaSet", "apps/v1", "replicaset-controller"), ("Deployment", "apps/v1", "deployment-controller"),
+    ("CronJob", "batch/v1", "cronjob-controller")])
+def test_objects_a_controller_made_are_left_to_their_owner(owner: str, api_version: str, controller: str) -> None:
     """A ReplicaSet of a Deployment, a pod of a ReplicaSet: the owner was checked at full size, and the
-    API server's own quota admission counts the pods; counting them here again would double them."""
+    API server's own quota admission counts the pods; counting them here again would double them. The reference
+    is believed from the controller's own service account only (policies.owners)."""
     made = deployment(4)
     made["kind"] = "ReplicaSet"
-    made["metadata"]["ownerReferences"] = [{"apiVersion": "apps/v1", "kind": owner, "name": "vllm", "uid": "u",
+    made["metadata"]["ownerReferences"] = [{"apiVersion": api_version, "kind": owner, "name": "vllm", "uid": "u",
                                             "controller": True}]
     facts = LiveFacts([quota({"requests.nvidia.com/gpu": 8})], {"nvidia.com/gpu": Decimal(8)})
-    assert messages(evaluate_object(made, policyset(), point="admission", facts=facts)) == []
+    by_controller = RequestInfo(user=f"system:serviceaccount:kube-system:{controller}")
+    assert messages(evaluate_object(made, policyset(), point="admission", facts=facts, request=by_controller)) == []
+    by_tenant = RequestInfo(user="system:serviceaccount:team-a:deployer")
+    assert messages(evaluate_object(made, policyset(), point="admission", facts=facts, request=by_tenant))
     made["metadata"]["ownerReferences"][0]["controller"] = False
-    assert messages(evaluate_object(made, policyset(), point="admission", facts=facts))
+    assert messages(evaluate_object(made, policyset(), point="admission", facts=facts, request=by_controller))
+
+
+def test_a_forged_controller_reference_gets_the_full_look_ahead() -> None:
+    """Issue 14: `ownerReferences: [{controller: true}]` to the tenant's own ConfigMap skipped the look-ahead, so
+    200 x 8 GPUs passed a quota of 1000, at admission and offline. Now the Deployment is judged fully."""
+    big = deployment(200, 8, name="big")
+    big["metadata"]["ownerReferences"] = [{"apiVersion": "v1", "kind": "ConfigMap", "name": "mine", "uid": "u-cm",
+                                           "controller": True}]
+    cm = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "mine", "namespace": "team-a", "uid": "u-cm"}}
+    limit = quota({"requests.nvidia.com/gpu": 1000})
+    expected = ("Deployment `big` needs 1600 nvidia.com/gpu at full size (200 pods x 8) but ResourceQuota `gpu` "
+                "allows 1000")
+    offline = messages(evaluate_object(big, policyset(), point="ci", facts=ManifestFacts([cm, limit, big])))
+    assert any(m.startswith(expected) for m in offline), offline
+    facts = LiveFacts([limit], {})
+    online = messages(evaluate_object(big, policyset(), point="admission", facts=facts,
+                                      request=RequestInfo(user="bob")))
+    assert any(m.startswith(expected) for m in online), online
+    # a reference to a real Deployment that is not in the checked set is not believed offline either
+    big["metadata"]["ownerReferences"] = [{"apiVersion": "apps/v1", "kind": "Deployment", "name": "elsewhere",
+                                           "uid": "u-d", "controller": True}]
+    offline = messages(evaluate_object(big, policyset(), point="ci", facts=ManifestFacts([limit, big])))
+    assert any(m.startswith(expected) for m in offline), offline

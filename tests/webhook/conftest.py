@@ -55,8 +55,8 @@ def seed(api: FakeApi) -> None:
                                "spec": {"hard": {"requests.nvidia.com/gpu": "16"}}})
     api.add("deployments", gpu_deployment("llm", "team-a", gpus=1, replicas=2))
     api.add("replicasets", {**gpu_deployment("llm-7d9f", "team-a", gpus=1, replicas=2), "metadata": {
-        "name": "llm-7d9f", "namespace": "team-a", "ownerReferences": [
-            {"apiVersion": "apps/v1", "kind": "Deployment", "name": "llm", "uid": "x", "controller": True}]}})
+        "name": "llm-7d9f", "namespace": "team-a", "uid": "uid-llm-7d9f", "ownerReferences": [
+            {"apiVersion": "apps/v1", "kind": "Deployment", "name": "llm", "uid": "uid-llm", "controller": True}]}})
     api.add("deployments", gpu_deployment("idle", "team-a", gpus=2, replicas=0))   # no pods to go by
     api.add("pods", gpu_pod("llm-7d9f-aaaaa", "team-a", gpus=1, owner=("ReplicaSet", "llm-7d9f")))
     api.add("pods", gpu_pod("llm-7d9f-bbbbb", "team-a", gpus=1, owner=("ReplicaSet", "llm-7d9f")))

@@ -115,7 +115,7 @@ def test_update_is_not_blocked_by_an_old_violation(server: WebhookServer) -> Non
     new["metadata"]["labels"]["release"] = "2"
     new["spec"]["replicas"] = 1  # a scale-down and a label change
     resp = server.admit("/validate", review(new, operation="UPDATE", old=old))
-    assert resp["allowed"] is True
+    assert resp["allowed"] is True, resp
     # the same object at CREATE is denied: the old violation is what UPDATE forgave
     assert server.admit("/validate", review(new))["allowed"] is False
 

@@ -82,14 +82,32 @@ def test_leaderworkerset_scale_gets_the_quota_look_ahead(server: WebhookServer, 
                                              "labels": {"kubernetes.io/metadata.name": "team-lws"}}})
     fake_api.add("resourcequotas", {"metadata": {"name": "gpus", "namespace": "team-lws"},
                                     "spec": {"hard": {"requests.nvidia.com/gpu": "16"}}})
+    # LeaderWorkerSet's own shape (sigs.k8s.io/lws, docs/concepts): a leader StatefulSet `lws1` owned by the
+    # LeaderWorkerSet makes the leader pods `lws1-<group>`; each leader pod owns its group's worker StatefulSet
+    # `lws1-<group>`, whose pods are `lws1-<group>-<worker>`. Ownership is followed by uid through the cache.
+    fake_api.add("statefulsets", {"metadata": {"name": "lws1", "namespace": "team-lws", "uid": "u-sts-lws1",
+                                               "ownerReferences": [{"apiVersion": "leaderworkerset.x-k8s.io/v1",
+                                                                    "kind": "LeaderWorkerSet", "name": "lws1",
+                                                                    "uid": "u-lws1", "controller": True}]},
+                                  "spec": {"replicas": 2}})
     for group in range(2):
+        fake_api.add("statefulsets", {"metadata": {"name": f"lws1-{group}", "namespace": "team-lws",
+                                                   "uid": f"u-sts-lws1-{group}",
+                                                   "ownerReferences": [{"apiVersion": "v1", "kind": "Pod",
+                                                                        "name": f"lws1-{group}",
+                                                                        "uid": f"u-pod-lws1-{group}",
+                                                                        "controller": True}]},
+                                      "spec": {"replicas": 3}})
         for worker in range(4):
+            name = f"lws1-{group}" + (f"-{worker}" if worker else "")
+            owner = ({"apiVersion": "apps/v1", "kind": "StatefulSet", "name": "lws1", "uid": "u-sts-lws1"} if not worker
+                     else {"apiVersion": "apps/v1", "kind": "StatefulSet", "name": f"lws1-{group}",
+                           "uid": f"u-sts-lws1-{group}"})
             fake_api.add("pods", {
-                "metadata": {"name": f"lws1-{group}" + (f"-{worker}" if worker else ""), "namespace": "team-lws",
+                "metadata": {"name": name, "namespace": "team-lws", "uid": f"u-pod-{name}",
                              "labels": {"team": "search", "leaderworkerset.sigs.k8s.io/name": "lws1"},
                              "annotations": {"leaderworkerset.sigs.k8s.io/size": "4"},
-                             "ownerReferences": [{"apiVersion": "apps/v1", "kind": "StatefulSet",
-                                                  "name": f"lws1-{group}", "uid": f"u{group}", "controller": True}]},
+                             "ownerReferences": [{**owner, "controller": True}]},
                 "spec": {"containers": [{"name": "w", "image": "img", "resources": {
                     "limits": {"nvidia.com/gpu": "1"}, "requests": {"cpu": "1", "memory": "1Gi"}}}]},
                 "status": {"phase": "Running"}})

@@ -71,8 +71,11 @@ def test_list_fills_the_cache(cache: ClusterCache) -> None:
     assert cache.quotas("team-a")[0]["kind"] == "ResourceQuota"  # list items get their kind back
     # the Failed pod holds nothing; the pods of the workload under review are not counted
     assert cache.gpu_usage("team-a", exclude=ANYONE, gpu=GPU) == {"nvidia.com/gpu": Decimal(2)}
+    # web-6b-1 is a pod of the Pod itself when under review; a Deployment `web` does not own it by its name alone
+    # (its ReplicaSet web-6b is not cached), so it counts: stricter, never more lenient
+    assert cache.gpu_usage("team-a", exclude=Resource("v1", "Pod", "team-a", "web-6b-1"), gpu=GPU) == {}
     web = Resource("apps/v1", "Deployment", "team-a", "web")
-    assert cache.gpu_usage("team-a", exclude=web, gpu=GPU) == {}
+    assert cache.gpu_usage("team-a", exclude=web, gpu=GPU) == {"nvidia.com/gpu": Decimal(2)}
 
 
 def test_watch_events_update_the_cache(api: FakeApi, cache: ClusterCache) -> None:
@@ -187,11 +190,14 @@ def test_cache_keeps_what_policies_read_and_no_more(api: FakeApi, cache: Cluster
     # extended resources only (every GPU resource name is domain-qualified), no container name
     assert cached["spec"] == {"containers": [{"resources": {"limits": {"nvidia.com/gpu": "1"}}}]}
     assert set(cached["metadata"]) == {"name", "namespace", "resourceVersion", "ownerReferences"}
-    assert cached["metadata"]["ownerReferences"] == [{"kind": "ReplicaSet", "name": "secretive-5c", "controller": True}]
+    # owners with their uids: ownership is matched by uid (issue 14)
+    assert cached["metadata"]["ownerReferences"] == [{"kind": "ReplicaSet", "name": "secretive-5c",
+                                                      "uid": "uid-secretive-5c", "controller": True}]
     assert cached["status"] == {"phase": "Running"}
     assert "done-1" not in cache.pods.in_namespace("team-a")   # a Failed pod holds nothing: not kept
     deployment = cache.resolve_object("team-a", "Deployment", "secretive")
     assert deployment is not None and deployment["kind"] == "Deployment"
+    assert deployment["metadata"]["uid"] == "uid-secretive"  # what an owner reference is checked against
     assert deployment["metadata"]["annotations"] == {"deployment.kubernetes.io/revision": "3"}
     assert "managedFields" not in deployment["metadata"] and "status" not in deployment
     assert deployment["spec"]["template"]["spec"]["containers"][0]["env"] == [{"name": "SECRET", "value": "x"}]
@@ -200,26 +206,49 @@ def test_cache_keeps_what_policies_read_and_no_more(api: FakeApi, cache: Cluster
 
 
 def test_pod_ownership_follows_cached_replicasets(api: FakeApi, cache: ClusterCache) -> None:
-    """A pod belongs to a Deployment through its ReplicaSet's controller, not by a name prefix: the
-    pods of `web-canary` are not `web`'s. An owner the cache lacks still goes by the name."""
-    def rs(name: str, deployment: str, revision: str) -> dict:
-        return {"metadata": {"name": name, "namespace": "team-a", "annotations": {
+    """A pod belongs to a Deployment through its ReplicaSet's controller, matched by uid, never by a name
+    prefix (issue 14): the pods of `web-canary` are not `web`'s, `llm` does not claim `llm-big`'s. A pod whose
+    ReplicaSet the cache lacks counts as someone else's (stricter, never more lenient)."""
+    def rs(name: str, deployment: str, revision: str, *, deployment_uid: str | None = None) -> dict:
+        return {"metadata": {"name": name, "namespace": "team-a", "uid": f"uid-{name}", "annotations": {
             "deployment.kubernetes.io/revision": revision}, "ownerReferences": [
-            {"apiVersion": "apps/v1", "kind": "Deployment", "name": deployment, "uid": "u", "controller": True}]},
+            {"apiVersion": "apps/v1", "kind": "Deployment", "name": deployment,
+             "uid": deployment_uid or f"uid-{deployment}", "controller": True}]},
             "spec": {"template": {"spec": {"containers": [{"name": "c", "image": "i"}]}}}}
+    api.add("deployments", gpu_deployment("web", "team-a", gpus=1, replicas=1))
+    api.add("deployments", gpu_deployment("llm", "team-a", gpus=1, replicas=1))
     api.add("replicasets", rs("web-canary-7f", "web-canary", "1"))
     api.add("replicasets", rs("web-5d", "web", "1"))
     api.add("replicasets", rs("web-6e", "web", "2"))
+    api.add("replicasets", rs("llm-big-8c", "llm-big", "1"))
+    # a ReplicaSet that names `web` but belongs to an earlier `web`, deleted and re-created (another uid)
+    api.add("replicasets", rs("web-old", "web", "1", deployment_uid="uid-web-before"))
     api.add("pods", gpu_pod("web-canary-7f-x", "team-a", gpus=2, owner=("ReplicaSet", "web-canary-7f")))
     api.add("pods", gpu_pod("web-6e-y", "team-a", gpus=1, owner=("ReplicaSet", "web-6e")))
-    assert eventually(lambda: len(cache.pods.in_namespace("team-a")) == 3 and len(cache.owned_replicasets(
-        "team-a", "Deployment", "web")) == 2)
+    api.add("pods", gpu_pod("llm-big-8c-z", "team-a", gpus=4, owner=("ReplicaSet", "llm-big-8c")))
+    api.add("pods", gpu_pod("web-old-w", "team-a", gpus=8, owner=("ReplicaSet", "web-old")))
+    assert eventually(lambda: len(cache.pods.in_namespace("team-a")) == 5 and len(cache.owned_replicasets(
+        "team-a", "Deployment", "web")) == 3 and cache.resolve_object("team-a", "Deployment", "llm") is not None)
     web = Resource("apps/v1", "Deployment", "team-a", "web")
-    # the seed's web-6b-1 (2 GPUs, its ReplicaSet not cached) still goes by the name web-*
-    assert cache.gpu_usage("team-a", exclude=web, gpu=GPU) == {"nvidia.com/gpu": Decimal(2)}
-    assert [rs["metadata"]["name"] for rs in cache.owned_replicasets("team-a", "Deployment", "web")] == \
-        ["web-6e", "web-5d"]
-    assert [p["metadata"]["name"] for p in cache.workload_pods("team-a", "web-canary")] == ["web-canary-7f-x"]
+    # web's own pod (1) is left out; the seed's web-6b-1 (2 GPUs, its ReplicaSet not cached), web-canary's (2),
+    # llm-big's (4) and the old web's (8) count
+    assert cache.gpu_usage("team-a", exclude=web, gpu=GPU) == {"nvidia.com/gpu": Decimal(16)}
+    llm = Resource("apps/v1", "Deployment", "team-a", "llm")
+    assert cache.gpu_usage("team-a", exclude=llm, gpu=GPU) == {"nvidia.com/gpu": Decimal(17)}  # all of them
+    assert [p["metadata"]["name"] for p in cache.workload_pods("team-a", "Deployment", "llm")] == []
+    assert [p["metadata"]["name"] for p in cache.workload_pods("team-a", "Deployment", "web")] == ["web-6e-y"]
+    assert [p["metadata"]["name"] for p in cache.workload_pods("team-a", "Deployment", "web-canary")] == \
+        ["web-canary-7f-x"]
+
+
+def test_a_cronjobs_jobs_are_its_own_by_their_scheduled_names(api: FakeApi, cache: ClusterCache) -> None:
+    api.add("pods", gpu_pod("nightly-29012345-abcde", "team-a", gpus=2, owner=("Job", "nightly-29012345")))
+    api.add("pods", gpu_pod("nightly-big-29012345-q", "team-a", gpus=4, owner=("Job", "nightly-big-29012345")))
+    assert eventually(lambda: len(cache.pods.in_namespace("team-a")) == 3)
+    nightly = Resource("batch/v1", "CronJob", "team-a", "nightly")
+    assert [p["metadata"]["name"] for p in cache.workload_pods("team-a", "CronJob", "nightly")] == \
+        ["nightly-29012345-abcde"]
+    assert cache.gpu_usage("team-a", exclude=nightly, gpu=GPU) == {"nvidia.com/gpu": Decimal(6)}
 
 
 def test_runtime_class_existence(api: FakeApi, cache: ClusterCache) -> None:
@@ -258,7 +287,7 @@ def test_replicasets_keep_a_template_only_when_no_deployment_holds_it(api: FakeA
 
     def rs(name: str, kind: str, owner: str) -> dict:
         return {"metadata": {"name": name, "namespace": "team-a", "ownerReferences": [
-            {"apiVersion": "x", "kind": kind, "name": owner, "uid": "u", "controller": True}]},
+            {"apiVersion": "x", "kind": kind, "name": owner, "uid": f"uid-{owner}", "controller": True}]},
             "spec": {"replicas": 3, "template": template}}
     api.add("replicasets", rs("web-5d", "Deployment", "web"))
     api.add("replicasets", rs("llm-7c", "Rollout", "llm"))

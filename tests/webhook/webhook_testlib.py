@@ -170,7 +170,8 @@ def gpu_pod(name: str, namespace: str, *, gpus: int, owner: tuple[str, str] | No
             phase: str = "Running") -> dict:
     meta: dict = {"name": name, "namespace": namespace, "labels": {"team": "search"}}
     if owner:
-        meta["ownerReferences"] = [{"apiVersion": "apps/v1", "kind": owner[0], "name": owner[1], "uid": "x",
+        meta["ownerReferences"] = [{"apiVersion": "apps/v1", "kind": owner[0], "name": owner[1],
+                                    "uid": f"uid-{owner[1]}",
                                     "controller": True}]
     return {"metadata": meta, "spec": {"containers": [{"name": "c", "image": "img", "resources": {
         "limits": {"nvidia.com/gpu": str(gpus)}, "requests": {"cpu": "1", "memory": "1Gi"}}}]},
@@ -181,7 +182,7 @@ def gpu_deployment(name: str, namespace: str, *, gpus: int, replicas: int) -> di
     """A Deployment as the API lists it (no kind/apiVersion on list items)."""
     template = {"metadata": {"labels": {"app": name}}, "spec": {"containers": [{"name": "c", "image": "img",
                 "resources": {"limits": {"nvidia.com/gpu": str(gpus)}}, "env": [{"name": "SECRET", "value": "x"}]}]}}
-    return {"metadata": {"name": name, "namespace": namespace},
+    return {"metadata": {"name": name, "namespace": namespace, "uid": f"uid-{name}"},
             "spec": {"replicas": replicas, "selector": {"matchLabels": {"app": name}}, "template": template}}
 
 

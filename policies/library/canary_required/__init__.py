@@ -9,6 +9,7 @@ from typing import Any
 
 from policies.context import EvalContext
 from policies.model import Finding
+from policies.owners import controlled
 from policies.registry import Policy, register
 from policies.workload import MODEL_LABEL, Workload, join
 
@@ -60,17 +61,12 @@ def canary_analyses(canary: Mapping[str, Any]) -> list[Analysis]:
     return found
 
 
-def _controlled(obj: Mapping[str, Any]) -> bool:
-    refs = (obj.get("metadata") or {}).get("ownerReferences") or []
-    return any(isinstance(r, Mapping) and r.get("controller") is True for r in refs)
-
-
 @register
 class CanaryRequired(Policy):
     id = "canary-required"
     title = "Model serving rolls out through an analysed Argo canary"
     severity = "high"
-    version = "1.1.0"
+    version = "1.2.0"
     description = ("In the namespaces where the policy applies (select them with the policy's match, e.g. "
                    "an environment or a namespace label), a model-serving workload (label "
                    "mlguard.io/model, a serving kind such as a KServe InferenceService or LLMInferenceService or "
@@ -79,7 +75,8 @@ class CanaryRequired(Policy):
                    " step analysis or a background analysis that names a template and is not all dry-run —"
                    " instead of a bare Deployment (or any other kind in `kinds`). A Deployment managed by "
                    "a Rollout through spec.workloadRef passes, and so do objects created by a controller "
-                   "(ownerReferences). analysisTemplates optionally requires one of the named "
+                   "(a controller ownerReference, believed only from the controller's own identity or with the owner "
+                   "known: policies/owners.py). analysisTemplates optionally requires one of the named "
                    "(Cluster)AnalysisTemplates, e.g. mlguard's own checks.")
     params_schema = {
         "type": "object",
@@ -107,7 +104,7 @@ class CanaryRequired(Policy):
         if res.kind == "Rollout":
             yield from self._rollout(workload, model, params["analysisTemplates"])
             return
-        if res.kind not in params["kinds"] or _controlled(workload.obj):
+        if res.kind not in params["kinds"] or controlled(workload.obj, res.namespace, ctx):
             return
         if ctx.facts.referenced_by_rollout(res.namespace, res.kind, res.name):
             return

@@ -17,6 +17,7 @@ from typing import Any
 
 from policies.context import EvalContext
 from policies.model import Finding
+from policies.owners import controlled
 from policies.registry import Policy, register
 from policies.workload import Workload
 
@@ -42,11 +43,6 @@ def _seconds(value: Any) -> Any:
     return int(value) if isinstance(value, str) and value.strip().isdigit() else value
 
 
-def _owned(obj: Mapping[str, Any]) -> bool:
-    refs = (obj.get("metadata") or {}).get("ownerReferences") or []
-    return any(isinstance(r, Mapping) and r.get("controller") for r in refs)
-
-
 @register
 class GpuJobDeadline(Policy):
     id = "gpu-job-deadline"
@@ -55,7 +51,7 @@ class GpuJobDeadline(Policy):
                               "JAXJob", "JobSet", "TrainJob", "RayJob", "Workflow", "CronWorkflow"})
     title = "GPU jobs have a deadline and a TTL"
     severity = "medium"
-    version = "1.1.0"
+    version = "1.2.0"
     description = (
         "A GPU Job (or a CronJob's job template) sets activeDeadlineSeconds, at most maxActiveDeadlineSeconds, "
         "and ttlSecondsAfterFinished, so a stuck batch job cannot hold GPUs idle for days. A bare GPU pod with "
@@ -100,7 +96,8 @@ class GpuJobDeadline(Policy):
                 if flag.value is not True:
                     yield Finding(flag.path, f"{label} uses GPUs but does not set {flag.path}: true; {flag.why}: "
                                              "set it")
-        elif kind == "Pod" and params["checkBarePods"] and not _owned(workload.obj) and workload.templates:
+        elif (kind == "Pod" and params["checkBarePods"] and workload.templates
+              and not controlled(workload.obj, workload.resource.namespace, ctx)):
             spec = workload.templates[0].spec
             restart = spec.get("restartPolicy", "Always")
             if restart in BATCH_RESTART_POLICIES:

@@ -18,7 +18,7 @@ class GpuLimits(Policy):
     id = "gpu-limits"
     title = "GPU limits are set, whole and bounded"
     severity = "high"
-    version = "1.1.0"
+    version = "1.2.0"
     description = ("A container that asks for a GPU resource (any configured name: nvidia.com/gpu, MIG slices, "
                    "time-sliced nvidia.com/gpu.shared, amd.com/gpu) sets it in limits; if requests is set too it "
                    "equals the limit; quantities are whole; at most maxPerContainer per container and maxPerPod "
@@ -54,7 +54,8 @@ class GpuLimits(Policy):
             if total > params["maxPerPod"]:
                 yield Finding(tpl.spec_path, f"pod asks for {format_quantity(total)} GPUs in all, more than the "
                               f"{params['maxPerPod']} allowed per pod; split the model across pods "
-                              "(e.g. a LeaderWorkerSet) or ask for fewer GPUs")
+                              "(e.g. a LeaderWorkerSet) or ask for fewer GPUs", amount=total,
+                              identity="GPUs per pod over maxPerPod")
 
     @staticmethod
     def _container(container: str, name: str, requests: Mapping[str, Any], limits: Mapping[str, Any],
@@ -94,4 +95,5 @@ class GpuLimits(Policy):
         if lim is not None and lim > params["maxPerContainer"]:
             yield Finding(join(res_path, "limits"),
                           f"container `{container}` asks for {format_quantity(lim)} {name}, more than the "
-                          f"{params['maxPerContainer']} allowed per container")
+                          f"{params['maxPerContainer']} allowed per container", amount=lim,
+                          identity=f"container {container}: {name} over maxPerContainer")

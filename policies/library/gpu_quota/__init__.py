@@ -5,7 +5,7 @@ surge) must fit the namespace's quota minus what the other workloads use. The fa
 `ClusterFacts`: offline from the manifest set (`ManifestFacts`), online from the webhook's caches.
 Offline (`mlguard check`), a namespace whose ResourceQuotas are not in the checked set (nor in a
 `--cluster-facts` snapshot) gets no deny: an audit finding with the full-size need and how to make the
-check real. Messages carry ``needs N`` (N = the full-size GPU count) so that `new_violations` can tell a
+check real. Findings carry the full-size GPU count as their amount, so that `new_violations` can tell a
 grown need from an old one on UPDATE.
 """
 
@@ -18,6 +18,7 @@ from typing import Any
 
 from policies.context import EvalContext, QuotaKnowledge
 from policies.model import Finding
+from policies.owners import controlled
 from policies.quantity import QuantityError, format_quantity, parse_quantity
 from policies.registry import Policy, register
 from policies.workload import PodTemplate, Workload
@@ -31,11 +32,6 @@ COUNT_PATHS = {
     "DaemonSet": "spec.template.spec",
 }
 _NON_POD_SCOPES = {"VolumeAttributesClass"}
-
-
-def _controlled(obj: Mapping[str, Any]) -> bool:
-    refs = (obj.get("metadata") or {}).get("ownerReferences") or []
-    return any(isinstance(r, Mapping) and r.get("controller") for r in refs)
 
 
 def quota_keys(name: str) -> tuple[str, str]:
@@ -153,7 +149,7 @@ class GpuQuota(Policy):
     severity = "high"
     # 1.1: offline without the namespace's quotas, an audit finding instead of a deny; 1.2: every kind counted at
     # full size (Ray autoscaling, JobSet, TrainJob, LLMInferenceService, Knative...)
-    version = "1.2.0"
+    version = "1.3.0"
     runbook = "runbooks/gpu-quota-exhausted.md"
     description = (
         "A namespace that runs GPU pods has a ResourceQuota limiting each GPU resource it uses (requests.<name> or "
@@ -181,8 +177,10 @@ class GpuQuota(Policy):
         res = workload.resource
         if ctx.facts.referenced_by_rollout(res.namespace, res.kind, res.name):
             return  # its pods are the Rollout's: checked (and counted) there
-        if _controlled(workload.obj):
-            return  # a ReplicaSet of a Deployment, a Job of a CronJob, a pod of either: the owner looks ahead
+        if controlled(workload.obj, res.namespace, ctx):
+            # a ReplicaSet of a Deployment, a Job of a CronJob, a pod of either: the owner looks ahead (an owner
+            # reference is believed only from the controller itself or with the owner known: policies.owners)
+            return
         needs = self._needs(workload, ctx)
         if not needs:
             return
@@ -236,7 +234,8 @@ class GpuQuota(Policy):
                              f"ResourceQuotas of namespace `{ns}` are not in the checked manifests, so whether it "
                              f"fits is not known offline: check the folder that holds them too (`mlguard check "
                              f"platform/ apps/`), or pass --cluster-facts FILE written by `mlguard facts "
-                             f"--kubeconfig ...`", action="audit")
+                             f"--kubeconfig ...`", action="audit", amount=need.total(),
+                       identity=f"{need.name}: quota unknown")
 
     @staticmethod
     def _missing(workload: Workload, need: Need, scoped_only: bool) -> Finding:
@@ -247,7 +246,8 @@ class GpuQuota(Policy):
         return Finding("metadata.namespace",
                        f"{workload.resource.kind} `{workload.resource.name}` uses {need.name} but "
                        f"{why}; add a ResourceQuota to `{ns}` with spec.hard.{key} set to the GPUs the namespace may "
-                       f"use (this workload alone takes {format_quantity(need.total())} at full size)")
+                       f"use (this workload alone takes {format_quantity(need.total())} at full size)",
+                       amount=need.total(), identity=f"{need.name}: no quota")
 
     @staticmethod
     def _over(workload: Workload, need: Need, path: str, over: Over) -> Finding:
@@ -263,4 +263,5 @@ class GpuQuota(Policy):
         scope = "" if over.part == total else f", {format_quantity(over.part)} of them in the quota's scope"
         return Finding(path, f"{workload.resource.kind} `{workload.resource.name}` needs {format_quantity(total)} "
                              f"{need.name} at full size ({need.breakdown()}{scope}) but {room}; lower the replicas, "
-                             f"the GPUs per pod or the rolling-update surge (maxSurge), or raise the quota")
+                             f"the GPUs per pod or the rolling-update surge (maxSurge), or raise the quota",
+                       amount=total, identity=f"{need.name}: over ResourceQuota {qname}")

@@ -1,0 +1,108 @@
+"""When a controller ownerReference may be believed.
+
+Some checks are skipped for an object a controller made from a template that was itself checked: the
+canary requirement, the quota look-ahead (the owner looks ahead), the deadline of a bare pod, eval-gate's
+expiry. An ownerReference is written by whoever writes the object, so a tenant can forge one
+(``ownerReferences: [{kind: ConfigMap, name: mine, controller: true}]``). It is trusted only when
+
+- at admission, the request comes from that controller's own identity (the users of `CONTROLLERS`, and
+  `spec.controllers` of the PolicySet for other operators), or the owner is in the cluster facts (the
+  webhook's cache) with the same uid; and
+- offline (`mlguard check`, no request), the owner is in the checked set (with the same uid when both
+  carry one);
+
+and, either way, the owner's kind is a workload kind mlguard checks (a ConfigMap exempts nothing).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from policies.context import EvalContext
+from policies.kinds import TABLE, group_of
+from policies.workload import WorkloadConfig
+
+_KCM = "system:kube-controller-manager"  # without --use-service-account-credentials
+
+
+def _sa(namespace: str, name: str) -> str:
+    return f"system:serviceaccount:{namespace}:{name}"
+
+
+# Who creates the objects a kind owns, as upstream installs them. Kubernetes' controllers run as
+# kube-controller-manager (pkg/controller/*, one kube-system service account each with
+# --use-service-account-credentials); Argo Rollouts' controller as argo-rollouts/argo-rollouts (its
+# manifests/install.yaml); LeaderWorkerSet's as lws-system/lws-controller-manager (config/default).
+CONTROLLERS: dict[str, tuple[str, ...]] = {
+    "apps/ReplicaSet": (_KCM, _sa("kube-system", "replicaset-controller")),
+    "apps/Deployment": (_KCM, _sa("kube-system", "deployment-controller")),
+    "apps/StatefulSet": (_KCM, _sa("kube-system", "statefulset-controller")),
+    "apps/DaemonSet": (_KCM, _sa("kube-system", "daemon-set-controller")),
+    "batch/Job": (_KCM, _sa("kube-system", "job-controller")),
+    "batch/CronJob": (_KCM, _sa("kube-system", "cronjob-controller")),
+    "argoproj.io/Rollout": (_sa("argo-rollouts", "argo-rollouts"),),
+    "leaderworkerset.x-k8s.io/LeaderWorkerSet": (_sa("lws-system", "lws-controller-manager"),),
+}
+
+
+def controller_ref(obj: Mapping[str, Any]) -> Mapping[str, Any] | None:
+    """The ownerReference with ``controller: true``, as the object claims it."""
+    meta = obj.get("metadata")
+    refs = meta.get("ownerReferences") if isinstance(meta, Mapping) else None
+    for ref in refs if isinstance(refs, list) else []:
+        if isinstance(ref, Mapping) and ref.get("controller") is True:
+            return ref
+    return None
+
+
+def _key(ref: Mapping[str, Any]) -> tuple[str, str]:
+    return group_of({"apiVersion": ref.get("apiVersion", "")}), str(ref.get("kind", ""))
+
+
+def is_workload_kind(ref: Mapping[str, Any], ctx: EvalContext) -> bool:
+    """The owner's kind is one mlguard extracts pod templates from (the built-in table, or a kind the
+    PolicySet registers in spec.workloadKinds)."""
+    key = _key(ref)
+    if key in TABLE:
+        return True
+    workloads = getattr(ctx.policyset, "workloads", None)
+    return isinstance(workloads, WorkloadConfig) and key in workloads.kinds
+
+
+def _controller_users(ref: Mapping[str, Any], ctx: EvalContext) -> tuple[str, ...]:
+    group, kind = _key(ref)
+    names = (f"{group}/{kind}" if group else kind,)
+    configured = (getattr(ctx.policyset, "spec", None) or {}).get("controllers") or {}
+    users: list[str] = []
+    for name in names:
+        users.extend(CONTROLLERS.get(name, ()))
+        users.extend(configured.get(name, ()))
+    return tuple(users)
+
+
+def trusted_controller(obj: Mapping[str, Any], namespace: str, ctx: EvalContext) -> Mapping[str, Any] | None:
+    """The object's controller reference when it may be believed (see the module's docstring), else None."""
+    ref = controller_ref(obj)
+    if ref is None or not is_workload_kind(ref, ctx):
+        return None
+    request = ctx.request
+    if request is not None and request.user and request.user in _controller_users(ref, ctx):
+        return ref
+    name = ref.get("name")
+    if not isinstance(name, str) or not name:
+        return None
+    owner = ctx.facts.resolve_object(namespace, str(ref.get("kind")), name)
+    if not isinstance(owner, Mapping) or owner.get("kind", ref.get("kind")) != ref.get("kind"):
+        return None
+    meta = owner.get("metadata")
+    uid = meta.get("uid") if isinstance(meta, Mapping) else None
+    if request is not None:  # admission: the cache's object, the same uid
+        return ref if uid and uid == ref.get("uid") else None
+    # offline: the owner is in the checked set; a uid on both sides must agree
+    return ref if not (uid and ref.get("uid")) or uid == ref.get("uid") else None
+
+
+def controlled(obj: Mapping[str, Any], namespace: str, ctx: EvalContext) -> bool:
+    """True when a trusted controller made the object."""
+    return trusted_controller(obj, namespace, ctx) is not None
