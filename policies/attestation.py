@@ -48,6 +48,7 @@ SIGNING_CONTEXT = b"mlguard.io/eval-attestation/v1\n"
 MAX_ATTESTATION_CHARS = 64 * 1024
 DEFAULT_EXPIRES_IN = timedelta(days=30)
 DEFAULT_CLOCK_SKEW = timedelta(minutes=5)
+DEFAULT_MAX_VALIDITY = timedelta(days=90)  # eval-gate's maxValidity: a longer-lived attestation is refused
 REPORT_SCHEMA_PATH = Path(__file__).parent / "schema" / "eval-report.schema.json"
 TIME_FORMAT = "%Y-%m-%dT%H:%M:%SZ"
 
@@ -178,6 +179,13 @@ def payload_schema() -> dict[str, Any]:
         "key_id": {"type": "string", "pattern": _KEY_ID.pattern},
         "issued_at": time,
         "expires_at": time,
+        # where the attestation may be used (`mlguard eval sign --namespace/--environment`): the gate refuses it
+        # anywhere else, so an attestation and its labels copied to another namespace count for nothing
+        "scope": {"type": "object", "additionalProperties": False, "minProperties": 1, "properties": {
+            "namespaces": {"type": "array", "minItems": 1, "uniqueItems": True,
+                           "items": {"type": "string", "pattern": "^[a-z0-9]([-a-z0-9]*[a-z0-9])?$", "maxLength": 63}},
+            "environments": {"type": "array", "minItems": 1, "uniqueItems": True,
+                             "items": {"type": "string", "minLength": 1, "maxLength": 63}}}},
     })
     schema["required"] = [*schema["required"], "type", "key_id", "issued_at", "expires_at"]
     return schema
@@ -248,23 +256,33 @@ def _now(now: datetime | None) -> datetime:
 
 
 def build_payload(report: Mapping[str, Any], *, signer_key_id: str, now: datetime | None = None,
-                  expires_in: timedelta = DEFAULT_EXPIRES_IN) -> dict[str, Any]:
-    """The payload for a valid report: the report plus type, key id, issued-at and expiry."""
+                  expires_in: timedelta = DEFAULT_EXPIRES_IN,
+                  scope: Mapping[str, Sequence[str]] | None = None) -> dict[str, Any]:
+    """The payload for a valid report: the report plus type, key id, issued-at, expiry and scope."""
     issued = _now(now).replace(microsecond=0)
-    return {**copy.deepcopy(dict(report)), "type": PAYLOAD_TYPE, "key_id": signer_key_id,
-            "issued_at": format_time(issued), "expires_at": format_time(issued + expires_in)}
+    payload = {**copy.deepcopy(dict(report)), "type": PAYLOAD_TYPE, "key_id": signer_key_id,
+               "issued_at": format_time(issued), "expires_at": format_time(issued + expires_in)}
+    if scope:
+        payload["scope"] = {k: sorted(set(v)) for k, v in scope.items() if v}
+    return payload
 
 
 def sign_report(report: Any, private_key: Ed25519PrivateKey, *, now: datetime | None = None,
-                expires_in: timedelta = DEFAULT_EXPIRES_IN, source: str = "<report>") -> str:
-    """Validate a report and return its compact signed attestation."""
+                expires_in: timedelta = DEFAULT_EXPIRES_IN, source: str = "<report>",
+                scope: Mapping[str, Sequence[str]] | None = None) -> str:
+    """Validate a report and return its compact signed attestation, for the namespaces and environments in
+    ``scope`` (``{"namespaces": [...], "environments": [...]}``; the gate refuses an attestation without one)."""
     errors = validate_report(report)
     if errors:
         raise ReportError(source, errors)
     if expires_in <= timedelta(0):
         raise AttestationError("the expiry must be in the future")
     kid = key_id(private_key.public_key())
-    payload = canonical_json(build_payload(report, signer_key_id=kid, now=now, expires_in=expires_in))
+    built = build_payload(report, signer_key_id=kid, now=now, expires_in=expires_in, scope=scope)
+    problems = schema_errors(built.get("scope"), payload_schema()["properties"]["scope"]) if "scope" in built else []
+    if problems:
+        raise AttestationError("bad scope: " + "; ".join(problems))
+    payload = canonical_json(built)
     signature = private_key.sign(SIGNING_CONTEXT + payload)
     text = f"{b64url_encode(payload)}.{b64url_encode(signature)}.{kid}"
     if len(text) > MAX_ATTESTATION_CHARS:
@@ -516,6 +534,11 @@ class Subject:
     quantization: str | None
     image_digests: tuple[str, ...] = ()
     model_source: str = f"label {MODEL_LABEL}"  # where the model name came from (label, server arguments, ...)
+    # where the workload runs (None: not checked, e.g. `mlguard eval verify` on an attestation alone)
+    namespace: str | None = None
+    environment: str | None = None
+    # every app container as (name, image): each must run the attested image when the attestation names one
+    containers: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -606,20 +629,53 @@ def check_subject(payload: Mapping[str, Any], subject: Subject) -> list[Problem]
                                          f"{want!r}{extra}; evaluate and sign this "
                                          f"{'model' if fld == 'model' else key.replace('_', ' ')}"))
     image = payload.get("serving_image_digest")
-    if image is not None and image not in subject.image_digests:
+    if image is not None and subject.containers:
+        for name, ref in subject.containers:  # every app container, not only one of them
+            if image_digest(ref) != image:
+                problems.append(Problem(f"image:{name}", f"the attestation is for serving image {image} but "
+                                                         f"container `{name}` runs {ref}; deploy the evaluated "
+                                                         "image by digest in every container or re-evaluate"))
+    elif image is not None and image not in subject.image_digests:
         found = ", ".join(subject.image_digests) or "no image pinned by digest"
         problems.append(Problem("image", f"the attestation is for serving image {image} but the pod template "
                                          f"runs {found}; deploy the evaluated image by digest or re-evaluate"))
+    if subject.namespace is not None:
+        problems.extend(check_scope(payload, namespace=subject.namespace, environment=subject.environment))
     return problems
 
 
+def check_scope(payload: Mapping[str, Any], *, namespace: str, environment: str | None) -> list[Problem]:
+    """The attestation was issued for this namespace, or for this namespace's environment."""
+    scope = payload.get("scope")
+    sign = "`mlguard eval sign --namespace <namespace>` (or `--environment <environment>`)"
+    if not isinstance(scope, Mapping):
+        return [Problem("scope", f"the attestation names no namespace or environment it was issued for, so it "
+                                 f"could be copied anywhere; re-sign it with {sign}")]
+    namespaces, environments = scope.get("namespaces") or [], scope.get("environments") or []
+    if namespace in namespaces or (environment is not None and environment in environments):
+        return []
+    issued = "; ".join(part for part in (
+        f"namespaces {', '.join(namespaces)}" if namespaces else "",
+        f"environments {', '.join(environments)}" if environments else "") if part)
+    here = f"namespace {namespace}" + (f" (environment {environment})" if environment else " (no environment)")
+    return [Problem("scope", f"the attestation was issued for {issued}, not for {here}; an attestation copied "
+                             f"from another workload counts for nothing: sign one for this namespace with {sign}")]
+
+
 def check_validity(payload: Mapping[str, Any], *, now: datetime, clock_skew: timedelta,
-                   enforce_expiry: bool = True) -> list[Problem]:
-    """Step 4: not expired (unless ``enforce_expiry`` is off), not issued in the future beyond the skew."""
+                   enforce_expiry: bool = True, max_validity: timedelta | None = None) -> list[Problem]:
+    """Step 4: not expired (unless ``enforce_expiry`` is off), not issued in the future beyond the skew, and
+    valid for no longer than ``max_validity`` (the PolicySet's eval-gate maxValidity)."""
     issued, expires = parse_time(payload["issued_at"]), parse_time(payload["expires_at"])
     if expires <= issued:
         return [Problem("expires_at", f"expires_at {payload['expires_at']} is not after issued_at "
                                       f"{payload['issued_at']}")]
+    if max_validity is not None and expires - issued > max_validity:
+        days = (expires - issued).total_seconds() / 86400
+        cap = max_validity.total_seconds() / 86400
+        return [Problem("expires_at", f"the attestation is valid for {days:g} days ({payload['issued_at']} to "
+                                      f"{payload['expires_at']}), more than the {cap:g} days the PolicySet allows "
+                                      f"(eval-gate maxValidity); re-sign it with --expires-in {cap:g}d or less")]
     if enforce_expiry and now > expires + clock_skew:
         return [Problem("expires_at", f"the attestation expired at {payload['expires_at']} (now "
                                       f"{format_time(now)}); re-run the eval job for a fresh attestation")]
@@ -638,7 +694,8 @@ def check_criteria(payload: Mapping[str, Any], criteria: Sequence[Criterion]) ->
 
 def check_attestation(text: str | None, *, keyring: Keyring, subject: Subject | None,
                       criteria: Sequence[Criterion] | None, now: datetime | None = None,
-                      clock_skew: timedelta = DEFAULT_CLOCK_SKEW, enforce_expiry: bool = True) -> GateResult:
+                      clock_skew: timedelta = DEFAULT_CLOCK_SKEW, enforce_expiry: bool = True,
+                      max_validity: timedelta | None = None) -> GateResult:
     """The five gate steps in order; the result names the first that fails.
 
     ``subject=None`` skips step 3 and ``criteria=None`` skips step 5 (offline verification of an
@@ -664,7 +721,8 @@ def check_attestation(text: str | None, *, keyring: Keyring, subject: Subject | 
             return _fail(3, problems, payload=payload, kid=kid)
     else:
         skipped.append(STEPS[3])
-    problems = check_validity(payload, now=_now(now), clock_skew=clock_skew, enforce_expiry=enforce_expiry)
+    problems = check_validity(payload, now=_now(now), clock_skew=clock_skew, enforce_expiry=enforce_expiry,
+                              max_validity=max_validity)
     if problems:
         return _fail(4, problems, payload=payload, kid=kid)
     if criteria is not None:

@@ -85,7 +85,12 @@ def cmd_sign(args: argparse.Namespace) -> int:
             report = json.loads(raw.decode("utf-8"))
         except (UnicodeDecodeError, json.JSONDecodeError) as exc:
             raise AttestationError(f"{args.report}: not JSON: {exc}") from exc
-        attestation = sign_report(report, key, expires_in=expires_in, source=args.report)
+        if not args.namespace and not args.environment:
+            raise AttestationError("name where the attestation may be used: --namespace NS and/or --environment ENV "
+                                   "(repeatable); eval-gate refuses an attestation without them, so that one copied "
+                                   "to another namespace counts for nothing")
+        scope = {"namespaces": args.namespace or [], "environments": args.environment or []}
+        attestation = sign_report(report, key, expires_in=expires_in, source=args.report, scope=scope)
     except ReportError as exc:
         _err(str(exc))
         return EXIT_BAD_INPUT
@@ -112,7 +117,7 @@ def _keyring(paths: list[str], revoked: list[str]) -> Keyring:
     return Keyring.of(keys, revoked=revoked)
 
 
-def _manifest_targets(path: str) -> list[tuple[str, PodTemplate]]:
+def _manifest_targets(path: str) -> list[tuple[str, PodTemplate, str]]:
     """(name, template) of every model-serving pod template in a manifest file."""
     located = load_paths([path])
     objects = {(o.obj.get("kind"), (o.obj.get("metadata") or {}).get("name")): o.obj for o in located}
@@ -125,7 +130,7 @@ def _manifest_targets(path: str) -> list[tuple[str, PodTemplate]]:
     for item in located:
         workload = extract(item.obj, gpu=gpu, resolve_object=resolve)
         for tpl in serving_templates(workload):
-            out.append((f"{workload.resource} {tpl.metadata_path}", tpl))
+            out.append((f"{workload.resource} {tpl.metadata_path}", tpl, workload.resource.namespace))
     return out
 
 
@@ -145,10 +150,11 @@ def cmd_verify(args: argparse.Namespace) -> int:
         _err(f"{args.manifest}: no model-serving workload (label mlguard.io/model on a pod template)")
         return EXIT_BAD_INPUT
     results: list[tuple[str, GateResult]] = []
-    for name, tpl in targets:
+    for name, tpl, namespace in targets:
         own = tpl.annotations.get(ATTESTATION_ANNOTATION)
         given = text if text is not None else (None if own is None else str(own))
-        results.append((name, check_attestation(given, keyring=keyring, subject=subject_of(tpl), criteria=None)))
+        subject = subject_of(tpl, namespace=namespace, environment=args.environment)
+        results.append((name, check_attestation(given, keyring=keyring, subject=subject, criteria=None)))
     if not targets:
         results.append((args.attestation, check_attestation(text, keyring=keyring, subject=None, criteria=None)))
     for name, result in results:
@@ -183,6 +189,11 @@ def add_eval_parser(subparsers: Any) -> None:
     sign.add_argument("--expires-in", default="30d", metavar="DURATION",
                       help="validity, e.g. 30d, 12h, 2w (default 30d)")
     sign.add_argument("--output", "-o", metavar="FILE", help="write the attestation to FILE instead of stdout")
+    sign.add_argument("--namespace", action="append", metavar="NS",
+                      help="a namespace the attestation may be used in (repeatable)")
+    sign.add_argument("--environment", action="append", metavar="ENV",
+                      help="an environment (the namespace label mlguard.io/environment, e.g. prod) the attestation "
+                           "may be used in (repeatable); at least one --namespace or --environment is required")
     sign.set_defaults(func=cmd_sign)
 
     verify = sub.add_parser("verify", help="check an attestation offline, optionally against a manifest",
@@ -196,5 +207,9 @@ def add_eval_parser(subparsers: Any) -> None:
                         help="trusted public key(s), PEM; repeat during a rotation")
     verify.add_argument("--revoked", action="append", metavar="KEYID", help="a revoked key id (repeatable)")
     verify.add_argument("--manifest", metavar="FILE",
-                        help="check the attestation against the model-serving workloads of this manifest")
+                        help="check the attestation against the model-serving workloads of this manifest (and "
+                             "their namespaces)")
+    verify.add_argument("--environment", metavar="ENV",
+                        help="with --manifest: the environment the manifest's namespaces belong to, for an "
+                             "attestation scoped by environment")
     verify.set_defaults(func=cmd_verify)

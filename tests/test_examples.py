@@ -34,6 +34,9 @@ def strict_with_example_key(tmp_path: Path) -> Path:
     doc = yaml.safe_load((ROOT / "policies/catalog/strict.yaml").read_text())
     pem = EXAMPLE_KEY.read_text()
     doc["spec"]["evalKeys"] = {"keys": [{"keyId": key_id(load_public_keys(pem)[0]), "publicKey": pem}]}
+    # the example's attestation is valid for ten years so that it keeps working (eval/README.md); the default cap
+    # is 90 days
+    doc["spec"]["policies"]["eval-gate"].setdefault("params", {})["maxValidity"] = "3660d"
     path = tmp_path / "strict-ci.yaml"
     path.write_text(yaml.safe_dump(doc))
     return path
@@ -81,3 +84,21 @@ def test_canary_example_without_the_key_or_with_a_changed_version_is_denied(tmp_
                          str(tampered))
     assert code == 1 and verdicts(report) == {("deny", "eval-gate", "Rollout/chat")}
     assert "step 3" in report["violations"][0]["message"] and "2026-11-21" in report["violations"][0]["message"]
+
+
+def test_the_canary_example_attestation_is_bound_to_its_namespace_and_capped(tmp_path: Path) -> None:
+    """Issue 14: the same attestation in another namespace, or under the default 90-day maxValidity, is refused."""
+    rendered = subprocess.run(["kubectl", "kustomize", str(EXAMPLES / "canary-rollout")], capture_output=True,
+                              text=True, check=True).stdout
+    moved = tmp_path / "moved.yaml"
+    moved.write_text(rendered.replace("namespace: ml-serving", "namespace: ml-serving-copy"))
+    code, report = check("--policyset", str(strict_with_example_key(tmp_path)), str(moved))
+    gate = [v for v in report["violations"] if v["policy"] == "eval-gate"]
+    assert code == 1 and gate and "not for namespace ml-serving-copy" in gate[0]["message"], gate
+    doc = yaml.safe_load(strict_with_example_key(tmp_path).read_text())
+    del doc["spec"]["policies"]["eval-gate"]["params"]["maxValidity"]
+    capped = tmp_path / "capped.yaml"
+    capped.write_text(yaml.safe_dump(doc))
+    code, report = check("--policyset", str(capped), str(EXAMPLES / "gpu-platform"), str(EXAMPLES / "canary-rollout"),
+                         "--exclude", "flagger/")
+    assert code == 1 and "more than the 90 days the PolicySet allows" in report["violations"][0]["message"]

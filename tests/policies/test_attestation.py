@@ -37,15 +37,22 @@ from policies.attestation import (
     parse_duration,
     private_key_pem,
     public_key_pem,
-    sign_report,
     validate_report,
 )
-from policies.context import ManifestFacts
+from policies.attestation import sign_report as sign_scoped
+from policies.context import ManifestFacts, RequestInfo
 from policies.engine import evaluate
 from policies.policyset import PolicySetError, parse_policyset
 from policies.registry import all_policies
 
 NOW = datetime(2026, 11, 23, 12, 0, 0, tzinfo=UTC)
+# the namespaces these tests deploy to: every attestation names where it may be used (issue 14)
+SCOPE = {"namespaces": ["ml-dev", "ml-staging", "ml-prod"]}
+
+
+def sign_report(report: Any, key: Ed25519PrivateKey, **kw: Any) -> str:
+    kw.setdefault("scope", SCOPE)
+    return sign_scoped(report, key, **kw)
 IMAGE = "sha256:" + "1" * 64
 FP16 = "sha256:" + "a" * 64
 AWQ = "sha256:" + "b" * 64
@@ -596,7 +603,9 @@ def test_object_label_without_template_label_fails_step3(tmp_path: Path, key: Ed
     obj = _deployment(sign_report(make_report(), key))
     del obj["spec"]["template"]["metadata"]["labels"]["mlguard.io/model"]
     obj["metadata"]["labels"] = {"mlguard.io/model": "llama-chat"}
-    [v] = _gate([obj], ps)
+    # in prod (ml-prod) the missing template label is a finding of its own too
+    required, v = _gate([obj], ps)
+    assert "without the label mlguard.io/model" in required.message
     assert v.path == "spec.template.metadata.labels.mlguard.io/model" and "step 3" in v.message
 
 
@@ -661,15 +670,143 @@ def test_controller_pods_are_not_refused_for_expiry_only(tmp_path: Path, key: Ed
     expired = sign_report(make_report(), key, now=datetime.now(UTC) - timedelta(days=60), expires_in=timedelta(days=30))
     deployment = _deployment(expired)
     assert "expired at" in _gate([deployment], ps)[0].message  # the workload itself is refused
-    assert _gate([_pod_of(deployment, owned=True)], ps) == []  # a replica re-created after a node drain is not
+    # a replica re-created after a node drain is not: at admission, asked for by the ReplicaSet controller
+    pod = _pod_of(deployment, owned=True)
+    controller = RequestInfo(user="system:serviceaccount:kube-system:replicaset-controller")
+    assert _gate([pod], ps, request=controller) == []
+    # offline, with its ReplicaSet in the checked set
+    rs = {"apiVersion": "apps/v1", "kind": "ReplicaSet", "metadata": {"name": "chat-7d4b9", "namespace": "ml-prod",
+                                                                      "uid": "u-1"}}
+    assert _gate([pod], ps, facts=ManifestFacts([rs, pod])) == []
+    # a controller reference nobody can vouch for is not believed (issue 14): from a tenant, or offline with
+    # the owner missing from the set, or with another uid, or naming a kind that is no workload
+    assert "expired at" in _gate([pod], ps, request=RequestInfo(user="alice"))[0].message
+    assert "expired at" in _gate([pod], ps)[0].message
+    other_uid = {**rs, "metadata": {**rs["metadata"], "uid": "u-2"}}
+    assert "expired at" in _gate([pod], ps, facts=ManifestFacts([other_uid, pod]))[0].message
+    forged = copy.deepcopy(pod)
+    forged["metadata"]["ownerReferences"] = [{"apiVersion": "v1", "kind": "ConfigMap", "name": "mine", "uid": "u-3",
+                                              "controller": True}]
+    cm = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "mine", "namespace": "ml-prod", "uid": "u-3"}}
+    assert "expired at" in _gate([forged], ps, facts=ManifestFacts([cm, forged]))[0].message
     [bare] = _gate([_pod_of(deployment, owned=False)], ps)
     assert "step 4 (validity)" in bare.message
     forged = _tamper(expired, '"regressions":0', '"regressions":1')
-    [v] = _gate([_pod_of(_deployment(forged), owned=True)], ps)
+    [v] = _gate([_pod_of(_deployment(forged), owned=True)], ps, request=controller)
     assert "step 2 (signature)" in v.message
     raw = copy.deepcopy(dict(ps.raw))
     raw["spec"]["policies"]["eval-gate"]["params"] = {"expireControllerPods": True}
     strict = parse_policyset(yaml.safe_dump(raw), source=ps.source)
-    [v] = _gate([_pod_of(deployment, owned=True)], strict)
+    [v] = _gate([_pod_of(deployment, owned=True)], strict, request=controller)
     assert "expired at" in v.message
 
+
+
+def test_an_update_after_expiry_cannot_change_what_it_serves(tmp_path: Path, key: Ed25519PrivateKey) -> None:
+    """Issue 14: with onlyNewViolations matched by path, once an attestation had expired an UPDATE could change
+    model version, artifact digest and image under a garbage attestation. The finding's identity is what the
+    template serves (and the attestation itself): any change is a new finding; a plain scale is not."""
+    from policies.engine import evaluate_object, new_violations
+
+    ps = _gate_policyset(tmp_path, key)
+    raw = copy.deepcopy(dict(ps.raw))
+    raw["spec"]["policies"]["eval-gate"]["onlyNewViolations"] = True
+    ps = parse_policyset(yaml.safe_dump(raw), source=ps.source)
+    expired = sign_report(make_report(), key, now=datetime.now(UTC) - timedelta(days=60), expires_in=timedelta(days=30))
+    before = _deployment(expired)
+
+    def update(after: dict[str, Any]) -> list[Any]:
+        old = evaluate_object(before, ps, point="admission")
+        new = evaluate_object(after, ps, point="admission")
+        assert [v.policy for v in old.violations] == ["eval-gate"]
+        return new_violations(new, old)
+
+    scaled = copy.deepcopy(before)
+    scaled["spec"]["replicas"] = 5
+    assert update(scaled) == []  # the old, expired attestation does not block a scale
+    swapped = _deployment("garbage", digest="sha256:" + "9" * 64)
+    swapped["spec"]["template"]["metadata"]["annotations"]["mlguard.io/model-version"] = "4.0.0"
+    swapped["spec"]["template"]["spec"]["containers"][0]["image"] = "registry.example.com/evil:latest"
+    [v] = update(swapped)
+    assert v.action == "deny" and "step 1" in v.message
+    for change in ("mlguard.io/model-version", "mlguard.io/artifact-digest", "mlguard.io/quantization"):
+        one = copy.deepcopy(before)
+        one["spec"]["template"]["metadata"]["annotations"][change] = "changed"
+        assert update(one), change  # each change alone is new
+    image = copy.deepcopy(before)
+    image["spec"]["template"]["spec"]["containers"][0]["image"] = "registry.example.com/vllm:other"
+    assert update(image)
+    garbage = copy.deepcopy(before)  # the same workload with the attestation swapped for garbage
+    garbage["spec"]["template"]["metadata"]["annotations"]["mlguard.io/eval-attestation"] = "garbage"
+    assert update(garbage)
+
+
+def _prod_gate(tmp_path: Path, key: Ed25519PrivateKey) -> Any:
+    return _gate_policyset(tmp_path, key)
+
+
+def test_an_attestation_is_bound_to_the_namespace_or_environment_it_was_issued_for(
+        tmp_path: Path, key: Ed25519PrivateKey) -> None:
+    """Issue 14: an attestation and its labels copied to another namespace were accepted."""
+    ps = _prod_gate(tmp_path, key)
+    for_prod = sign_report(make_report(), key, scope={"namespaces": ["ml-prod"]})
+    assert _gate([_deployment(for_prod)], ps) == []
+    [v] = _gate([_deployment(for_prod, namespace="ml-staging")], ps)
+    assert "step 3 (subject)" in v.message and "issued for namespaces ml-prod, not for namespace ml-staging " \
+        "(environment staging)" in v.message and "--namespace" in v.message
+    by_env = sign_report(make_report(), key, scope={"environments": ["prod"]})
+    assert _gate([_deployment(by_env)], ps) == []                    # ml-prod is a prod namespace
+    assert _gate([_deployment(by_env, namespace="ml-staging")], ps)  # ml-staging is not
+    unscoped = sign_scoped(make_report(), key)
+    [v] = _gate([_deployment(unscoped)], ps)
+    assert "names no namespace or environment it was issued for" in v.message
+    with pytest.raises(AttestationError, match="bad scope"):
+        sign_scoped(make_report(), key, scope={"namespaces": ["Not A Namespace"]})
+
+
+def test_every_app_container_runs_the_attested_image(tmp_path: Path, key: Ed25519PrivateKey) -> None:
+    """Issue 14: only one container had to match the attested image."""
+    ps = _prod_gate(tmp_path, key)
+    two = _deployment(sign_report(make_report(), key))
+    containers = two["spec"]["template"]["spec"]["containers"]
+    containers.append({**containers[0], "name": "sidecar"})
+    assert _gate([two], ps) == []
+    containers[1]["image"] = "registry.example.com/other:latest"
+    [v] = _gate([two], ps)
+    assert v.path == "spec.template.spec.containers[1].image"
+    assert "container `sidecar` runs registry.example.com/other:latest" in v.message
+
+
+def test_max_validity_caps_an_attestation(tmp_path: Path, key: Ed25519PrivateKey) -> None:
+    """Issue 14: a 100,000-day attestation was accepted; maxValidity (default 90d) refuses it at step 4."""
+    ps = _prod_gate(tmp_path, key)
+    forever = sign_report(make_report(), key, expires_in=timedelta(days=100_000))
+    [v] = _gate([_deployment(forever)], ps)
+    assert "step 4 (validity)" in v.message and "valid for 100000 days" in v.message
+    assert "more than the 90 days the PolicySet allows (eval-gate maxValidity)" in v.message
+    assert _gate([_deployment(sign_report(make_report(), key, expires_in=timedelta(days=90)))], ps) == []
+    raw = copy.deepcopy(dict(ps.raw))
+    raw["spec"]["policies"]["eval-gate"]["params"] = {"maxValidity": "200000d"}
+    assert _gate([_deployment(forever)], parse_policyset(yaml.safe_dump(raw), source=ps.source)) == []
+
+
+def test_label_keys_are_matched_exactly(tmp_path: Path, key: Ed25519PrivateKey) -> None:
+    """Issue 14: `mlguard.io/Model` is not the label; in prod a workload that serves a model without the exact
+    label is a finding, whatever else it carries."""
+    ps = _prod_gate(tmp_path, key)
+    near = _deployment(sign_report(make_report(), key))
+    labels = near["spec"]["template"]["metadata"]["labels"]
+    labels["mlguard.io/Model"] = labels.pop("mlguard.io/model")
+    messages = [v.message for v in _gate([near], ps)]
+    assert any(m.startswith("label key mlguard.io/Model is not mlguard.io/model: keys are case-sensitive")
+               for m in messages), messages
+    # a vLLM server (found by its image and --model) in prod without the label: a finding of its own
+    vllm = _deployment(sign_report(make_report(), key))
+    del vllm["spec"]["template"]["metadata"]["labels"]["mlguard.io/model"]
+    vllm["spec"]["template"]["spec"]["containers"][0].update(
+        {"image": "vllm/vllm-openai@" + IMAGE, "args": ["--model", "llama-chat"]})
+    found = _gate([vllm], ps)
+    assert any(v.path == "spec.template.metadata.labels.mlguard.io/model" and "without the label mlguard.io/model"
+               in v.message for v in found), found
+    vllm["metadata"]["namespace"] = "ml-dev"  # outside prod, the label is not required
+    assert not any("without the label" in v.message for v in _gate([vllm], ps))

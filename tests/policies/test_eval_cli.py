@@ -67,7 +67,7 @@ def attestation(tmp_path: Path, keys: tuple[Path, Path], report_file: Path,
                 capsys: pytest.CaptureFixture[str]) -> Path:
     out_file = tmp_path / "attestation.txt"
     code, _, err = run(capsys, "sign", "--report", str(report_file), "--key", str(keys[0]),
-                       "--output", str(out_file))
+                       "--output", str(out_file), "--namespace", "ml-prod")
     assert code == 0, err
     return out_file
 
@@ -119,7 +119,8 @@ def test_keygen_into_a_missing_directory_is_bad_input(tmp_path: Path, capsys: py
 
 def test_sign_prints_an_attestation_that_verifies(keys: tuple[Path, Path], report_file: Path,
                                                   capsys: pytest.CaptureFixture[str]) -> None:
-    code, out, err = run(capsys, "sign", "--report", str(report_file), "--key", str(keys[0]), "--expires-in", "12h")
+    code, out, err = run(capsys, "sign", "--report", str(report_file), "--key", str(keys[0]), "--expires-in", "12h",
+                         "--environment", "prod")
     assert code == 0, err
     text = out.strip()
     assert "\n" not in text
@@ -150,7 +151,7 @@ def test_sign_refuses_a_bad_report_with_the_field_path(mutate: Any, expected: st
     mutate(data)
     bad = tmp_path / "bad.json"
     bad.write_text(json.dumps(data))
-    code, out, err = run(capsys, "sign", "--report", str(bad), "--key", str(keys[0]))
+    code, out, err = run(capsys, "sign", "--report", str(bad), "--key", str(keys[0]), "--namespace", "ml-prod")
     assert code == 2 and out == ""
     assert f"invalid eval report {bad}" in err and expected in err
 
@@ -176,7 +177,7 @@ def test_sign_bad_input_exits_2(case: str, expected: str, tmp_path: Path, keys: 
         key = str(keys[1])
     else:
         extra = ["--expires-in", "30 days"]
-    code, out, err = run(capsys, "sign", "--report", rep, "--key", key, *extra)
+    code, out, err = run(capsys, "sign", "--report", rep, "--key", key, "--namespace", "ml-prod", *extra)
     assert code == 2 and out == "" and expected in err, err
 
 
@@ -312,7 +313,9 @@ def test_the_console_entry_point_round_trip(tmp_path: Path) -> None:
                               check=False)
 
     assert proc("keygen", "--private-key", str(priv), "--public-key", str(pub)).returncode == 0
-    signed = proc("sign", "--report", "-", "--key", str(priv), stdin=rep.read_text())
+    unscoped = proc("sign", "--report", "-", "--key", str(priv), stdin=rep.read_text())
+    assert unscoped.returncode == 2 and "--namespace NS and/or --environment ENV" in unscoped.stderr
+    signed = proc("sign", "--report", "-", "--key", str(priv), "--namespace", "ml-prod", stdin=rep.read_text())
     assert signed.returncode == 0, signed.stderr
     ok = proc("verify", "--attestation", "-", "--public-key", str(pub), stdin=signed.stdout)
     assert ok.returncode == 0 and "valid:" in ok.stdout
@@ -320,3 +323,21 @@ def test_the_console_entry_point_round_trip(tmp_path: Path) -> None:
     assert bad.returncode == 1
     missing = proc("verify", "--attestation", str(tmp_path / "none"), "--public-key", str(pub))
     assert missing.returncode == 2 and "cannot read the attestation" in missing.stderr
+
+
+def test_verify_against_a_manifest_checks_the_namespace(tmp_path: Path, keys: tuple[Path, Path], report_file: Path,
+                                                        capsys: pytest.CaptureFixture[str]) -> None:
+    """An attestation signed for another namespace fails step 3 against the manifest (issue 14)."""
+    elsewhere = tmp_path / "elsewhere.txt"
+    code, _, err = run(capsys, "sign", "--report", str(report_file), "--key", str(keys[0]), "--output", str(elsewhere),
+                       "--namespace", "ml-staging")
+    assert code == 0, err
+    code, out, _ = run(capsys, "verify", "--attestation", str(elsewhere), "--public-key", str(keys[1]),
+                       "--manifest", str(manifest(tmp_path)))
+    assert code == 1 and "issued for namespaces ml-staging, not for namespace ml-prod" in out, out
+    by_env = tmp_path / "prod.txt"
+    assert run(capsys, "sign", "--report", str(report_file), "--key", str(keys[0]), "--output", str(by_env),
+               "--environment", "prod")[0] == 0
+    code, out, _ = run(capsys, "verify", "--attestation", str(by_env), "--public-key", str(keys[1]),
+                       "--manifest", str(manifest(tmp_path)), "--environment", "prod")
+    assert code == 0, out

@@ -162,8 +162,8 @@ def test_an_exemption_resting_on_labels_alone_is_refused_with_the_reason() -> No
 
 def test_a_label_only_allowlist_entry_exempts_nothing_even_unvalidated() -> None:
     """Defence in depth: gpu-tolerations itself ignores an allowlist entry that names no namespaces."""
-    from policies.registry import all_policies
     from policies.gpu import GpuConfig
+    from policies.registry import all_policies
     from policies.workload import extract
 
     policy = all_policies()["gpu-tolerations"]

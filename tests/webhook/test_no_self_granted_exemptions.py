@@ -7,10 +7,12 @@ manifests, must judge a tenant's object fully whatever labels, owner references 
 from __future__ import annotations
 
 import copy
-import shutil
+import json
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -53,7 +55,12 @@ def baseline_server(tls: Any, kubeconfig: Path, tmp_path_factory: pytest.TempPat
     """gunicorn over TLS serving the shipped baseline catalog, its cluster cache on the fake API."""
     work = tmp_path_factory.mktemp("baseline-webhook")
     policyset = work / "baseline.yaml"
-    shutil.copy(BASELINE, policyset)
+    # the shipped baseline, with the TEST-ONLY public key the eval-gate samples are signed with
+    text = BASELINE.read_text()
+    keys = yaml.safe_load((REPO / "policies/library/eval_gate/tests/suite.yaml").read_text())["policyset"]["evalKeys"]
+    assert "    files: [/etc/mlguard/eval-keys]" in text
+    policyset.write_text(text.replace("    files: [/etc/mlguard/eval-keys]",
+                                      "    keys: " + json.dumps(keys["keys"])))
     srv = WebhookServer(workdir=work, cert=tls.cert_path, key=tls.key_path, ca=tls.ca_path, policyset=policyset,
                         env={"MLGUARD_WEBHOOK_CLUSTER_CACHE": "true", "MLGUARD_WEBHOOK_KUBECONFIG": str(kubeconfig)},
                         workers=1, threads=2)
@@ -76,7 +83,8 @@ def test_a_tenant_pod_labelled_dcgm_exporter_is_denied_at_admission(baseline_ser
     out = baseline_server.admit("/validate", review(exporter_impostor()))
     assert out["allowed"] is False
     message = out["status"]["message"]
-    for expected in ("gpu-isolation: spec.containers[0].env[0].value: container `shell` sets NVIDIA_VISIBLE_DEVICES=all",
+    for expected in ("gpu-isolation: spec.containers[0].env[0].value: container `shell` sets "
+                     "NVIDIA_VISIBLE_DEVICES=all",
                      "gpu-isolation: spec.volumes[0].hostPath.path: volume `dev` mounts host path /dev",
                      "gpu-isolation: spec.containers[0].securityContext.privileged:",
                      "gpu-tolerations: spec.tolerations: pod uses no GPU but tolerates every taint",
@@ -119,3 +127,161 @@ def test_the_label_still_exempts_within_the_namespace_it_names(baseline_server: 
     other = copy.deepcopy(real)
     other["metadata"]["labels"]["app.kubernetes.io/name"] = "grafana"
     assert baseline_server.admit("/validate", review(other))["allowed"] is False
+
+
+# ---- owner references ------------------------------------------------------------------------------------------
+FORGED = [{"apiVersion": "v1", "kind": "ConfigMap", "name": "my-controller",
+           "uid": "6f1d2c3b-aaaa-4bbb-8ccc-0123456789ab", "controller": True}]
+
+
+def big_deployment(replicas: int, *, namespace: str = "quota-1000", owners: list | None = FORGED) -> dict[str, Any]:
+    """replicas x 8 GPUs, the issue's 200 x 8 against a quota of 1000, with a forged controller reference."""
+    container = {"name": "server", "image": DIGEST,
+                 "resources": {"limits": {"nvidia.com/gpu": "8", "memory": "64Gi"},
+                               "requests": {"cpu": "8", "memory": "64Gi"}}}
+    meta: dict[str, Any] = {"name": "big", "namespace": namespace, "labels": {"app": "big"}}
+    if owners is not None:
+        meta["ownerReferences"] = copy.deepcopy(owners)
+    return {"apiVersion": "apps/v1", "kind": "Deployment", "metadata": meta,
+            "spec": {"replicas": replicas, "strategy": {"type": "Recreate"},
+                     "selector": {"matchLabels": {"app": "big"}},
+                     "template": {"metadata": {"labels": {"app": "big", **COST}},
+                                  "spec": {"tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists",
+                                                            "effect": "NoSchedule"}],
+                                           "containers": [container]}}}}
+
+
+@pytest.fixture(scope="module")
+def quota_namespace(fake_api: Any, baseline_server: WebhookServer) -> str:
+    """A namespace with a 1000-GPU quota, known to the webhook's cache."""
+    fake_api.add("namespaces", {"metadata": {"name": "quota-1000",
+                                             "labels": {"kubernetes.io/metadata.name": "quota-1000"}}})
+    fake_api.add("resourcequotas", {"metadata": {"name": "gpus", "namespace": "quota-1000"},
+                                    "spec": {"hard": {"requests.nvidia.com/gpu": "1000"}}})
+    end = time.monotonic() + 10
+    while time.monotonic() < end:  # until the cache has the quota: 100 x 8 fits, and says so
+        if baseline_server.admit("/validate", review(big_deployment(100)))["allowed"]:
+            return "quota-1000"
+        time.sleep(0.1)
+    raise AssertionError("the webhook's cache never saw the quota-1000 namespace")
+
+
+def test_a_forged_controller_reference_skips_no_quota_look_ahead(baseline_server: WebhookServer, quota_namespace: str,
+                                                                 tmp_path: Path) -> None:
+    out = baseline_server.admit("/validate", review(big_deployment(200), user="mallory"))
+    assert out["allowed"] is False, out
+    message = out["status"]["message"]
+    assert ("gpu-quota: spec.replicas: Deployment `big` needs 1600 nvidia.com/gpu at full size (200 pods x 8) but "
+            "ResourceQuota `gpus` allows 1000") in message, message
+    assert "runbooks/gpu-quota-exhausted.md" in message or "admission-denied.md#gpu-quota" in message, message
+    # offline, the same manifests with the ConfigMap the reference names and the quota: denied the same way
+    configmap = {"apiVersion": "v1", "kind": "ConfigMap",
+                 "metadata": {"name": "my-controller", "namespace": "quota-1000", "uid": FORGED[0]["uid"]}}
+    quota = {"apiVersion": "v1", "kind": "ResourceQuota", "metadata": {"name": "gpus", "namespace": "quota-1000"},
+             "spec": {"hard": {"requests.nvidia.com/gpu": "1000"}}}
+    code, text = check(tmp_path, configmap, quota, big_deployment(200))
+    assert code == 1 and "DENY  gpu-quota  Deployment/quota-1000/big" in text, text
+    assert "needs 1600 nvidia.com/gpu at full size" in text, text
+
+
+def test_a_forged_reference_to_a_real_workload_needs_its_uid(baseline_server: WebhookServer,
+                                                             quota_namespace: str) -> None:
+    """The cache holds team-a's Deployment llm (uid uid-llm): a reference to it with another uid is not believed."""
+    wrong_uid = [{"apiVersion": "apps/v1", "kind": "Deployment", "name": "llm", "uid": "not-llms", "controller": True}]
+    out = baseline_server.admit("/validate", review(big_deployment(200, owners=wrong_uid), user="mallory"))
+    assert out["allowed"] is False and "needs 1600 nvidia.com/gpu" in out["status"]["message"]
+
+
+def test_a_bare_batch_pod_with_a_forged_owner_gets_the_deadline_warning(baseline_server: WebhookServer) -> None:
+    pod = {"apiVersion": "v1", "kind": "Pod",
+           "metadata": {"name": "train", "namespace": "team-a", "labels": COST,
+                        "ownerReferences": copy.deepcopy(FORGED)},
+           "spec": {"restartPolicy": "Never",
+                    "tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}],
+                    "containers": [{"name": "c", "image": DIGEST, "resources": {
+                        "limits": {"nvidia.com/gpu": "1", "memory": "8Gi"},
+                        "requests": {"cpu": "1", "memory": "8Gi"}}}]}}
+    def said(out: dict[str, Any]) -> list[str]:  # team-a is prod: every finding denies there
+        return [*(out.get("warnings") or []), *(out.get("status") or {}).get("message", "").split("\n")]
+
+    out = baseline_server.admit("/validate", review(pod, user="mallory"))
+    assert out["allowed"] is False
+    assert any(line.startswith("gpu-job-deadline: spec.activeDeadlineSeconds:") for line in said(out)), out
+    # the same pod asked for by the Job controller, with a Job owner, is the Job's business
+    by_job = copy.deepcopy(pod)
+    by_job["metadata"]["ownerReferences"] = [{"apiVersion": "batch/v1", "kind": "Job", "name": "train", "uid": "u-j",
+                                              "controller": True}]
+    out = baseline_server.admit("/validate", review(by_job, user="system:serviceaccount:kube-system:job-controller"))
+    assert not any(line.startswith("gpu-job-deadline") for line in said(out)), out
+
+
+# ---- onlyNewViolations by identity and amount ----------------------------------------------------------------------
+def gpu_deployment_of(gpus: int, *, annotations: dict[str, str] | None = None, image: str = DIGEST) -> dict[str, Any]:
+    tpl_meta: dict[str, Any] = {"labels": {"app": "llm", **COST}}
+    if annotations:
+        tpl_meta["labels"]["mlguard.io/model"] = "llama-chat"
+        tpl_meta["annotations"] = dict(annotations)
+    return {"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "grow", "namespace": "team-a"},
+            "spec": {"replicas": 1, "selector": {"matchLabels": {"app": "llm"}},
+                     "template": {"metadata": tpl_meta, "spec": {"containers": [{
+                         "name": "server", "image": image,
+                         "resources": {"limits": {"nvidia.com/gpu": str(gpus), "memory": "64Gi"},
+                                       "requests": {"cpu": "8", "memory": "64Gi"}}}]}}}}
+
+
+def said(out: dict[str, Any]) -> list[str]:
+    return [*(out.get("warnings") or []), *(out.get("status") or {}).get("message", "").split("\n")]
+
+
+def test_a_container_with_9_gpus_may_not_grow_to_64(baseline_server: WebhookServer) -> None:
+    nine, sixty_four = gpu_deployment_of(9), gpu_deployment_of(64)
+    out = baseline_server.admit("/validate", review(sixty_four, operation="UPDATE", old=nine))
+    assert out["allowed"] is False
+    limits = [line for line in said(out) if line.startswith("gpu-limits:")]
+    assert any("container `server` asks for 64 nvidia.com/gpu, more than the 8 allowed per container" in line
+               for line in limits), out
+    # the other way (64 -> 9) is a shrink: gpu-limits finds nothing new
+    back = baseline_server.admit("/validate", review(nine, operation="UPDATE", old=sixty_four))
+    assert not [line for line in said(back) if line.startswith("gpu-limits:")], back
+
+
+def test_after_expiry_an_update_cannot_swap_the_model_under_a_garbage_attestation(
+        baseline_server: WebhookServer) -> None:
+    from cryptography.hazmat.primitives.serialization import load_pem_private_key
+
+    from policies.attestation import sign_report
+
+    key = load_pem_private_key((REPO / "policies/library/eval_gate/tests/keys/TEST-ONLY-a.private.pem").read_bytes(),
+                               password=None)
+    image = "registry.example.com/vllm@sha256:" + "1" * 64
+    report = {"model": {"name": "llama-chat", "version": "3.1.0", "artifact_uri": "s3://models/llama-chat/3.1.0",
+                        "artifact_digest": "sha256:" + "a" * 64, "quantization": "fp16"},
+              "serving_image_digest": "sha256:" + "1" * 64,
+              "dataset": {"name": "chat-validation-v7", "digest": "sha256:" + "d" * 64},
+              "metrics": {"accuracy": 0.9, "baseline_accuracy": 0.86, "p95_latency_ms": 143.0, "regressions": 0},
+              "evaluator": {"version": "2.4.1"}}
+    expired = sign_report(report, key, now=datetime.now(UTC) - timedelta(days=60),  # type: ignore[arg-type]
+                          expires_in=timedelta(days=30), scope={"namespaces": ["team-a"]})
+    fields = {"mlguard.io/model-version": "3.1.0", "mlguard.io/artifact-digest": "sha256:" + "a" * 64,
+              "mlguard.io/quantization": "fp16"}
+    before = gpu_deployment_of(1, annotations={**fields, "mlguard.io/eval-attestation": expired}, image=image)
+    gate = "eval-gate:"
+    # it was valid once: today it fails at step 4 (expired) only
+    out = baseline_server.admit("/validate", review(before))
+    assert any(line.startswith("eval-gate:") and "step 4 (validity)" in line for line in said(out)), out
+    # a scale of the unchanged workload is not refused for the old, expired attestation
+    scaled = copy.deepcopy(before)
+    scaled["spec"]["replicas"] = 2
+    out = baseline_server.admit("/validate", review(scaled, operation="UPDATE", old=before))
+    assert not [line for line in said(out) if line.startswith(gate)], out
+    # a new version, artifact and image under a garbage attestation is refused (team-a is prod: eval-gate denies)
+    swapped = gpu_deployment_of(1, annotations={"mlguard.io/model-version": "4.0.0",
+                                                "mlguard.io/artifact-digest": "sha256:" + "9" * 64,
+                                                "mlguard.io/quantization": "fp16",
+                                                "mlguard.io/eval-attestation": "garbage"},
+                                image="registry.example.com/evil@sha256:" + "2" * 64)
+    out = baseline_server.admit("/validate", review(swapped, operation="UPDATE", old=before))
+    assert out["allowed"] is False
+    assert any(line.startswith("eval-gate: spec.template.metadata.annotations.mlguard.io/eval-attestation: eval "
+                               "attestation rejected at step 1") and "eval-attestation-rejected.md" in line
+               for line in said(out)), out

@@ -69,8 +69,15 @@ def report(*, quantization: str = "fp16", image: str | None = IMAGE, name: str =
     return out
 
 
-def sign(rep: dict[str, Any], key: Any, *, issued: datetime = ISSUED, valid: timedelta = TEN_YEARS) -> str:
-    return sign_report(rep, key, now=issued, expires_in=valid)
+# where the samples are deployed: every attestation names the namespaces it may be used in
+SCOPE = {"namespaces": ["ml-dev", "ml-staging", "ml-prod"]}
+# the samples stay valid for ten years, so the suite raises eval-gate's maxValidity (default 90d) to match
+MAX_VALIDITY = "3653d"
+
+
+def sign(rep: dict[str, Any], key: Any, *, issued: datetime = ISSUED, valid: timedelta = TEN_YEARS,
+         scope: dict[str, list[str]] | None = SCOPE) -> str:
+    return sign_report(rep, key, now=issued, expires_in=valid, scope=scope)
 
 
 def template(attestation: str | None, *, quantization: str = "fp16", version: str = "3.1.0",
@@ -115,6 +122,18 @@ def controller_pod(pod: dict[str, Any]) -> dict[str, Any]:
     return pod
 
 
+def two_containers(tpl: dict[str, Any]) -> dict[str, Any]:
+    """The attested server plus a second app container on an image nobody evaluated."""
+    tpl["spec"]["containers"].append({"name": "proxy", "image": "registry.example.com/proxy:1.0"})
+    return tpl
+
+
+def capital_label(tpl: dict[str, Any]) -> dict[str, Any]:
+    labels = tpl["metadata"]["labels"]
+    labels["mlguard.io/Model"] = labels.pop("mlguard.io/model")
+    return tpl
+
+
 def tamper(attestation: str) -> str:
     """Raise the accuracy in the payload and keep the old signature."""
     payload, sig, kid = attestation.split(".")
@@ -138,6 +157,8 @@ def main() -> None:
         obj("Deployment", "ml-staging", "chat-slow",
             template(sign(report(p95_latency_ms=320.0, accuracy=0.862), key_a))),
         obj("Deployment", "ml-dev", "no-image-named", template(sign(report(image=None), key_a), image=OTHER_IMAGE)),
+        obj("Deployment", "ml-prod", "chat-prod-scoped", template(sign(report(), key_a,
+                                                                       scope={"environments": ["prod"]}))),
         controller_pod(obj("Pod", "ml-prod", "chat-7d4b9-x2k4q",
                            template(sign(report(), key_a, issued=datetime(2024, 1, 1, tzinfo=UTC),
                                          valid=timedelta(days=30))))),
@@ -164,6 +185,15 @@ def main() -> None:
         obj("Deployment", "ml-prod", "slow-in-prod", template(sign(report(p95_latency_ms=250.0), key_a))),
         obj("StatefulSet", "ml-prod", "equal-to-baseline-in-prod", template(sign(report(accuracy=0.862), key_a))),
         obj("Deployment", "ml-dev", "regressed", template(sign(report(regressions=3), key_a))),
+        # issue 14: copied to another namespace, signed for none, valid for 100,000 days, a second container on
+        # another image, the model label spelled with a capital M
+        obj("Deployment", "ml-dev", "copied-from-prod", template(sign(report(), key_a,
+                                                                       scope={"namespaces": ["ml-prod"]}))),
+        obj("Deployment", "ml-dev", "unscoped", template(sign(report(), key_a, scope=None))),
+        obj("Deployment", "ml-dev", "hundred-thousand-days", template(sign(report(), key_a,
+                                                                            valid=timedelta(days=100_000)))),
+        obj("Deployment", "ml-dev", "second-container-elsewhere", two_containers(template(good))),
+        obj("Deployment", "ml-dev", "capital-model-label", capital_label(template(good))),
         obj("Pod", "ml-prod", "no-latency-metric",
             template(sign({**report(), "metrics": {"accuracy": 0.9, "baseline_accuracy": 0.8, "regressions": 0}},
                           key_a))),
@@ -195,7 +225,14 @@ def main() -> None:
         {"name": "image-not-named-is-not-checked", "file": "allowed.yaml",
          "resource": "Deployment/ml-dev/no-image-named", "expect": "pass"},
         {"name": "controller-pod-of-expired-attestation-is-not-evicted", "file": "allowed.yaml",
-         "resource": "Pod/ml-prod/chat-7d4b9-x2k4q", "expect": "pass"},
+         "resource": "Pod/ml-prod/chat-7d4b9-x2k4q", "expect": "pass",
+         "request": {"user": "system:serviceaccount:kube-system:replicaset-controller"}},
+        # the same controller reference in a tenant's request (the owner not in the webhook's cache): not believed
+        {"name": "pod-claiming-a-controller-is-refused-for-expiry", "file": "allowed.yaml",
+         "resource": "Pod/ml-prod/chat-7d4b9-x2k4q", "request": {"user": "alice"}, "expect": "fail",
+         "contains": [f"{step} 4 (validity)"]},
+        {"name": "attestation-scoped-to-its-environment", "file": "allowed.yaml",
+         "resource": "Deployment/ml-prod/chat-prod-scoped", "expect": "pass"},
         {"name": "not-model-serving-untouched", "file": "allowed.yaml", "resource": "Deployment/ml-prod/web",
          "expect": "pass"},
         {"name": "pod-hand-written-flag", "file": "denied.yaml", "resource": "Pod/ml-dev/hand-written",
@@ -238,6 +275,22 @@ def main() -> None:
          "expect": "fail", "contains": ["regressions is 3, the promotion criterion is regressions == 0"]},
         {"name": "pod-metric-missing", "file": "denied.yaml", "resource": "Pod/ml-prod/no-latency-metric",
          "expect": "fail", "contains": ["metric 'p95_latency_ms' is not in the attestation"]},
+        {"name": "attestation-copied-to-another-namespace", "file": "denied.yaml",
+         "resource": "Deployment/ml-dev/copied-from-prod", "expect": "fail",
+         "contains": [f"{step} 3 (subject)", "issued for namespaces ml-prod, not for namespace ml-dev"],
+         "paths": [ann]},
+        {"name": "attestation-for-no-namespace", "file": "denied.yaml", "resource": "Deployment/ml-dev/unscoped",
+         "expect": "fail", "contains": [f"{step} 3 (subject)", "names no namespace or environment"]},
+        {"name": "validity-over-max", "file": "denied.yaml", "resource": "Deployment/ml-dev/hundred-thousand-days",
+         "expect": "fail", "contains": [f"{step} 4 (validity)", "valid for 100000 days", "maxValidity"]},
+        {"name": "every-app-container-runs-the-attested-image", "file": "denied.yaml",
+         "resource": "Deployment/ml-dev/second-container-elsewhere", "expect": "fail",
+         "contains": [f"{step} 3 (subject)", "container `proxy` runs registry.example.com/proxy:1.0"],
+         "paths": ["spec.template.spec.containers[1].image"]},
+        {"name": "label-keys-are-case-sensitive", "file": "denied.yaml",
+         "resource": "Deployment/ml-dev/capital-model-label", "expect": "fail",
+         "contains": ["label key mlguard.io/Model is not mlguard.io/model"],
+         "paths": ["spec.template.metadata.labels.mlguard.io/Model"]},
     ]
     suite = {
         "policy": "eval-gate",
@@ -247,7 +300,8 @@ def main() -> None:
         "policyset": {
             "evalKeys": {"keys": [{"keyId": ids[n], "publicKey": pub[n]} for n in ("a", "b", "revoked")],
                          "revoked": [ids["revoked"]]},
-            "policy": {"overrides": [{"match": {"environments": ["prod"]}, "params": {"criteria": prod}},
+            "policy": {"params": {"maxValidity": MAX_VALIDITY},
+                       "overrides": [{"match": {"environments": ["prod"]}, "params": {"criteria": prod}},
                                      {"match": {"environments": ["staging"]}, "params": {"criteria": staging}}]},
         },
         "cases": cases,
