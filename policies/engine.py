@@ -63,6 +63,7 @@ def evaluate_object(obj: Mapping[str, Any], policyset: PolicySet, *, point: Enfo
         return Evaluated(resource, [], [], exempt, frozenset(), [])
     ns_labels = facts.namespace_labels(resource.namespace) or {}
     environment = policyset.environment(resource.namespace, ns_labels)
+    retired = policyset.retired_opt_out(resource.namespace, ns_labels)
     raw_meta = obj.get("metadata")
     meta: Mapping[str, Any] = raw_meta if isinstance(raw_meta, Mapping) else {}
     labels = meta.get("labels")
@@ -87,6 +88,8 @@ def evaluate_object(obj: Mapping[str, Any], policyset: PolicySet, *, point: Enfo
     checkable = bool(workload.templates) or resource.kind == "Rollout"
     # what the extractor wants the reader to know: a generic template, an unresolved claim or runtime
     notes.extend(Note(EXTRACTOR, owner, path, f"{path}: {message}") for path, message in workload.notes)
+    if retired:
+        notes.append(Note("exemptions", resource, "metadata.namespace", retired))
     subject_key = _subject_key(subject) if resolutions is not None else None
     for policy_id in policyset.enabled_policies():
         # one evaluation of many objects (a PR's manifests) resolves each policy once per kind of subject

@@ -28,6 +28,10 @@ ALWAYS_EXEMPT_NAMESPACES = ("kube-system",)
 DEFAULT_RUNBOOK_BASE_URL = "https://github.com/mlguard/mlguard/blob/main/runbooks/"
 RUNBOOK_PREFIX = "runbooks/"
 DEFAULT_ENVIRONMENT_LABEL = "mlguard.io/environment"
+# The namespace opt-out label of mlguard before issue 14. It exempts nothing any more (whoever may label a
+# namespace could set it): the PolicySet's spec.exemptions.namespaces is the one list of exempt namespaces.
+RETIRED_IGNORE_LABEL = "mlguard.io/ignore"
+EXEMPTIONS_RUNBOOK = "runbooks/admission-denied.md#namespace-exemptions"
 
 
 class PolicySetError(ValueError):
@@ -141,6 +145,16 @@ class PolicySet:
         if any(fnmatch.fnmatchcase(namespace, p) for p in exempt):
             return f"namespace {namespace} is exempt by the PolicySet"
         return None
+
+    def retired_opt_out(self, namespace: str, namespace_labels: Mapping[str, str] | None) -> str | None:
+        """A warning for a namespace that still carries the retired opt-out label mlguard.io/ignore=true (and is
+        not exempt by the PolicySet): it is checked like any other, and the warning says where an exemption
+        lives now."""
+        if not namespace_labels or str(namespace_labels.get(RETIRED_IGNORE_LABEL, "")).lower() != "true":
+            return None
+        # short: the API server forwards a warning of at most 256 characters
+        return (f"namespace {namespace} carries {RETIRED_IGNORE_LABEL}=true, which no longer exempts it; list it "
+                f"in the PolicySet's spec.exemptions.namespaces ({self.runbook_url(EXEMPTIONS_RUNBOOK)})")
 
     def selects(self, subject: Subject) -> bool:
         return matches(self.spec.get("match"), self.spec.get("exclude"), subject)

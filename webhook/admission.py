@@ -98,7 +98,9 @@ class Admission:
         if operation == "UPDATE" and isinstance(old, Mapping):
             previous = self._evaluate(_object_with_namespace(old, namespace), policyset, info, namespace)
             violations = new_violations(current, previous)
-        return self._decide(violations, current.errors, obj=obj, info=info, policyset=policyset)
+        retired = policyset.retired_opt_out(namespace, self.facts.namespace_labels(namespace))
+        return self._decide(violations, current.errors, obj=obj, info=info, policyset=policyset,
+                            notices=(retired,) if retired else ())
 
     def _evaluate(self, obj: Mapping[str, Any], policyset: PolicySet, info: RequestInfo,
                   namespace: str) -> Evaluated:
@@ -184,12 +186,13 @@ class Admission:
         return {"apiVersion": api_version, "kind": kind, "metadata": meta, "spec": {"template": pod_template}}, ""
 
     def _decide(self, violations: list[Violation], errors: list[str], *, obj: Mapping[str, Any],
-                info: RequestInfo, policyset: PolicySet) -> Outcome:
+                info: RequestInfo, policyset: PolicySet, notices: tuple[str, ...] = ()) -> Outcome:
         effective = effective_violations(violations, dry_run=self.dry_run or policyset.dry_run)
         denies = [v for v in effective if v.action == "deny"]
         warns = [v for v in effective if v.action == "warn"]
         audits = [v for v in effective if v.action == "audit"]
-        warnings = [clip_warning(f"{v.policy}: {v.path}: {v.message}") for v in warns]
+        warnings = [clip_warning(n) for n in notices] + [clip_warning(f"{v.policy}: {v.path}: {v.message}")
+                                                          for v in warns]
         audit: dict[str, str] = {}
         for v in audits:
             line = f"{v.path}: {v.message}"

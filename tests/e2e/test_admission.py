@@ -58,11 +58,10 @@ def test_quota_look_ahead_with_live_usage_denies_what_resourcequota_would_admit(
     assert DENIED in second.stderr and "gpu-quota" in second.stderr
     assert f"{QUOTA_GPUS}" in second.stderr and "3" in second.stderr   # the quota and the live usage
 
-    # the same Deployment where mlguard is switched off by the namespace opt-out label: accepted,
-    # and the quota bites only when its ReplicaSet creates the pod that does not fit
-    other = ns + "-off"
-    env.admin.apply([{"apiVersion": "v1", "kind": "Namespace",
-                      "metadata": {"name": other, "labels": {"mlguard.io/ignore": "true"}}},
+    # the same Deployment in a namespace the PolicySet exempts (spec.exemptions.namespaces: "*-exempt"):
+    # accepted, and the quota bites only when its ReplicaSet creates the pod that does not fit
+    other = ns + "-exempt"
+    env.admin.apply([{"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": other}},
                      {"apiVersion": "v1", "kind": "ResourceQuota", "metadata": {"name": "gpus", "namespace": other},
                       "spec": {"hard": {"requests.nvidia.com/gpu": str(QUOTA_GPUS)}}}])
     try:
@@ -79,6 +78,20 @@ def test_quota_look_ahead_with_live_usage_denies_what_resourcequota_would_admit(
         assert len(pods_of(env, other, "second")) < 2
     finally:
         env.admin.run("delete", "namespace", other, "--wait=false", quiet=True)
+
+
+def test_the_retired_namespace_opt_out_label_exempts_nothing(env: Env, ns: str) -> None:
+    """mlguard.io/ignore=true on a namespace (anyone who may label a namespace can set it) no longer keeps mlguard
+    away: the API server calls the webhook, the webhook judges, and kubectl shows a warning that says where
+    exemptions live now."""
+    env.admin.run("label", "namespace", ns, "mlguard.io/ignore=true", quiet=True)
+    wait_cached(env, "namespaces", env.admin.get("namespace", ns, quiet=True))
+    sneaky = pod_template("tool", container("tool", gpus=None, env={"NVIDIA_VISIBLE_DEVICES": "all"}))
+    result = env.alice.apply(deployment("tool", ns, template=sneaky))
+    assert not result.ok
+    assert DENIED in result.stderr and "gpu-isolation" in result.stderr
+    assert "carries mlguard.io/ignore=true, which no longer exempts it" in result.stderr, result.stderr
+    assert "spec.exemptions.namespaces" in result.stderr
 
 
 def test_gpu_isolation_deny_for_a_pod_reaching_gpus_it_did_not_request(env: Env, ns: str) -> None:
@@ -184,9 +197,10 @@ def test_analysis_provider_untouched(env: Env) -> None:
                       what="the analysis provider's pods")
     for p in pods:
         assert GPU_TOLERATION not in (p["spec"].get("tolerations") or [])
-    # 1.20 sets no kubernetes.io/metadata.name label; the namespace's own opt-out label
-    # mlguard.io/ignore=true keeps the webhook away from it
-    assert not [d for d in env.webhook.decisions() if d.get("namespace") == WEBHOOK_NAMESPACE]
+    # 1.20 sets no kubernetes.io/metadata.name label, so the API server calls the webhook for its own namespace;
+    # the webhook exempts it (no namespace label opts out any more)
+    own = [d for d in env.webhook.decisions() if d.get("namespace") == WEBHOOK_NAMESPACE]
+    assert all(d["allowed"] and "exempt" in (d.get("reason") or "") for d in own), own
 
 
 def test_kube_system_reaches_the_webhook_on_120_and_is_exempted_by_mlguard(env: Env) -> None:

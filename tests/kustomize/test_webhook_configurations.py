@@ -130,20 +130,24 @@ def test_protected_namespaces_stay_unselected_whatever_their_other_labels(
                 assert not labels_match(selector, {**extra, "kubernetes.io/metadata.name": protected})
 
 
-def test_team_namespaces_are_selected_and_can_opt_out(renders: Renders, overlay: str) -> None:
+def test_team_namespaces_are_selected_whatever_their_labels(renders: Renders, overlay: str) -> None:
+    """No namespace label opts out (issue 14: the retired mlguard.io/ignore could be set by anyone who may label a
+    namespace); the PolicySet's spec.exemptions.namespaces is the one list of exempt namespaces."""
     teams = find(renders("kustomize/examples/gpu-platform"), "Namespace")
     assert teams
     for selector in selectors(renders(f"kustomize/overlays/{overlay}")):
+        assert [e["key"] for e in selector.get("matchExpressions", [])] == ["kubernetes.io/metadata.name"]
+        assert not selector.get("matchLabels")
         for ns in teams:
             # The API server sets kubernetes.io/metadata.name on every namespace.
             labels = {**ns["metadata"]["labels"], "kubernetes.io/metadata.name": ns["metadata"]["name"]}
             assert labels_match(selector, labels), ns["metadata"]["name"]
-            assert not labels_match(selector, {**labels, "mlguard.io/ignore": "true"})
+            assert labels_match(selector, {**labels, "mlguard.io/ignore": "true"})
 
 
-def test_own_namespace_object_carries_the_opt_out_label(renders: Renders) -> None:
+def test_own_namespace_object_carries_no_opt_out_label(renders: Renders) -> None:
     ns = one(renders("kustomize/overlays/prod"), "Namespace", NAMESPACE)
-    assert ns["metadata"]["labels"]["mlguard.io/ignore"] == "true"
+    assert "mlguard.io/ignore" not in ns["metadata"]["labels"]
 
 
 # ---------------------------------------------------------------------------------------------

@@ -285,3 +285,28 @@ def test_after_expiry_an_update_cannot_swap_the_model_under_a_garbage_attestatio
     assert any(line.startswith("eval-gate: spec.template.metadata.annotations.mlguard.io/eval-attestation: eval "
                                "attestation rejected at step 1") and "eval-attestation-rejected.md" in line
                for line in said(out)), out
+
+
+# ---- the retired namespace opt-out label ---------------------------------------------------------------------------
+def test_a_namespace_labelled_mlguard_ignore_is_checked_and_warned(baseline_server: WebhookServer, fake_api: Any,
+                                                                  tmp_path: Path) -> None:
+    """Issue 14: `mlguard.io/ignore=true` could be set by anyone who may label a namespace. It exempts nothing now;
+    the PolicySet's spec.exemptions.namespaces is the list, and the warning says so."""
+    fake_api.add("namespaces", {"metadata": {"name": "opted-out", "labels": {
+        "kubernetes.io/metadata.name": "opted-out", "mlguard.io/ignore": "true"}}})
+    attack = exporter_impostor("opted-out")
+    end = time.monotonic() + 10
+    out = baseline_server.admit("/validate", review(attack))
+    while not any("mlguard.io/ignore" in w for w in out.get("warnings") or []) and time.monotonic() < end:
+        time.sleep(0.1)  # until the cache has the namespace's labels
+        out = baseline_server.admit("/validate", review(attack))
+    assert out["allowed"] is False and "gpu-isolation:" in out["status"]["message"]
+    [warning] = [w for w in out["warnings"] if "mlguard.io/ignore" in w]
+    assert warning.startswith("namespace opted-out carries mlguard.io/ignore=true, which no longer exempts it")
+    assert "spec.exemptions.namespaces" in warning and "runbooks/admission-denied.md#namespace-exemptions" in warning
+    # offline the same: the Namespace object in the checked set, its label noted, the pod denied
+    namespace = {"apiVersion": "v1", "kind": "Namespace",
+                 "metadata": {"name": "opted-out", "labels": {"mlguard.io/ignore": "true"}}}
+    code, text = check(tmp_path, namespace, exporter_impostor("opted-out"))
+    assert code == 1 and "DENY  gpu-isolation  Pod/opted-out/not-an-exporter" in text, text
+    assert "carries mlguard.io/ignore=true, which no longer exempts it" in text, text
