@@ -6,11 +6,13 @@ DRA ResourceClaims/Templates. With it, `gpu-quota`'s look-ahead in CI is what ad
 the pull request's workloads at full size plus the GPUs that the cluster's other pods hold.
 
 Pod ownership follows the webhook (webhook/cluster.py): a pod belongs to workload ``W`` when it is ``W``
-or an ownerReference is named ``W`` or ``W-...`` (the ReplicaSet of a Deployment, the Job of a CronJob).
+or its controller is named ``W`` or ``W-<suffix>`` with the suffix a controller gives (a Deployment's
+ReplicaSet ``W-<pod-template-hash>``, a CronJob's Job ``W-<minute>``), never a mere name prefix.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping, Sequence
 from decimal import Decimal
 from functools import cache
@@ -44,14 +46,32 @@ def _meta(obj: Mapping[str, Any]) -> Mapping[str, Any]:
     return meta if isinstance(meta, Mapping) else {}
 
 
+# The suffix a controller gives the objects it names after its owner: a ReplicaSet's pod-template-hash (Kubernetes'
+# rand.SafeEncodeString alphabet: no vowels, no 0, 1, 3), a CronJob's Job (the scheduled minute), a
+# LeaderWorkerSet's worker StatefulSet (the group index).
+_HASH = re.compile(r"[bcdfghjklmnpqrstvwxz2456789]{4,10}")
+_INDEX = re.compile(r"[0-9]+")
+
+
 def owned_by(pod: Mapping[str, Any], workload: str) -> bool:
-    """The pod is ``workload`` itself or an ownerReference is named ``workload`` or ``workload-*``."""
+    """The pod is ``workload`` itself, or its controller is named ``workload``, or ``workload-<suffix>`` with the
+    suffix a controller gives (a ReplicaSet's ``workload-<pod-template-hash>``, a Job's ``workload-<minute>``, a
+    worker StatefulSet's ``workload-<index>``). Never a mere name prefix: ``llm`` does not own ``llm-big-*``'s pods.
+    (The snapshot keeps no uids; the webhook's cache matches by uid.)"""
     meta = _meta(pod)
     if meta.get("name") == workload:
         return True
     for ref in meta.get("ownerReferences") or []:
-        owner = ref.get("name") if isinstance(ref, Mapping) else None
-        if isinstance(owner, str) and (owner == workload or owner.startswith(workload + "-")):
+        if not isinstance(ref, Mapping) or not ref.get("controller"):
+            continue
+        owner, kind = ref.get("name"), ref.get("kind")
+        if not isinstance(owner, str):
+            continue
+        if owner == workload:
+            return True
+        suffix = owner[len(workload) + 1:] if owner.startswith(workload + "-") else ""
+        if (kind == "ReplicaSet" and _HASH.fullmatch(suffix)) or (kind in ("Job", "StatefulSet")
+                                                                  and _INDEX.fullmatch(suffix)):
             return True
     return False
 

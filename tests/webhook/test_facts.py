@@ -114,3 +114,22 @@ def test_facts_errors_are_one_line_and_exit_2(tmp_path: Path) -> None:
     assert len(proc.stderr.strip().splitlines()) == 1
     proc = mlguard("check", "--cluster-facts", str(bad), str(OVERLAY))
     assert proc.returncode == 2 and "not a cluster facts file written by `mlguard facts`" in proc.stderr
+
+
+def test_snapshot_ownership_is_never_a_mere_name_prefix() -> None:
+    """Issue 14: `llm` must not claim `llm-big`'s pods (offline, the snapshot keeps no uids: the suffix a controller
+    gives its objects decides)."""
+    from policies.snapshot import owned_by
+
+    def pod(kind: str, owner: str) -> dict:
+        return {"metadata": {"name": "p", "ownerReferences": [{"kind": kind, "name": owner, "controller": True}]}}
+
+    assert owned_by(pod("ReplicaSet", "llm-7d9f8b6c5"), "llm")
+    assert owned_by(pod("Job", "nightly-29012345"), "nightly")
+    assert owned_by(pod("StatefulSet", "lws1-0"), "lws1")
+    assert owned_by(pod("StatefulSet", "llm"), "llm")
+    assert not owned_by(pod("ReplicaSet", "llm-big-7d9f8b6c5"), "llm")
+    assert not owned_by(pod("StatefulSet", "llm-big"), "llm")
+    assert not owned_by(pod("Job", "nightly-big-29012345"), "nightly")
+    assert not owned_by({"metadata": {"name": "p", "ownerReferences": [
+        {"kind": "ReplicaSet", "name": "llm-7d9f8b6c5", "controller": False}]}}, "llm")
