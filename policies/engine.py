@@ -119,7 +119,7 @@ def evaluate_object(obj: Mapping[str, Any], policyset: PolicySet, *, point: Enfo
             else:
                 violations.append(Violation(policy_id, weakest(resolved.action, f.action), target, f.path,
                                             f.message, policyset.runbook_url(policy.runbook_path()),
-                                            amount=f.amount, identity=identity_of(f)))
+                                            amount=f.amount, identity=f.identity or ""))
     if policyset.rules:
         given = RuleInput(workload=workload, gpu=gpu, environment=environment, namespace_labels=ns_labels,
                           request=request, old_object=old_object)
@@ -202,10 +202,10 @@ def new_violations(current: Evaluated, previous: Evaluated) -> list[Violation]:
     attestation problem on a workload that now names another model version, artifact or image."""
     old: dict[tuple[str, str, str], list[Violation]] = {}
     for v in previous.violations:
-        old.setdefault((v.policy, v.path, v.identity), []).append(v)
+        old.setdefault((v.policy, v.path, identity_of(v)), []).append(v)
     kept = []
     for v in current.violations:
-        before = old.get((v.policy, v.path, v.identity))
+        before = old.get((v.policy, v.path, identity_of(v)))
         if v.policy in current.only_new and before and not _grew(v, before):
             continue
         kept.append(v)

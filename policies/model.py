@@ -82,7 +82,7 @@ class Violation:
     message: str
     runbook: str
     amount: Decimal | None = field(default=None, compare=False)  # see Finding
-    identity: str = field(default="", compare=False)
+    identity: str = field(default="", compare=False)  # the finding's own identity; "" for the default (identity_of)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -102,10 +102,11 @@ class Violation:
 _NUMBER = re.compile(r"[0-9]+(?:\.[0-9]+)?")
 
 
-def identity_of(finding: Finding) -> str:
-    """What a finding is about, for UPDATE comparisons: its own identity, else its message with every number
-    replaced (a count that changes is an amount, not another finding)."""
-    return finding.identity if finding.identity is not None else _NUMBER.sub("#", finding.message)
+def identity_of(violation: Violation) -> str:
+    """What a violation is about, for UPDATE comparisons: its finding's own identity, else its message with every
+    number replaced (a count that changes is an amount, not another finding). Worked out only when an UPDATE
+    compares (not on every evaluation)."""
+    return violation.identity or _NUMBER.sub("#", violation.message)
 
 
 @dataclass(frozen=True)
