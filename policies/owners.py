@@ -11,7 +11,9 @@ expiry. An ownerReference is written by whoever writes the object, so a tenant c
 - offline (`mlguard check`, no request), the owner is in the checked set (with the same uid when both
   carry one);
 
-and, either way, the owner's kind is a workload kind mlguard checks (a ConfigMap exempts nothing).
+and, either way, the owner's kind is a workload kind mlguard checks (a ConfigMap exempts nothing) and the object
+is of a kind controllers make (`CONTROLLER_MADE`: a Deployment that names its own "controller" is still judged
+in full, even when the owner is real).
 """
 
 from __future__ import annotations
@@ -44,6 +46,14 @@ CONTROLLERS: dict[str, tuple[str, ...]] = {
     "argoproj.io/Rollout": (_sa("argo-rollouts", "argo-rollouts"),),
     "leaderworkerset.x-k8s.io/LeaderWorkerSet": (_sa("lws-system", "lws-controller-manager"),),
 }
+
+
+# The kinds controllers make: a Pod (of a ReplicaSet, StatefulSet, DaemonSet, Job, RayCluster, ...), a ReplicaSet
+# (of a Deployment or Rollout), a StatefulSet (of a LeaderWorkerSet), a Job (of a CronJob or JobSet), a JobSet (of a
+# TrainJob), a RayCluster (of a RayService or RayJob). An object of any other kind (a Deployment, a CronJob, a
+# Rollout, ...) is written by people and their tools, never spared for an owner reference, whatever it names.
+CONTROLLER_MADE = frozenset({("", "Pod"), ("apps", "ReplicaSet"), ("apps", "StatefulSet"), ("batch", "Job"),
+                             ("jobset.x-k8s.io", "JobSet"), ("ray.io", "RayCluster")})
 
 
 def controller_ref(obj: Mapping[str, Any]) -> Mapping[str, Any] | None:
@@ -84,7 +94,7 @@ def _controller_users(ref: Mapping[str, Any], ctx: EvalContext) -> tuple[str, ..
 def trusted_controller(obj: Mapping[str, Any], namespace: str, ctx: EvalContext) -> Mapping[str, Any] | None:
     """The object's controller reference when it may be believed (see the module's docstring), else None."""
     ref = controller_ref(obj)
-    if ref is None or not is_workload_kind(ref, ctx):
+    if ref is None or not is_workload_kind(ref, ctx) or _key(obj) not in CONTROLLER_MADE:
         return None
     request = ctx.request
     if request is not None and request.user and request.user in _controller_users(ref, ctx):

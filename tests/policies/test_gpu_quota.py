@@ -200,6 +200,13 @@ def test_a_forged_controller_reference_gets_the_full_look_ahead() -> None:
     online = messages(evaluate_object(big, policyset(), point="admission", facts=facts,
                                       request=RequestInfo(user="bob")))
     assert any(m.startswith(expected) for m in online), online
+    # a Deployment is never made by a controller: a reference to a real Deployment, same uid, spares it nothing
+    mine = deployment(1, 1, name="small")
+    mine["metadata"]["uid"] = "u-small"
+    big["metadata"]["ownerReferences"] = [{"apiVersion": "apps/v1", "kind": "Deployment", "name": "small",
+                                           "uid": "u-small", "controller": True}]
+    offline = messages(evaluate_object(big, policyset(), point="ci", facts=ManifestFacts([mine, limit, big])))
+    assert any(m.startswith(expected) for m in offline), offline
     # a reference to a real Deployment that is not in the checked set is not believed offline either
     big["metadata"]["ownerReferences"] = [{"apiVersion": "apps/v1", "kind": "Deployment", "name": "elsewhere",
                                            "uid": "u-d", "controller": True}]
