@@ -19,6 +19,7 @@ from typing import Any
 
 from policies.gpu import GpuConfig
 from policies.library.gpu_job_deadline import human_duration
+from policies.owners import CONTROLLERS
 
 # kinds whose pod templates the forms find, with the resource the API server calls them by
 KIND_RESOURCES: Mapping[str, tuple[str, str, str]] = {
@@ -291,6 +292,14 @@ def _tolerates(tols: str, taint: str) -> str:
             f"{taint}.key) : (tol.?key.orValue('') == {taint}.key && tol.?value.orValue('') == {taint}.value)))")
 
 
+# the API versions owner references name the built-in controllers' kinds by (policies.owners.CONTROLLERS)
+CONTROLLER_VERSIONS = (("apps/v1", "apps", "ReplicaSet"), ("apps/v1", "apps", "StatefulSet"),
+                       ("apps/v1", "apps", "DaemonSet"), ("apps/v1", "apps", "Deployment"),
+                       ("batch/v1", "batch", "Job"), ("batch/v1", "batch", "CronJob"),
+                       ("argoproj.io/v1alpha1", "argoproj.io", "Rollout"),
+                       ("leaderworkerset.x-k8s.io/v1", "leaderworkerset.x-k8s.io", "LeaderWorkerSet"))
+
+
 def gpu_tolerations(params: Mapping[str, Any], gpu: GpuConfig, runbook: str, *,
                     mutations: Mapping[str, Any] | None = None) -> Form:
     taints = [{"key": t["key"], "value": t.get("value", ""), "effect": t.get("effect", ""),
@@ -301,9 +310,9 @@ def gpu_tolerations(params: Mapping[str, Any], gpu: GpuConfig, runbook: str, *,
     t = "variables.tpls.indexOf(tp)"
     allow = []
     for entry in params["systemAllowlist"]:
-        terms = []
-        if "namespaces" in entry:
-            terms.append(f"request.namespace in {lit(list(entry['namespaces']))}")
+        if not entry.get("namespaces"):
+            continue  # a label alone never exempts (policies.policyset.label_only_exemptions)
+        terms = [f"request.namespace in {lit(list(entry['namespaces']))}"]
         for k, v in (entry.get("labels") or {}).items():  # template labels over the object's own
             terms.append(f"(dyn(tp.labels[?{lit(k)}].orValue({OBJ_LABELS}[?{lit(k)}].orValue(dyn(null)))) == {lit(v)})")
         if terms:
@@ -465,7 +474,12 @@ def gpu_job_deadline(params: Mapping[str, Any], gpu: GpuConfig, runbook: str) ->
             checks.append(ttl(spec, base, label))
         jobs.append(f"object.kind == '{kind}' ? [{', '.join(checks)}] : ")
     restart = "object.spec.?restartPolicy.orValue('Always')"
-    owned = "object.metadata.?ownerReferences.orValue([]).exists(r, r.?controller.orValue(false) == true)"
+    # a controller reference spares a pod only in a request from that controller's identity (policies.owners; the
+    # API server alone has no cache to find the owner in, so a reference is never believed on its own)
+    users = {f"{api}/{kind}": list(CONTROLLERS[f"{group}/{kind}"]) for api, group, kind in CONTROLLER_VERSIONS}
+    owned = ("object.metadata.?ownerReferences.orValue([]).exists(r, r.?controller.orValue(false) == true && "
+             f"(r.?apiVersion.orValue('') + '/' + r.?kind.orValue('')) in {lit(users)} && request.userInfo.username "
+             f"in {lit(users)}[r.?apiVersion.orValue('') + '/' + r.?kind.orValue('')])")
     pod_label = f"'Pod `' + {name} + '` (restartPolicy ' + {restart} + ', a batch pod)'"
     as_job = " (or run it as a Job with activeDeadlineSeconds and ttlSecondsAfterFinished)"
     bare = (f"object.kind == 'Pod' && {lit(bool(params['checkBarePods']))} && !{owned} && {restart} in "

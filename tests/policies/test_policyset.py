@@ -173,4 +173,4 @@ def test_a_label_only_allowlist_entry_exempts_nothing_even_unvalidated() -> None
     workload = extract(ds, gpu=GpuConfig())
     labels = {"app.kubernetes.io/name": "node-exporter"}
     assert not policy._allowlisted(workload, labels, {"systemAllowlist": [{"labels": labels}]})
-    assert policy._allowlisted(workload, labels, {"systemAllowlist": [{"namespaces": ["team-*"], "labels": labels}]})
+    assert policy._allowlisted(workload, labels, {"systemAllowlist": [{"namespaces": ["team-a"], "labels": labels}]})

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import fnmatch
 from collections.abc import Iterator, Mapping
 from typing import Any
 
@@ -71,8 +70,8 @@ class GpuTolerations(Policy):
         """An entry allowlists the workload in one of its namespaces (and with its labels, when it names some);
         an entry without namespaces allowlists nothing (the loader refuses it too)."""
         for entry in params["systemAllowlist"]:
-            if not entry.get("namespaces") or not any(fnmatch.fnmatchcase(workload.resource.namespace, p)
-                                                      for p in entry["namespaces"]):
+            # names, not globs: the exported ValidatingAdmissionPolicy compares them as the API server sees them
+            if not entry.get("namespaces") or workload.resource.namespace not in entry["namespaces"]:
                 continue
             if "labels" not in entry or label_selector_matches({"matchLabels": entry["labels"]}, labels):
                 return True
