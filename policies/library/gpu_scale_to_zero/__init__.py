@@ -35,6 +35,7 @@ from typing import Any
 from policies.context import EvalContext, ScaleKnowledge
 from policies.kinds import KNATIVE_MIN, group_of
 from policies.model import Action, Finding, Resource
+from policies.owners import controlled
 from policies.registry import Policy, register
 from policies.templates import as_map, join
 from policies.workload import Workload
@@ -64,12 +65,6 @@ def _int(value: Any) -> int | None:
         return int(str(value).strip()) if value is not None else None
     except ValueError:
         return None
-
-
-def _controlled(obj: Mapping[str, Any]) -> bool:
-    """Created by a controller (a ReplicaSet's pods, a Deployment's ReplicaSets): its owner is what scales."""
-    refs = as_map(obj.get("metadata")).get("ownerReferences")
-    return isinstance(refs, list) and any(isinstance(r, Mapping) and r.get("controller") is True for r in refs)
 
 
 def _replicas_zero(obj: Mapping[str, Any]) -> bool:
@@ -111,7 +106,7 @@ class GpuScaleToZero(Policy):
     id = "gpu-scale-to-zero"
     title = "Non-critical GPU model serving can scale to zero"
     severity = "low"
-    version = "1.0.0"
+    version = "1.1.0"
     runbook = "runbooks/gpu-scale-to-zero.md"
     description = (
         "A model-serving workload with GPUs (label mlguard.io/model, a serving kind, or spec.serving.selector) can "
@@ -141,7 +136,9 @@ class GpuScaleToZero(Policy):
 
     def check(self, workload: Workload, params: Mapping[str, Any], ctx: EvalContext) -> Iterator[Finding]:
         serving = workload.serving
-        if serving is None or _controlled(workload.obj):
+        # created by a controller (a ReplicaSet's pods, a Deployment's ReplicaSets): its owner is what scales; an owner
+        # reference is believed only from the controller itself or with the owner known (policies.owners)
+        if serving is None or controlled(workload.obj, workload.resource.namespace, ctx):
             return
         gpu_parts = {workload.templates[i].name for i in serving.templates if workload.uses_gpu(i, ctx.gpu)}
         if not gpu_parts:
