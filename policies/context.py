@@ -17,6 +17,9 @@ from policies.model import EnforcementPoint, Resource
 from policies.snapshot import ClusterSnapshot
 from policies.workload import Workload, WorkloadConfig, extract
 
+# A ConfigMap as a cache may keep it partly (webhook/cluster.py keeps at most so many keys of each): how many
+# data keys were left out. A key that is not there may then be one of them: its value is unknown, not unset.
+OMITTED_KEYS = "mlguard.io/omittedKeys"
 # cluster-scoped kinds other objects refer to by name alone (a predictor's runtime, a TrainJob's runtime)
 CLUSTER_SCOPED = frozenset({"ClusterServingRuntime", "ClusterTrainingRuntime", "ClusterWorkflowTemplate"})
 
@@ -61,6 +64,28 @@ class ScaleKnowledge(Protocol):
     def scaled_objects(self, namespace: str, target: str | None = None) -> Sequence[Mapping[str, Any]] | None:
         """The namespace's ScaledObjects (with ``target``: those whose scaleTargetRef.name is ``target``); None
         when they cannot be seen (KEDA's API absent, cache not synced). Read-only: never modify what it returns."""
+
+
+@runtime_checkable
+class NodeKnowledge(Protocol):
+    """Facts that know Nodes (their labels and taints): the webhook's node cache, a cluster snapshot with
+    nodes, Node objects in the checked set. Facts without this method know no node."""
+
+    def node(self, name: str) -> Mapping[str, Any] | None:
+        """The Node ``name`` (metadata.labels, spec.taints), or None when it is not known."""
+
+
+def bound_node(spec: Mapping[str, Any], facts: ClusterFacts, gpu: GpuConfig) -> tuple[str, list[str] | None] | None:
+    """A pod spec's ``nodeName`` and what makes that node a GPU node (`GpuConfig.node_marks`: empty for a node
+    that is not one; None when the node is not known here). None when the spec names no node.
+
+    A pod bound by ``nodeName`` skips the scheduler; the kubelet does not check NoSchedule taints, so a GPU
+    taint does not keep it off a GPU node."""
+    name = spec.get("nodeName")
+    if not isinstance(name, str) or not name:
+        return None
+    node = facts.node(name) if isinstance(facts, NodeKnowledge) else None
+    return name, (gpu.node_marks(node) if isinstance(node, Mapping) else None)
 
 
 @dataclass(frozen=True)
@@ -144,6 +169,7 @@ class ManifestFacts(EmptyFacts):
         self._scaled_by_target: dict[tuple[str, str], list[Mapping[str, Any]]] = {}  # (namespace, target name)
         self._usage_cache: dict[tuple[str, int], tuple[dict[str, Decimal], dict[Resource, dict[str, Decimal]]]] = {}
         self._by_namespace: dict[str, list[tuple[Resource, Mapping[str, Any]]]] = {}
+        self._nodes: dict[str, Mapping[str, Any]] = {}
         for obj in self._objects:
             res = Resource.of(dict(obj), default_namespace=default_namespace)
             if obj.get("kind") == "Namespace":
@@ -151,6 +177,9 @@ class ManifestFacts(EmptyFacts):
                 labels = meta.get("labels") if isinstance(meta, Mapping) else None
                 if isinstance(labels, Mapping):
                     self._labels.setdefault(res.name, {}).update({str(k): str(v) for k, v in labels.items()})
+                continue
+            if obj.get("kind") == "Node" and str(obj.get("apiVersion", "v1")) == "v1":
+                self._nodes[res.name] = obj
                 continue
             self._by_key[(res.namespace, res.kind, res.name)] = obj
             if res.kind in CLUSTER_SCOPED:
@@ -174,6 +203,13 @@ class ManifestFacts(EmptyFacts):
         if labels is None and self._cluster is not None:
             return self._cluster.namespace_labels(namespace)
         return labels
+
+    def node(self, name: str) -> Mapping[str, Any] | None:
+        """A Node of the set, else of the cluster snapshot (`mlguard facts` records nodes' labels and taints)."""
+        found = self._nodes.get(name)
+        if found is None and self._cluster is not None:
+            return self._cluster.node(name)
+        return found
 
     def quotas(self, namespace: str) -> list[Mapping[str, Any]]:
         """The set's ResourceQuotas of the namespace (what the pull request makes them), else the cluster's."""

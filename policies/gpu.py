@@ -52,6 +52,28 @@ class GpuConfig:
     def is_gpu_device_class(self, name: str) -> bool:
         return any(fnmatch.fnmatchcase(name, pattern) for pattern in self.device_classes)
 
+    def node_marks(self, node: Mapping[str, Any]) -> list[str]:
+        """What makes a Node a GPU node, as a message names it: each configured GPU taint it carries
+        (``nvidia.com/gpu:NoSchedule``) and the GPU node label (``nvidia.com/gpu.product=NVIDIA-L4``).
+        Empty for a node that has neither."""
+        marks: list[str] = []
+        spec = node.get("spec")
+        taints = spec.get("taints") if isinstance(spec, Mapping) else None
+        for taint in taints if isinstance(taints, list) else []:
+            if not isinstance(taint, Mapping):
+                continue
+            for want in self.taints:
+                effect_ok = not want.get("effect") or taint.get("effect") == want["effect"]
+                value_ok = "value" not in want or taint.get("value", "") == want["value"]
+                if taint.get("key") == want["key"] and effect_ok and value_ok:
+                    marks.append(f"taint {taint.get('key')}:{taint.get('effect', '')}".rstrip(":"))
+                    break
+        meta = node.get("metadata")
+        labels = meta.get("labels") if isinstance(meta, Mapping) else None
+        if isinstance(labels, Mapping) and self.node_label in labels:
+            marks.append(f"label {self.node_label}={labels[self.node_label]}")
+        return marks
+
 
 def dra_quota_name(device_class: str) -> str:
     """The ResourceQuota key that limits DRA devices of a class."""

@@ -1,9 +1,10 @@
 """A cluster snapshot for CI (`mlguard check --cluster-facts FILE`), written by `mlguard facts`.
 
 The same data the admission webhook's list+watch cache holds, taken once, read-only: namespaces with their
-labels, ResourceQuotas (spec and status), the non-terminated pods trimmed to what GPU counting reads, and
-DRA ResourceClaims/Templates. With it, `gpu-quota`'s look-ahead in CI is what admission will compute:
-the pull request's workloads at full size plus the GPUs that the cluster's other pods hold.
+labels, Nodes (labels and taints: is a ``nodeName`` a GPU node), ResourceQuotas (spec and status), the
+non-terminated pods trimmed to what GPU counting reads, and DRA ResourceClaims/Templates. With it,
+`gpu-quota`'s look-ahead in CI is what admission will compute: the pull request's workloads at full size
+plus the GPUs that the cluster's other pods hold.
 
 Pod ownership follows the webhook (webhook/cluster.py): a pod belongs to workload ``W`` when it is ``W``
 or its controller is named ``W`` or ``W-<suffix>`` with the suffix a controller gives (a Deployment's
@@ -93,6 +94,11 @@ class ClusterSnapshot:
             phase = (pod.get("status") or {}).get("phase")
             if phase not in TERMINATED_PHASES:
                 self._pods.setdefault(str(_meta(pod).get("namespace")), []).append(pod)
+        self._nodes: dict[str, Mapping[str, Any]] = {
+            str(n["name"]): {"apiVersion": "v1", "kind": "Node",
+                             "metadata": {"name": str(n["name"]), "labels": dict(n.get("labels") or {})},
+                             "spec": {"taints": list(n.get("taints") or [])}}
+            for n in data.get("nodes") or [] if isinstance(n, Mapping) and n.get("name")}
         self._claims = {(str(_meta(c).get("namespace")), str(_meta(c).get("name"))): c
                         for c in data.get("resourceClaims") or []}
         self._templates = {(str(_meta(c).get("namespace")), str(_meta(c).get("name"))): c
@@ -121,6 +127,10 @@ class ClusterSnapshot:
 
     def namespace_labels(self, namespace: str) -> Mapping[str, str] | None:
         return self._labels.get(namespace)
+
+    def node(self, name: str) -> Mapping[str, Any] | None:
+        """A Node (labels and taints) when the snapshot recorded nodes (`mlguard facts` does)."""
+        return self._nodes.get(name)
 
     def quotas(self, namespace: str) -> list[Mapping[str, Any]]:
         return list(self._quotas.get(namespace, []))

@@ -10,17 +10,25 @@ list+watch on exactly these; adding a kind is one `Cached` entry and one RBAC ru
 namespaces (labels for match selectors and environments), pods (GPU usage), resourcequotas,
 deployments, replicasets and statefulsets (a Rollout's ``workloadRef`` at admission, the pod
 template a ``/scale`` is sized by, and which workload a pod belongs to), runtimeclasses (does
-``mutations.runtimeClassName`` exist), and — when the API has them — resource.k8s.io ResourceClaims
-and ResourceClaimTemplates (DRA GPUs) and KEDA's keda.sh ScaledObjects (gpu-scale-to-zero: does a
-ScaledObject take this workload to zero; trimmed to name, namespace, pause annotations, scaleTargetRef,
-minReplicaCount and idleReplicaCount). Where KEDA's CRD is not installed that informer is absent and
-``scaled_objects`` answers None: the policy then warns that it could not see them.
+``mutations.runtimeClassName`` exist), nodes (labels and taints: is a pod's ``nodeName`` a GPU
+node), configmaps (the value a container's ``NVIDIA_VISIBLE_DEVICES`` takes from one), and — when
+the API has them — resource.k8s.io ResourceClaims and ResourceClaimTemplates (DRA GPUs) and KEDA's
+keda.sh ScaledObjects (gpu-scale-to-zero: does a ScaledObject take this workload to zero; trimmed to
+name, namespace, pause annotations, scaleTargetRef, minReplicaCount and idleReplicaCount). Where KEDA's
+CRD is not installed that informer is absent and ``scaled_objects`` answers None: the policy then warns
+that it could not see them. Secrets are never read: RBAC cannot grant a Secret's key names without
+its values.
 
 Each object is trimmed as it arrives (`Cached.trim`): metadata without managedFields and without
 the kubectl last-applied annotation (a second copy of the object); a Pod keeps only what GPU
 counting and ownership read (its containers' extended resources and DRA claims, its
 resourceClaims, phase and owners): never other pods' env values, commands, volumes, labels or
-annotations, and a terminated pod not at all. Repeated strings are interned.
+annotations, and a terminated pod not at all. A Node keeps its name, labels and taints. A ConfigMap
+keeps its name and its ``data`` keys, each value stripped and cut to `CONFIGMAP_VALUE_CHARS` (a
+device list that matters is short: what decides is whether it is void, none or empty, which a cut
+value still tells), at most `CONFIGMAP_MAX_KEYS` keys (the count of the others is kept, so a
+lookup of one of them is "unknown", never "unset"); no binaryData (never in env), labels or
+annotations. Repeated strings are interned.
 tests/benchmarks/bench_cache.py measures it: 50,000 pods took 1.6 GiB kept whole, 0.1 GiB trimmed.
 
 GPU usage: the GPUs of a namespace's non-terminated pods (phase not Succeeded or Failed), minus
@@ -48,6 +56,7 @@ import orjson
 from kubernetes import client, config, watch
 from kubernetes.client.exceptions import ApiException
 
+from policies.context import OMITTED_KEYS
 from policies.gpu import GpuConfig
 from policies.model import Resource
 from policies.workload import extract
@@ -68,6 +77,9 @@ OWNER_DEPTH = 5
 # Pod annotations the webhook reads of another pod: a LeaderWorkerSet's group size (the /scale of a
 # LeaderWorkerSet is sized by one of its pods; webhook.admission.LWS_SIZE_ANNOTATION).
 POD_ANNOTATIONS = ("leaderworkerset.sigs.k8s.io/size",)
+# What a cached ConfigMap keeps (trim_configmap): enough of a value to judge and show it, and a bound on keys.
+CONFIGMAP_VALUE_CHARS = 64
+CONFIGMAP_MAX_KEYS = 256
 
 
 class RawWatch(watch.Watch):
@@ -406,6 +418,40 @@ def trim_pod(obj: Obj) -> Obj | None:
     return {"metadata": slim, "spec": kept, "status": {"phase": _intern(phase)} if phase else {}}
 
 
+def trim_node(obj: Obj) -> Obj:
+    """A Node: its name, labels and taints (is it a GPU node); no status, capacity, addresses or images."""
+    meta = _meta(obj)
+    spec = obj.get("spec")
+    taints = spec.get("taints") if isinstance(spec, Mapping) else None
+    kept_taints = [{k: _intern(t[k]) for k in ("key", "value", "effect") if k in t}
+                   for t in taints if isinstance(t, Mapping)] if isinstance(taints, list) else []
+    slim: Obj = {k: meta[k] for k in ("name", "resourceVersion") if k in meta}
+    if isinstance(meta.get("labels"), Mapping):
+        slim["labels"] = _interned_map(meta["labels"])
+    return {"metadata": slim, "spec": {"taints": kept_taints} if kept_taints else {}}
+
+
+def trim_configmap(obj: Obj) -> Obj:
+    """A ConfigMap: name, namespace and its first `CONFIGMAP_MAX_KEYS` data keys (in the API's order, which
+    is sorted), each value stripped and cut to `CONFIGMAP_VALUE_CHARS`; how many keys were left out."""
+    meta = _meta(obj)
+    slim: Obj = {k: meta[k] for k in ("name", "resourceVersion") if k in meta}
+    if "namespace" in meta:
+        slim["namespace"] = _intern(meta["namespace"])
+    out: Obj = {"metadata": slim}
+    data = obj.get("data")
+    if isinstance(data, Mapping) and data:
+        kept: Obj = {}
+        for key, value in data.items():
+            if len(kept) == CONFIGMAP_MAX_KEYS:
+                out[OMITTED_KEYS] = len(data) - CONFIGMAP_MAX_KEYS
+                break
+            if isinstance(key, str):
+                kept[sys.intern(key)] = _intern(str(value).strip()[:CONFIGMAP_VALUE_CHARS])
+        out["data"] = kept
+    return out
+
+
 @dataclass(frozen=True)
 class Cached:
     """One cached resource: its informer's name (the plural), kind, how to list it, what to keep.
@@ -438,10 +484,15 @@ CACHED: tuple[Cached, ...] = (
     Cached("scaledobjects", "ScaledObject", "keda.sh/v1alpha1",
            lambda api: client.CustomObjectsApi(api).list_cluster_custom_object, trim_scaledobject, optional=True,
            args=("keda.sh", "v1alpha1", "scaledobjects")),
+    # optional: a webhook whose RBAC predates them keeps serving; a nodeName is then a warning and a value
+    # from a ConfigMap unresolved (the informer reports itself absent in /readyz and the log)
+    Cached("nodes", "Node", "v1", lambda api: client.CoreV1Api(api).list_node, trim_node, optional=True),
+    Cached("configmaps", "ConfigMap", "v1", lambda api: client.CoreV1Api(api).list_config_map_for_all_namespaces,
+           trim_configmap, optional=True),
 )
-# The kinds `resolve_object` answers from the cache (kind -> informer). Secrets are never cached; a
-# ConfigMap entry here (with its informer in CACHED) is what gpu-isolation's env lookups would need.
-RESOLVABLE = {"Deployment": "deployments", "ReplicaSet": "replicasets", "StatefulSet": "statefulsets"}
+# The kinds `resolve_object` answers from the cache (kind -> informer). Secrets are never cached.
+RESOLVABLE = {"Deployment": "deployments", "ReplicaSet": "replicasets", "StatefulSet": "statefulsets",
+              "ConfigMap": "configmaps"}
 
 
 def api_client(*, kubeconfig: str | None = None) -> client.ApiClient:
@@ -541,8 +592,8 @@ class ClusterCache:
         return (self.claim_templates if is_template else self.claims).in_namespace(namespace).get(name)
 
     def resolve_object(self, namespace: str, kind: str, name: str) -> Mapping[str, Any] | None:
-        """A cached object of a `RESOLVABLE` kind (Deployment, ReplicaSet, StatefulSet) of the
-        namespace; None for any other kind."""
+        """A cached object of a `RESOLVABLE` kind (Deployment, ReplicaSet, StatefulSet, ConfigMap) of the
+        namespace; None for any other kind (a Secret)."""
         informer = self.by_name.get(RESOLVABLE.get(kind, ""))
         return informer.in_namespace(namespace).get(name) if informer is not None else None
 
@@ -560,6 +611,10 @@ class ClusterCache:
         if target is None:
             return found
         return [so for so in found if (so.get("spec") or {}).get("scaleTargetRef", {}).get("name") == target]
+
+    def node(self, name: str) -> Mapping[str, Any] | None:
+        """A cached Node (name, labels, taints); None when not known (or the nodes API is not granted)."""
+        return self.by_name["nodes"].in_namespace("").get(name)
 
     def runtime_class_exists(self, name: str) -> bool | None:
         """Whether the cluster has RuntimeClass ``name``; None when that is not known (API not served,

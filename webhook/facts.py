@@ -1,7 +1,8 @@
 """`mlguard facts --kubeconfig FILE [--context NAME] [-o FILE]`: a cluster snapshot for CI.
 
 Lists, once and read-only (list only: no watch, no write), what the webhook's cache watches: namespaces,
-ResourceQuotas, pods, and the DRA ResourceClaims/Templates where the API serves them. Pods that finished
+ResourceQuotas, pods, nodes (labels and taints only), and the DRA ResourceClaims/Templates where the API
+serves them. ConfigMaps are not recorded: `mlguard check` resolves those in the checked set. Pods that finished
 (Succeeded, Failed) are left out, as the quota does; the others are trimmed to what GPU counting reads
 (owner references, containers' resources, resource claims, annotations). The file is what
 `mlguard check --cluster-facts FILE` reads (`policies.snapshot`, schema policies/schema/clusterfacts.schema.yaml).
@@ -78,6 +79,14 @@ def trim_pod(pod: Mapping[str, Any]) -> Obj:
             "status": {"phase": (pod.get("status") or {}).get("phase")}}
 
 
+def trim_node(node: Mapping[str, Any]) -> Obj:
+    """A node's name, labels and taints (is it a GPU node), nothing else."""
+    taints = (node.get("spec") or {}).get("taints") or []
+    kept = [{k: t[k] for k in ("key", "value", "effect") if k in t} for t in taints if isinstance(t, Mapping)]
+    return {"name": str(_meta(node, "name").get("name")), "labels": dict(_meta(node, "labels").get("labels") or {}),
+            "taints": kept}
+
+
 def _dra_version(api: client.ApiClient) -> str | None:
     try:
         groups = client.ApisApi(api).get_api_versions(_request_timeout=5)
@@ -97,6 +106,12 @@ def snapshot(api: client.ApiClient, *, cluster: str = "") -> Obj:
     quotas = _list(core.list_resource_quota_for_all_namespaces)
     pods = [p for p in _list(core.list_pod_for_all_namespaces)
             if (p.get("status") or {}).get("phase") not in TERMINATED_PHASES]
+    try:
+        nodes: list[Obj] | None = _list(core.list_node)
+    except ApiException as exc:   # an identity that may not list nodes: check then warns about every nodeName
+        if exc.status != 403:
+            raise
+        nodes = None
     out: Obj = {
         "apiVersion": API_VERSION, "kind": KIND,
         "metadata": {"cluster": cluster,
@@ -107,6 +122,8 @@ def snapshot(api: client.ApiClient, *, cluster: str = "") -> Obj:
                             "spec": q.get("spec") or {}, "status": q.get("status") or {}} for q in quotas],
         "pods": [trim_pod(p) for p in pods],
     }
+    if nodes is not None:
+        out["nodes"] = [trim_node(n) for n in nodes]
     # DRA: the version discovery names, else the first one the server lists (a 404 is "not served")
     discovered = _dra_version(api)
     custom = client.CustomObjectsApi(api)
@@ -139,9 +156,10 @@ def api_client(kubeconfig: str, context: str | None) -> tuple[client.ApiClient, 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="mlguard facts",
-        description="Snapshot a cluster's namespaces (labels), ResourceQuotas, running pods' GPUs and DRA claims "
-                    "for `mlguard check --cluster-facts FILE`. Read-only: list permission on namespaces, pods, "
-                    "resourcequotas (and resource.k8s.io claims) is all it needs.")
+        description="Snapshot a cluster's namespaces (labels), nodes (labels, taints), ResourceQuotas, running "
+                    "pods' GPUs and DRA claims for `mlguard check --cluster-facts FILE`. Read-only: list "
+                    "permission on namespaces, pods, resourcequotas, nodes (and resource.k8s.io claims) is all it "
+                    "needs.")
     parser.add_argument("--kubeconfig", required=True, metavar="FILE", help="kubeconfig to read the cluster with")
     parser.add_argument("--context", metavar="NAME", help="kubeconfig context (default: its current context)")
     parser.add_argument("--output", "-o", metavar="FILE", help="write the snapshot to FILE instead of stdout")
@@ -166,7 +184,8 @@ def main(argv: list[str] | None = None) -> int:
         except OSError as exc:
             print(f"mlguard facts: cannot write {args.output}: {exc.strerror or exc}", file=sys.stderr)
             return 2
-        print(f"mlguard facts: {len(data['namespaces'])} namespaces, {len(data['resourceQuotas'])} quotas, "
+        nodes = f"{len(data['nodes'])} nodes" if "nodes" in data else "no nodes (may not list them)"
+        print(f"mlguard facts: {len(data['namespaces'])} namespaces, {nodes}, {len(data['resourceQuotas'])} quotas, "
               f"{len(data['pods'])} running pods from {host} -> {args.output}", file=sys.stderr)
     else:
         sys.stdout.write(text)

@@ -232,6 +232,7 @@ def test_rbac_is_list_watch_on_exactly_what_the_webhook_reads(renders: Renders, 
     cached = {(c.api_version.rpartition("/")[0], c.name) for c in CACHED}
     assert cached >= {("", "pods"), ("apps", "deployments"), ("apps", "replicasets")}
     assert granted == cached | {("resource.k8s.io", "resourceclaims"), ("resource.k8s.io", "resourceclaimtemplates")}
+    assert ("", "secrets") not in granted   # never: list on Secrets hands over their values
     binding = one(objs, "ClusterRoleBinding", "mlguard-webhook")
     assert binding["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole",
                                   "name": "mlguard-webhook"}

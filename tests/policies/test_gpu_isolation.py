@@ -8,10 +8,10 @@ from typing import Any
 import pytest
 import yaml
 
-from policies.context import ManifestFacts
+from policies.context import OMITTED_KEYS, ManifestFacts
 from policies.engine import evaluate_object
 from policies.library.gpu_isolation import device_host_path, exposes_devices, under
-from policies.policyset import parse_policyset
+from policies.policyset import PolicySetError, parse_policyset
 
 PATTERNS = ["/dev/nvidia*", "/dev/dri", "/dev/kfd"]
 
@@ -63,29 +63,110 @@ def test_device_host_paths(path: str, pattern: str | None) -> None:
     assert device_host_path(path, PATTERNS) == pattern
 
 
-def test_an_unseen_configmap_is_at_most_a_warning_for_a_gpu_reachable_pod() -> None:
+def test_an_unseen_configmap_is_a_warning_under_unresolved_env_warn() -> None:
     sidecar = {"name": "agent", "image": "a", "envFrom": [{"configMapRef": {"name": "elsewhere"}}]}
     result = evaluate_object(pod(GPU_SERVER, sidecar), policyset(), point="ci", facts=ManifestFacts([]))
-    assert all(v.action == "warn" for v in result.violations), result.violations
+    assert [v.action for v in result.violations] == ["warn"]
     said = [n.message for n in result.notes] + [v.message for v in result.violations]
-    assert len(said) == 1 and "ConfigMap `elsewhere` (envFrom), which cannot be seen here" in said[0]
+    assert len(said) == 1 and "ConfigMap `elsewhere` (envFrom), which is not in the checked set" in said[0]
     assert "add env NVIDIA_VISIBLE_DEVICES=void" in said[0]
 
 
-@pytest.mark.parametrize(("setting", "spec", "reported"), [
-    ("gpu-reachable", {}, False),                      # a CPU pod that cannot land on GPU nodes
-    ("always", {}, True),
-    ("gpu-reachable", {"tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists"}]}, True),
-    ("gpu-reachable", {"nodeSelector": {"nvidia.com/gpu.product": "NVIDIA-H100-80GB-HBM3"}}, True),
-    ("never", {"tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists"}]}, False),
+GPU_TOLERATION = {"key": "nvidia.com/gpu", "operator": "Exists"}
+GPU_NODE = {"apiVersion": "v1", "kind": "Node", "metadata": {"name": "gpu-1"},
+            "spec": {"taints": [{"key": "nvidia.com/gpu", "effect": "NoSchedule"}]}}
+CPU_NODE = {"apiVersion": "v1", "kind": "Node", "metadata": {"name": "cpu-1", "labels": {"pool": "cpu"}}}
+
+
+@pytest.mark.parametrize(("setting", "spec", "action"), [
+    # a CPU pod that seems unable to land on GPU nodes: warned whatever the setting (issue 14: it was silent)
+    ("warn", {}, "warn"),
+    ("deny", {}, "warn"),
+    ("deny", {"nodeName": "cpu-1"}, "warn"),
+    # a pod that can reach a GPU node: unresolvedEnv decides
+    ("warn", {"tolerations": [GPU_TOLERATION]}, "warn"),
+    ("deny", {"tolerations": [GPU_TOLERATION]}, "deny"),
+    ("deny", {"nodeSelector": {"nvidia.com/gpu.product": "NVIDIA-H100-80GB-HBM3"}}, "deny"),
+    ("deny", {"nodeName": "gpu-1"}, "deny"),            # bound to a GPU node: the kubelet ignores the taint
+    ("deny", {"nodeName": "unknown-node"}, "deny"),     # a node nobody here knows may be one
 ])
-def test_when_unseen_values_are_reported(setting: str, spec: dict, reported: bool) -> None:
+def test_unseen_values_by_reach_and_unresolved_env(setting: str, spec: dict, action: str) -> None:
     cpu = {"name": "api", "image": "a", "env": [
         {"name": "NVIDIA_VISIBLE_DEVICES", "valueFrom": {"configMapKeyRef": {"name": "elsewhere", "key": "k"}}}]}
-    result = evaluate_object(pod(cpu, **spec), policyset({"warnUnresolved": setting}), point="ci",
-                             facts=ManifestFacts([]))
-    assert not [v for v in result.violations if v.action == "deny"]
-    assert bool(result.notes or result.violations) is reported
+    result = evaluate_object(pod(cpu, **spec), policyset({"unresolvedEnv": setting}), point="ci",
+                             facts=ManifestFacts([GPU_NODE, CPU_NODE]))
+    assert [v.action for v in result.violations] == [action], result.violations
+    assert "ConfigMap `elsewhere` key `k`, which is not in the checked set" in result.violations[0].message
+    assert ("seems unable to reach a GPU node" in result.violations[0].message) is (
+        not spec or spec.get("nodeName") == "cpu-1")
+
+
+def test_the_old_warn_unresolved_parameter_is_refused_by_name() -> None:
+    with pytest.raises(PolicySetError, match="warnUnresolved"):
+        policyset({"warnUnresolved": "never"})
+
+
+def cm(name: str, **data: str) -> dict:
+    return {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": name, "namespace": "team-a"}, "data": data}
+
+
+def env_from(value_from: dict) -> dict:
+    return {"name": "api", "image": "a", "env": [{"name": "NVIDIA_VISIBLE_DEVICES", "valueFrom": value_from}]}
+
+
+@pytest.mark.parametrize(("value_from", "meta", "expected"), [
+    # the pod's own labels and annotations: read from the object under review
+    ({"fieldRef": {"fieldPath": "metadata.annotations['devices']"}}, {"annotations": {"devices": "all"}}, "deny"),
+    ({"fieldRef": {"fieldPath": "metadata.annotations['devices']"}}, {"annotations": {"devices": "void"}}, None),
+    ({"fieldRef": {"fieldPath": "metadata.labels['gpus']"}}, {"labels": {"gpus": "0"}}, "deny"),
+    ({"fieldRef": {"fieldPath": "metadata.labels['gpus']"}}, {}, None),           # a missing label gives ""
+    ({"fieldRef": {"fieldPath": "metadata.namespace"}}, {}, "deny"),              # "team-a" is not void
+    ({"fieldRef": {"fieldPath": "spec.serviceAccountName"}}, {}, "deny"),         # "default"
+    ({"fieldRef": {"fieldPath": "status.podIP"}}, {}, "warn"),                    # only the running pod knows
+    ({"fieldRef": {"fieldPath": "metadata.uid"}}, {}, "warn"),
+    # a resource field is a number: the toolkit reads it as a GPU index
+    ({"resourceFieldRef": {"resource": "limits.cpu"}}, {}, "deny"),
+    # ConfigMaps of the checked set are read
+    ({"configMapKeyRef": {"name": "devices", "key": "list"}}, {}, "deny"),
+    ({"configMapKeyRef": {"name": "devices", "key": "off"}}, {}, None),
+    ({"configMapKeyRef": {"name": "devices", "key": "absent"}}, {}, None),        # the kubelet sets nothing
+    ({"configMapKeyRef": {"name": "elsewhere", "key": "list"}}, {}, "warn"),
+    ({"secretKeyRef": {"name": "elsewhere", "key": "list"}}, {}, "warn"),
+])
+def test_values_from_elsewhere(value_from: dict, meta: dict, expected: str | None) -> None:
+    obj = pod(env_from(value_from))
+    obj["metadata"].update(meta)
+    result = evaluate_object(obj, policyset(), point="ci", facts=ManifestFacts([cm("devices", list="0,1", off="void")]))
+    assert [v.action for v in result.violations] == ([expected] if expected else []), result.violations
+    assert all(v.path == "spec.containers[0].env[0].valueFrom" for v in result.violations)
+
+
+def test_a_partly_cached_configmap_is_unresolved_for_the_keys_it_left_out() -> None:
+    """The webhook's cache keeps so many keys of a ConfigMap and counts the rest (OMITTED_KEYS): a key that
+    is not there may be one of them, so its value is unknown, never "unset"."""
+    partial = {**cm("big", kept="void"), OMITTED_KEYS: 3}
+    for key, expected in (("kept", []), ("maybe", ["warn"])):
+        result = evaluate_object(pod(env_from({"configMapKeyRef": {"name": "big", "key": key}})), policyset(),
+                                 point="ci", facts=ManifestFacts([partial]))
+        assert [v.action for v in result.violations] == expected
+    from_all = evaluate_object(pod({"name": "a", "image": "a", "envFrom": [{"configMapRef": {"name": "big"}}]}),
+                               policyset(), point="ci", facts=ManifestFacts([partial]))
+    assert [v.action for v in from_all.violations] == ["warn"]
+    assert "more keys than the webhook's cache keeps" in from_all.violations[0].message
+
+
+def test_an_envfrom_secret_is_denied_under_strict_with_a_fix_that_resolves_it() -> None:
+    tolerating = {"tolerations": [GPU_TOLERATION]}
+    agent = {"name": "agent", "image": "a", "envFrom": [{"secretRef": {"name": "hf"}}]}
+    ps = policyset({"unresolvedEnv": "deny"})
+    [violation] = evaluate_object(pod(agent, **tolerating), ps, point="ci", facts=ManifestFacts([])).violations
+    assert violation.action == "deny" and violation.path == "spec.containers[0].envFrom[0]"
+    assert "Secret `hf` (envFrom)" in violation.message and "secretKeyRef instead of envFrom" in violation.message
+    fixed = {**agent, "env": [{"name": "NVIDIA_VISIBLE_DEVICES", "value": "void"}]}
+    assert not evaluate_object(pod(fixed, **tolerating), ps, point="ci", facts=ManifestFacts([])).violations
+    keys = {"name": "agent", "image": "a", "env": [
+        {"name": "HF_TOKEN", "valueFrom": {"secretKeyRef": {"name": "hf", "key": "token"}}}]}
+    assert not evaluate_object(pod(keys, **tolerating), ps, point="ci", facts=ManifestFacts([])).violations
 
 
 def test_an_explicit_env_entry_overrides_envfrom() -> None:

@@ -40,6 +40,12 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     api.add("pods", gpu_pod("other-0", "team-a", gpus=1, owner=("StatefulSet", "other")))
     api.add("pods", gpu_pod("other-1", "team-a", gpus=1, owner=("StatefulSet", "other")))
     api.add("pods", gpu_pod("batch-x1", "team-a", gpus=4, owner=("Job", "batch"), phase="Succeeded"))
+    api.add("nodes", {"metadata": {"name": "gpu-node-1", "labels": {"nvidia.com/gpu.product": "NVIDIA-L4"},
+                                   "annotations": {"node.alpha.kubernetes.io/ttl": "0"}},
+                      "spec": {"podCIDR": "10.0.1.0/24",
+                               "taints": [{"key": "nvidia.com/gpu", "value": "present", "effect": "NoSchedule"}]},
+                      "status": {"capacity": {"nvidia.com/gpu": "4"}}})
+    api.add("nodes", {"metadata": {"name": "cpu-node-1", "labels": {"kubernetes.io/os": "linux"}}, "spec": {}})
     assert api.server is not None
     kube = tmp_path_factory.mktemp("kube") / "config"
     kube.write_text(kubeconfig_text(f"http://127.0.0.1:{api.server.server_address[1]}"))
@@ -54,7 +60,7 @@ def facts(cluster: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("facts") / "cluster-facts.yaml"
     proc = mlguard("facts", "--kubeconfig", str(cluster), "-o", str(out))
     assert proc.returncode == 0, proc.stderr
-    assert "2 namespaces, 1 quotas, 3 running pods" in proc.stderr
+    assert "2 namespaces, 2 nodes, 1 quotas, 3 running pods" in proc.stderr
     return out
 
 
@@ -69,6 +75,29 @@ def test_facts_writes_what_the_webhook_cache_holds_trimmed_and_read_only(facts: 
     assert pods["other-0"]["spec"]["containers"] == [{"name": "c", "resources": {
         "limits": {"nvidia.com/gpu": "1"}, "requests": {"cpu": "1", "memory": "1Gi"}}}]  # no image, no env
     assert "resourceClaims" in data  # the fake API serves resource.k8s.io/v1
+    # nodes: name, labels and taints, nothing else (no status, podCIDR, annotations)
+    assert data["nodes"] == [
+        {"name": "gpu-node-1", "labels": {"nvidia.com/gpu.product": "NVIDIA-L4"},
+         "taints": [{"key": "nvidia.com/gpu", "value": "present", "effect": "NoSchedule"}]},
+        {"name": "cpu-node-1", "labels": {"kubernetes.io/os": "linux"}, "taints": []}]
+
+
+def test_cluster_facts_decide_a_node_name(facts: Path, tmp_path: Path) -> None:
+    """Offline a pod bound by nodeName is a warning (the node cannot be seen); with the cluster's nodes the
+    check is the one admission makes: a CPU pod bound to a GPU node is denied, to a CPU node passes."""
+    pods = [{"apiVersion": "v1", "kind": "Pod", "metadata": {"name": f"etl-{node}", "namespace": "team-b"},
+             "spec": {"nodeName": node, "containers": [{"name": "etl", "image": "etl:1"}]}}
+            for node in ("gpu-node-1", "cpu-node-1")]
+    manifest = tmp_path / "pods.yaml"
+    manifest.write_text(yaml.safe_dump_all(pods))
+
+    def node_findings(*args: str) -> dict[str, str]:
+        proc = mlguard("check", "--format", "json", *args, str(manifest))
+        assert proc.returncode in (0, 1), proc.stderr
+        return {v["resource"]["name"]: v["action"] for v in json.loads(proc.stdout)["violations"]
+                if v["policy"] == "gpu-tolerations" and v["path"] == "spec.nodeName"}
+    assert node_findings() == {"etl-gpu-node-1": "warn", "etl-cpu-node-1": "warn"}
+    assert node_findings("--cluster-facts", str(facts)) == {"etl-gpu-node-1": "deny"}
 
 
 def _gpu_quota(proc: subprocess.CompletedProcess[str]) -> list[dict]:

@@ -1,8 +1,8 @@
 """A small threaded HTTP server that speaks the Kubernetes API's list and watch JSON.
 
 Enough of the API for the webhook's list+watch caches, served as kube-apiserver serves it:
-- ``GET /api/v1/{namespaces,pods,resourcequotas}``, ``/apis/apps/v1/{deployments,replicasets,
-  statefulsets}``, ``/apis/node.k8s.io/v1/runtimeclasses``, ``/apis/resource.k8s.io/v1/{resourceclaims,
+- ``GET /api/v1/{namespaces,pods,resourcequotas,nodes,configmaps}``, ``/apis/apps/v1/{deployments,
+  replicasets,statefulsets}``, ``/apis/node.k8s.io/v1/runtimeclasses``, ``/apis/resource.k8s.io/v1/{resourceclaims,
   resourceclaimtemplates}`` and KEDA's ``/apis/keda.sh/v1alpha1/scaledobjects`` (404 with ``with_keda=False``,
   as without KEDA's CRD): a ``*List`` with ``metadata.resourceVersion`` and items without ``kind``/``apiVersion``
   (as the real server lists them);
@@ -33,6 +33,8 @@ RESOURCES = {
     "/api/v1/namespaces": ("NamespaceList", "v1", "namespaces"),
     "/api/v1/pods": ("PodList", "v1", "pods"),
     "/api/v1/resourcequotas": ("ResourceQuotaList", "v1", "resourcequotas"),
+    "/api/v1/nodes": ("NodeList", "v1", "nodes"),
+    "/api/v1/configmaps": ("ConfigMapList", "v1", "configmaps"),
     "/apis/apps/v1/deployments": ("DeploymentList", "apps/v1", "deployments"),
     "/apis/apps/v1/replicasets": ("ReplicaSetList", "apps/v1", "replicasets"),
     "/apis/apps/v1/statefulsets": ("StatefulSetList", "apps/v1", "statefulsets"),
@@ -43,6 +45,7 @@ RESOURCES = {
     "/apis/keda.sh/v1alpha1/scaledobjects": ("ScaledObjectList", "keda.sh/v1alpha1", "scaledobjects"),
 }
 KINDS = {"namespaces": ("Namespace", "v1"), "pods": ("Pod", "v1"), "resourcequotas": ("ResourceQuota", "v1"),
+         "nodes": ("Node", "v1"), "configmaps": ("ConfigMap", "v1"),
          "deployments": ("Deployment", "apps/v1"), "replicasets": ("ReplicaSet", "apps/v1"),
          "statefulsets": ("StatefulSet", "apps/v1"), "runtimeclasses": ("RuntimeClass", "node.k8s.io/v1"),
          "resourceclaims": ("ResourceClaim", "resource.k8s.io/v1"),

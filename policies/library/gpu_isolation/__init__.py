@@ -14,11 +14,12 @@ import binascii
 import dataclasses
 import fnmatch
 import posixpath
+import re
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from policies.context import EvalContext
+from policies.context import OMITTED_KEYS, EvalContext, bound_node
 from policies.devices import GKE_PREFIX, InjectedDevice, injected_gpu_devices
 from policies.gpu import container_gpus
 from policies.model import Finding
@@ -119,7 +120,11 @@ class _Voice:
 
 
 class _Source:
-    """Looks up ConfigMap / Secret values through the cluster facts."""
+    """Looks up ConfigMap / Secret values through the cluster facts.
+
+    At admission the webhook's cache holds ConfigMaps (their ``data`` keys, each value stripped and cut short;
+    one with more keys than the cache keeps says how many it left out, `OMITTED_KEYS`) and never Secrets;
+    offline the checked set holds what it holds (a Secret manifest there is read, its value never shown)."""
 
     def __init__(self, namespace: str, ctx: EvalContext) -> None:
         self.namespace = namespace
@@ -131,15 +136,82 @@ class _Source:
         found = self.ctx.facts.resolve_object(self.namespace, kind, name)
         return found if isinstance(found, Mapping) else None
 
-    def keys(self, kind: str, obj: Mapping[str, Any]) -> set[str]:
-        sections = ("data", "stringData") if kind == "Secret" else ("data", "binaryData")
-        return {str(k) for s in sections if isinstance(obj.get(s), Mapping) for k in obj[s]}
-
-    def value(self, kind: str, obj: Mapping[str, Any], key: str) -> str | None:
+    @staticmethod
+    def lookup(kind: str, obj: Mapping[str, Any], key: str) -> tuple[bool, str | None]:
+        """(known, value): the key's value (None when the object does not have the key, which the kubelet
+        then leaves unset), or known=False when the object is only partly known (keys left out of the cache).
+        Only ``data`` (and a Secret's ``stringData``) reaches the environment: the kubelet never puts a
+        ConfigMap's binaryData there."""
         if kind == "Secret":
-            return _decode_secret(obj, key)
-        data = obj.get("data") or {}
-        return str(data[key]) if isinstance(data, Mapping) and key in data else None
+            value = _decode_secret(obj, key)
+            if value is None and _has_key(obj, ("data", "stringData"), key):
+                return False, None   # a value that does not decode cannot be judged
+            return True, value
+        data = obj.get("data")
+        if isinstance(data, Mapping) and key in data:
+            return True, str(data[key])
+        omitted = obj.get(OMITTED_KEYS)
+        return (not (isinstance(omitted, int) and omitted > 0)), None
+
+
+def _has_key(obj: Mapping[str, Any], sections: tuple[str, ...], key: str) -> bool:
+    return any(isinstance(obj.get(s), Mapping) and key in obj[s] for s in sections)
+
+
+# fieldRef paths the API server allows in env whose value is known from the object under review
+# (k8s.io/kubernetes pkg/apis/core/validation: validEnvDownwardAPIFieldPathExpressions)
+FIELD_SUBSCRIPT = re.compile(r"^metadata\.(labels|annotations)\['(.*)'\]$")
+
+
+def field_value(tpl: PodTemplate, namespace: str, field_path: str) -> str | None:
+    """The value a downward-API ``fieldRef`` gives the container, where the pod spec under review decides it:
+    its own labels and annotations (a missing one gives ""), its namespace, service account and a nodeName it
+    sets. None for what only the running pod knows (uid, IPs, a generated name)."""
+    found = FIELD_SUBSCRIPT.match(field_path)
+    if found:
+        source = tpl.labels if found.group(1) == "labels" else tpl.annotations
+        return str(source.get(found.group(2), ""))
+    if field_path == "metadata.namespace":
+        return namespace
+    if field_path in ("spec.serviceAccountName", "spec.nodeName"):
+        value = tpl.spec.get(field_path.split(".", 1)[1])
+        if isinstance(value, str) and value:
+            return value
+        return "default" if field_path == "spec.serviceAccountName" else None
+    return None
+
+
+def _why_unseen(kind: str, obj: Mapping[str, Any] | None, source: _Source) -> str:
+    admission = source.ctx.point == "admission"
+    if obj is None and kind == "Secret":
+        return "whose values the webhook never reads" if admission else "which is not in the checked set"
+    if obj is None:
+        return ("which is not in the webhook's ConfigMap cache (not created yet, or created moments ago)" if admission
+                else "which is not in the checked set")
+    return f"which has more keys than the webhook's cache keeps of one {kind}"
+
+
+def _fix_from(kind: str, key: str, voice: _Voice, env_name: str) -> str:
+    if kind == "Secret":
+        return (f"take the Secret's keys one by one with env[].valueFrom.secretKeyRef instead of envFrom, or "
+                f"{voice.override(env_name)}")
+    return f"make sure it has no key {key}, or {voice.override(env_name)}"
+
+
+@dataclass(frozen=True)
+class _Unseen:
+    """How a value nobody can see here is reported: `unresolvedEnv` decides for pods that can reach a GPU node
+    (deny or warn); for one that seems unable to, always a warning (a GPU node without the taint, a later
+    toleration or nodeName would hand it the devices)."""
+
+    reachable: bool
+    setting: str
+
+    def finding(self, path: str, message: str) -> Finding:
+        if self.reachable:
+            return Finding(path, message, action=None if self.setting == "deny" else "warn")
+        return warning(path, f"{message} (this pod seems unable to reach a GPU node today: no GPU, no GPU "
+                       "toleration, node selection or GPU nodeName; a warning all the same)")
 
 
 @register
@@ -147,14 +219,18 @@ class GpuIsolation(Policy):
     id = "gpu-isolation"
     title = "GPUs reach a container only through a GPU request"
     severity = "critical"
-    version = "1.1.0"
+    version = "1.2.0"
     description = (
         "A container without a GPU request (a zero quantity is none) must not set NVIDIA_VISIBLE_DEVICES to a value "
         "that exposes devices (all, indexes, UUIDs, MIG ids; void, none and empty are harmless; gpuContainers "
         "extends this to containers that do request GPUs), nor mount anything under "
         "/var/run/nvidia-container-devices (the toolkit's volume-mount device list; a user mount there is refused "
         "for GPU containers too, as it would hand them more GPUs than they were allocated). A value from a "
-        "ConfigMap, Secret or envFrom that is not in the manifest set / cluster facts cannot be seen: warn. No "
+        "ConfigMap (envFrom or configMapKeyRef) is read from the webhook's ConfigMap cache, or offline from the "
+        "checked set; a fieldRef to the pod's own labels, annotations, namespace, service account or nodeName is "
+        "read from the pod spec; a resourceFieldRef is a number, which the toolkit reads as a GPU index. Secrets are "
+        "never read in the cluster. A value that still cannot be seen is governed by unresolvedEnv (deny or warn) "
+        "for pods that can reach a GPU node, and warned for the others. No "
         "hostPath volume under /dev/nvidia*, /dev/dri or /dev/kfd (or a directory that holds them, such as /dev); "
         "no privileged container in a pod that uses a GPU or tolerates a GPU taint. GPU devices a pod annotation "
         "injects count as device access too: CDI device annotations (cdi.k8s.io/..., nvidia.cdi.k8s.io/...) reach "
@@ -174,17 +250,21 @@ class GpuIsolation(Policy):
                                              "(with the toolkit's default accept-nvidia-visible-devices-envvar-"
                                              "when-unprivileged=true a container's own value can widen its "
                                              "allocation)."},
-            "warnUnresolved": {"enum": ["gpu-reachable", "always", "never"],
-                               "description": "When to warn about envFrom / valueFrom values that cannot be "
-                                              "seen: for pods that can reach GPU nodes (use a GPU, tolerate "
-                                              "a GPU taint or select the GPU node label), always, or never."},
+            "unresolvedEnv": {"enum": ["deny", "warn"],
+                              "description": "A device variable whose value cannot be seen (a Secret, a "
+                                             "ConfigMap that is not in the cache or the checked set, a field "
+                                             "only the running pod knows) in a pod that can reach a GPU node "
+                                             "(uses a GPU, tolerates a GPU taint, selects the GPU node label or "
+                                             "names a GPU node, or one not known, in nodeName): deny (up to the "
+                                             "policy's action) or warn. A pod that seems unable to reach a GPU "
+                                             "node is always warned."},
         },
     }
     defaults = {
         "envNames": ["NVIDIA_VISIBLE_DEVICES"],
         "deviceHostPaths": ["/dev/nvidia*", "/dev/dri", "/dev/kfd"],
         "gpuContainers": False,
-        "warnUnresolved": "gpu-reachable",
+        "unresolvedEnv": "warn",
     }
 
     def check(self, workload: Workload, params: Mapping[str, Any], ctx: EvalContext) -> Iterator[Finding]:
@@ -198,8 +278,10 @@ class GpuIsolation(Policy):
         source = _Source(workload.resource.namespace, ctx)
         uses_gpu = workload.uses_gpu(i, ctx.gpu)
         tolerated = [t for t in ctx.gpu.taints if tolerates(tpl.spec.get("tolerations"), t)]
-        reachable = uses_gpu or bool(tolerated) or selected_node_classes(tpl.spec, ctx.gpu.node_label) is not None
-        warn = params["warnUnresolved"] == "always" or (params["warnUnresolved"] == "gpu-reachable" and reachable)
+        bound = bound_node(tpl.spec, ctx.facts, ctx.gpu)   # nodeName: a GPU node, or one not known here
+        reachable = (uses_gpu or bool(tolerated) or selected_node_classes(tpl.spec, ctx.gpu.node_label) is not None
+                     or (bound is not None and bound[1] != []))
+        unseen = _Unseen(reachable=reachable, setting=str(params["unresolvedEnv"]))
         gpu_claims = workload.claim_states.get(i, {})
         yield from self._host_paths(tpl, params)
         injected = {ref.path: devices for ref, devices in self._injected(tpl, params)}
@@ -211,7 +293,7 @@ class GpuIsolation(Policy):
             if has_gpu is False or (has_gpu and params["gpuContainers"]):
                 voice = _Voice(gpu=bool(has_gpu))
                 for env_name in params["envNames"]:
-                    yield from self._env(ref, env_name, source, warn=warn, voice=voice)
+                    yield from self._env(ref, env_name, source, tpl, unseen=unseen, voice=voice)
             if uses_gpu or tolerated:
                 yield from self._privileged(ref, uses_gpu=uses_gpu, tolerated=[t["key"] for t in tolerated],
                                             wildcard=_wildcard(tpl.spec.get("tolerations")))
@@ -263,7 +345,7 @@ class GpuIsolation(Policy):
         return None if unknown else False
 
     # -- environment -----------------------------------------------------------------------------
-    def _env(self, ref: ContainerRef, env_name: str, source: _Source, *, warn: bool,
+    def _env(self, ref: ContainerRef, env_name: str, source: _Source, tpl: PodTemplate, *, unseen: _Unseen,
              voice: _Voice) -> Iterator[Finding]:
         env = ref.container.get("env") or []
         last: tuple[int, Mapping[str, Any]] | None = None
@@ -271,7 +353,7 @@ class GpuIsolation(Policy):
             if isinstance(item, Mapping) and item.get("name") == env_name:
                 last = (j, item)  # the last definition wins
         if last is not None:
-            yield from self._env_entry(ref, env_name, last[0], last[1], source, warn=warn, voice=voice)
+            yield from self._env_entry(ref, env_name, last[0], last[1], source, tpl, unseen=unseen, voice=voice)
             return  # an explicit env entry overrides whatever envFrom brings
         env_from = ref.container.get("envFrom") or []
         for j, item in reversed(list(enumerate(env_from if isinstance(env_from, list) else []))):
@@ -286,24 +368,24 @@ class GpuIsolation(Policy):
                 target = item.get(ref_key)
                 if not isinstance(target, Mapping):
                     continue
-                obj = source.object(kind, target.get("name"))
-                if obj is None:
-                    if warn:
-                        yield warning(path, f"container `{ref.name}` takes its environment from {kind} "
-                                      f"`{target.get('name')}` (envFrom), which cannot be seen here; if it sets "
-                                      f"{env_name} the container {voice.reaches}: make sure it does not, or "
-                                      f"{voice.override(env_name)}")
+                name = target.get("name")
+                obj = source.object(kind, name)
+                known, value = source.lookup(kind, obj, key) if obj is not None else (False, None)
+                if not known:
+                    yield unseen.finding(path, f"container `{ref.name}` takes its environment from {kind} `{name}` "
+                                         f"(envFrom), {_why_unseen(kind, obj, source)}; if it holds {key} the "
+                                         f"container gets {env_name} from it and {voice.reaches}: "
+                                         f"{_fix_from(kind, key, voice, env_name)}")
                     return
-                if key in source.keys(kind, obj):
-                    value = source.value(kind, obj, key)
-                    if value is not None and exposes_devices(value):
+                if value is not None:
+                    if exposes_devices(value):
                         yield Finding(path, f"container `{ref.name}` gets {env_name}={shown(kind, value)} from "
-                                      f"{kind} `{target.get('name')}` (envFrom) {voice.why}; remove the key from "
-                                      f"the {kind}, or {voice.override(env_name)}")
+                                      f"{kind} `{name}` (envFrom) {voice.why}; remove the key from the {kind}, or "
+                                      f"{voice.override(env_name)}")
                     return  # the last source that defines the key wins
 
     def _env_entry(self, ref: ContainerRef, env_name: str, j: int, item: Mapping[str, Any], source: _Source,
-                   *, warn: bool, voice: _Voice) -> Iterator[Finding]:
+                   tpl: PodTemplate, *, unseen: _Unseen, voice: _Voice) -> Iterator[Finding]:
         base = join(join(ref.path, "env"), j)
         value_from = item.get("valueFrom")
         if not isinstance(value_from, Mapping):
@@ -313,29 +395,44 @@ class GpuIsolation(Policy):
                 yield Finding(join(base, "value"), f"container `{ref.name}` sets {env_name}={value} {voice.why}; "
                                                    f"{voice.fix}")
             return
+        path = join(base, "valueFrom")
         for ref_key, kind in (("configMapKeyRef", "ConfigMap"), ("secretKeyRef", "Secret")):
             target = value_from.get(ref_key)
             if not isinstance(target, Mapping):
                 continue
-            obj = source.object(kind, target.get("name"))
+            name = target.get("name")
+            obj = source.object(kind, name)
             key = str(target.get("key", ""))
-            if obj is None:
-                if warn:
-                    yield warning(join(base, "valueFrom"),
-                                  f"container `{ref.name}` takes {env_name} from {kind} `{target.get('name')}` "
-                                  f"key `{key}`, which cannot be seen here; if it lists devices the container "
-                                  f"{voice.reaches}: {voice.unseen_fix}")
-                return
-            value = source.value(kind, obj, key)
-            if value is not None and exposes_devices(value):
-                yield Finding(join(base, "valueFrom"),
-                              f"container `{ref.name}` sets {env_name}={shown(kind, value)} (from {kind} "
-                              f"`{target.get('name')}` key `{key}`) {voice.why}; {voice.fix}")
+            known, value = source.lookup(kind, obj, key) if obj is not None else (False, None)
+            if not known:
+                yield unseen.finding(path, f"container `{ref.name}` takes {env_name} from {kind} `{name}` key "
+                                     f"`{key}`, {_why_unseen(kind, obj, source)}; if it lists devices the container "
+                                     f"{voice.reaches}: {voice.unseen_fix}")
+            elif value is not None and exposes_devices(value):
+                yield Finding(path, f"container `{ref.name}` sets {env_name}={shown(kind, value)} (from {kind} "
+                              f"`{name}` key `{key}`) {voice.why}; {voice.fix}")
             return
-        if warn:  # fieldRef / resourceFieldRef: decided by the API server at run time
-            yield warning(join(base, "valueFrom"), f"container `{ref.name}` sets {env_name} from a field reference, "
-                          f"which cannot be seen here; if it lists devices the container {voice.reaches}: "
-                          f"{voice.unseen_fix}")
+        field_ref = value_from.get("fieldRef")
+        if isinstance(field_ref, Mapping):
+            field_path = str(field_ref.get("fieldPath", ""))
+            value = field_value(tpl, source.namespace, field_path)
+            if value is None:
+                yield unseen.finding(path, f"container `{ref.name}` sets {env_name} from field {field_path}, "
+                                     f"which only the running pod knows; if it lists devices the container "
+                                     f"{voice.reaches}: {voice.unseen_fix}")
+            elif exposes_devices(value):
+                yield Finding(path, f"container `{ref.name}` sets {env_name}={value} (from the pod's own field "
+                              f"{field_path}) {voice.why}; {voice.fix}")
+            return
+        resource_ref = value_from.get("resourceFieldRef")
+        if isinstance(resource_ref, Mapping):
+            yield Finding(path, f"container `{ref.name}` sets {env_name} from resourceFieldRef "
+                          f"{resource_ref.get('resource')}: a number, which the NVIDIA toolkit reads as a GPU "
+                          f"index, {voice.why}; {voice.fix}")
+            return
+        yield unseen.finding(path, f"container `{ref.name}` sets {env_name} from a valueFrom mlguard does not know, "
+                             f"which cannot be seen here; if it lists devices the container {voice.reaches}: "
+                             f"{voice.unseen_fix}")
 
     # -- mounts, host paths, privilege -----------------------------------------------------------
     @staticmethod

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterator, Mapping
 from typing import Any
 
-from policies.context import EvalContext
+from policies.context import EvalContext, bound_node
 from policies.model import Finding
 from policies.mutations import tolerates
 from policies.registry import Policy, register
@@ -29,8 +29,13 @@ class GpuTolerations(Policy):
                    "tolerate them, or it squats on GPU nodes and starves GPU work. A pod whose DRA claim cannot be "
                    "resolved is not judged a squatter: it gets a warning that names the claim. Runtime templates "
                    "(ServingRuntime, TrainingRuntime, LLMInferenceServiceConfig) may tolerate the taint for the "
-                   "GPUs their users add. System workloads (device plugin, DCGM exporter, node exporters) are "
-                   "allowlisted by namespace (and labels within it): a label alone never exempts.")
+                   "GPUs their users add. A pod that uses no GPU and names a GPU node in spec.nodeName (a node "
+                   "with a configured GPU taint or the GPU node label) squats too: nodeName skips the scheduler and "
+                   "the kubelet does not check NoSchedule taints. Whether the node is a GPU node is read from the "
+                   "webhook's node cache, `mlguard check --cluster-facts` or Node objects in the checked set; where "
+                   "the node cannot be seen the nodeName is a warning. System workloads (device plugin, DCGM "
+                   "exporter, node exporters) are allowlisted by namespace (and labels within it): a label alone "
+                   "never exempts.")
     params_schema = {
         "type": "object",
         "additionalProperties": False,
@@ -98,9 +103,12 @@ class GpuTolerations(Policy):
                 continue
             tolerated = [t for t in taints if tolerates(tolerations, t)]
             labels = {**workload.labels, **tpl.labels}
-            if not tolerated or self._allowlisted(workload, labels, params):
+            if self._allowlisted(workload, labels, params):
                 continue
             unknown = workload.gpu_unknown(i, ctx.gpu)
+            yield from self._node_name(tpl, unknown, ctx)
+            if not tolerated:
+                continue
             taint_names = ", ".join(_taint_name(t) for t in tolerated)
             if unknown is not None:
                 if tpl.pods > 0:  # a runtime's template is judged where it runs
@@ -115,6 +123,35 @@ class GpuTolerations(Policy):
             why = "tolerates every taint (operator Exists without a key), including" if wildcard else "tolerates"
             yield pod_field_finding(tpl, path, f"{self._who(tpl)} uses no GPU but {why} {taint_names}; it would "
                                     "squat on GPU nodes: remove the toleration, or request a GPU if it needs one")
+
+    def _node_name(self, tpl: PodTemplate, unknown: str | None, ctx: EvalContext) -> Iterator[Finding]:
+        """A pod that uses no GPU bound to a node by spec.nodeName: a squatter when that node is a GPU node."""
+        bound = bound_node(tpl.spec, ctx.facts, ctx.gpu)
+        if bound is None:
+            return
+        node, marks = bound
+        path = tpl.at("nodeName")
+        bypass = ("spec.nodeName skips the scheduler and the kubelet does not check NoSchedule taints, so the GPU "
+                  "taint does not keep it off")
+        fix = ("remove spec.nodeName (let the scheduler place it, or pin it to a CPU node with a nodeSelector), "
+               "or request a GPU if it needs one")
+        if marks is None:
+            where = ("the webhook's node cache does not hold that node" if ctx.point == "admission" else
+                     "no Node of that name in the checked set or in --cluster-facts")
+            yield Finding(path, f"{self._who(tpl)} uses no GPU and is bound to node `{node}` by spec.nodeName; "
+                          f"whether that is a GPU node cannot be seen here ({where}); {bypass}: if it is one the pod "
+                          f"squats on it: {fix}", resource=tpl.resource, action="warn")
+            return
+        if not marks:
+            return
+        if unknown is not None:
+            yield Finding(path, f"{self._who(tpl)} is bound to GPU node `{node}` ({', '.join(marks)}) by "
+                          f"spec.nodeName and {unknown}, so whether it uses a GPU is unknown; {bypass}: if it gets "
+                          f"no GPU it squats on the node", resource=tpl.resource, action="warn")
+            return
+        yield pod_field_finding(tpl, path, f"{self._who(tpl)} uses no GPU but is bound to GPU node `{node}` "
+                                f"({', '.join(marks)}) by spec.nodeName; {bypass}: it would squat on the GPU node: "
+                                f"{fix}")
 
     @staticmethod
     def _who(tpl: PodTemplate) -> str:
