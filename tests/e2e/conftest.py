@@ -57,7 +57,8 @@ DEVELOPERS, ONCALL = "e2e:developers", "platform-oncall"   # platform-oncall: th
 TENANT_ROLE = {  # what a team's CI / developer may do in its namespaces (edit, plus Argo Rollouts)
     "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole", "metadata": {"name": "e2e-tenant"},
     "rules": [{"apiGroups": ["", "apps", "batch", "argoproj.io"],
-               "resources": ["pods", "deployments", "deployments/scale", "replicasets", "replicasets/scale",
+               "resources": ["pods", "configmaps", "secrets", "deployments", "deployments/scale", "replicasets",
+                             "replicasets/scale",
                              "statefulsets", "statefulsets/scale", "jobs", "cronjobs", "rollouts", "rollouts/scale"],
                "verbs": ["get", "list", "watch", "create", "update", "patch", "delete"]}]}
 

@@ -72,17 +72,18 @@ def test_runtime_class_missing_warns_then_clears(env: Env, ns: str) -> None:
 
 def test_the_webhook_reads_through_the_projects_read_only_rbac(env: Env) -> None:
     """The webhook's cache runs as its ServiceAccount, bound to kustomize/base/webhook/rbac.yaml:
-    it lists what it caches and can write nothing, nor read Secrets or ConfigMaps."""
+    it lists what it caches (ConfigMaps and Nodes too) and can write nothing, nor read Secrets."""
     who = ["--as", WEBHOOK_SERVICE_ACCOUNT]
     for verb, resource, expected in (
             ("list", "pods", "yes"), ("watch", "deployments.apps", "yes"), ("list", "replicasets.apps", "yes"),
             ("list", "runtimeclasses.node.k8s.io", "yes"), ("get", "pods", "no"), ("create", "pods", "no"),
-            ("list", "secrets", "no"), ("list", "configmaps", "no"), ("patch", "deployments.apps", "no")):
+            ("list", "secrets", "no"), ("get", "secrets", "no"), ("list", "configmaps", "yes"),
+            ("watch", "nodes", "yes"), ("get", "configmaps", "no"), ("patch", "deployments.apps", "no")):
         answer = env.admin.run("auth", "can-i", verb, resource, "-A", *who)
         assert answer.stdout.strip() == expected, (verb, resource, answer.output)
     _, ready = env.webhook.get("/readyz")
     resources = ready["cache"]["resources"]
     assert all(resources[r]["synced"] and not resources[r]["absent"]
                for r in ("namespaces", "pods", "resourcequotas", "deployments", "replicasets", "statefulsets",
-                         "runtimeclasses")), resources
+                         "runtimeclasses", "nodes", "configmaps")), resources
     assert resources["resourceclaims"]["absent"]   # no resource.k8s.io in 1.20: synced without it
