@@ -2,6 +2,7 @@
 """The webhook's cluster cache at scale, against a real kube-apiserver (the e2e control plane).
 
     python tests/benchmarks/bench_cache.py [--sizes 10000,50000] [--namespaces 1000] [--requests 2000]
+                                           [--configmaps 1000] [--nodes 1000]
 
 Creates 1,000 namespaces, each with a vLLM Deployment (applied with kubectl, so it carries the
 last-applied copy) and four ReplicaSets of it, then Pods up to each size (spread evenly, a quarter
@@ -16,6 +17,13 @@ owner), and one GPU ResourceQuota per namespace. At each size it prints:
   ServiceAccount): time to /readyz, the worker's RSS, and admission latency (p50, p99, max) of a
   GPU Deployment CREATE whose quota look-ahead walks its namespace's pods: sequential on one
   keep-alive connection, then 8 connections at once.
+
+Before the pod rounds, ``--configmaps`` ConfigMaps (spread over the namespaces; each shaped like an
+app's config: 12 short settings, an 8 KiB config file and a 1.7 KiB CA certificate) and ``--nodes``
+Nodes (each with the labels a cloud node carries, a GPU taint on one in four, and a status with
+capacity, conditions and 50 images) are created, and the cache is measured with and without its
+ConfigMap and Node informers, whole and trimmed: the difference is what they cost. ``--sizes ""``
+measures that alone.
 
 Pods are created before the quotas each round (no kube-controller-manager runs: a quota without
 a computed status would refuse new pods), so the quotas are deleted and re-created between sizes.
@@ -128,6 +136,39 @@ def bench_workloads(ns: str) -> list[tuple[str, dict[str, Any]]]:
     return out
 
 
+def bench_configmap(ns: str, index: int) -> dict[str, Any]:
+    """An app's ConfigMap: settings, a config file, a CA bundle (what a Helm chart or kustomize makes)."""
+    data = {f"SETTING_{k:02d}": f"value-{k}-{index}" for k in range(12)}
+    data["config.yaml"] = "".join(f"option_{k}: {'x' * 40}\n" for k in range(170))          # ~8 KiB
+    data["ca.crt"] = "-----BEGIN CERTIFICATE-----\n" + ("A" * 64 + "\n") * 24 + "-----END CERTIFICATE-----\n"
+    return {"apiVersion": "v1", "kind": "ConfigMap",
+            "metadata": {"name": f"app-config-{index}", "namespace": ns, "labels": {"app": "llm"},
+                         "annotations": {"kubectl.kubernetes.io/last-applied-configuration": json.dumps(
+                             {"data": {k: v for k, v in data.items() if k.startswith("SETTING")}})}},
+            "data": data}
+
+
+def bench_node(index: int) -> dict[str, Any]:
+    """A node as a cloud provider registers it (labels, taints) with the status a kubelet reports."""
+    gpu = index % GPU_EVERY == 0
+    labels = {"kubernetes.io/hostname": f"node-{index}", "kubernetes.io/os": "linux", "kubernetes.io/arch": "amd64",
+              "node.kubernetes.io/instance-type": "g6.12xlarge" if gpu else "m7i.4xlarge",
+              "topology.kubernetes.io/region": "us-east-1",
+              "topology.kubernetes.io/zone": f"us-east-1{'abc'[index % 3]}",
+              **{f"example.com/pool-attr-{k}": f"v{k}" for k in range(18)}}
+    if gpu:
+        labels["nvidia.com/gpu.product"] = "NVIDIA-L4"
+    return {"apiVersion": "v1", "kind": "Node",
+            "metadata": {"name": f"node-{index:05d}", "labels": labels},
+            "spec": {"taints": [{"key": "nvidia.com/gpu", "value": "present", "effect": "NoSchedule"}] if gpu else [],
+                     "providerID": f"aws:///us-east-1a/i-{index:017x}"},
+            "status": {"capacity": {"cpu": "48", "memory": "192Gi", "pods": "110", **({"nvidia.com/gpu": "4"} if gpu
+                                                                                      else {})},
+                       "images": [{"names": [f"registry.example.com/image-{k}@sha256:" + "ab" * 32,
+                                             f"registry.example.com/image-{k}:v1"], "sizeBytes": 123456789}
+                                  for k in range(50)]}}
+
+
 def review_body(ns: str) -> bytes:
     container = {"name": "vllm", "image": "registry.example.com/vllm/vllm-openai@sha256:" + "4f" * 32,
                  "resources": {"requests": {"cpu": "4", "memory": "24Gi"},
@@ -197,6 +238,13 @@ class Filler:
                        bench_pod(namespace_name(i % namespaces), i)) for i in range(start, stop)])
         return (stop - start) / (time.perf_counter() - began)
 
+    def configmaps(self, n: int, namespaces: int) -> None:
+        self.create(*[(f"/api/v1/namespaces/{namespace_name(i % namespaces)}/configmaps",
+                       bench_configmap(namespace_name(i % namespaces), i)) for i in range(n)])
+
+    def nodes(self, n: int) -> None:
+        self.create(*[("/api/v1/nodes", bench_node(i)) for i in range(n)])
+
     def quotas(self, namespaces: int, *, create: bool) -> None:
         if create:
             self.create(*[(f"/api/v1/namespaces/{namespace_name(i)}/resourcequotas",
@@ -226,12 +274,29 @@ def raw_list_seconds(cp: ControlPlane) -> float:
 
 
 # ---- the cache alone, in a fresh process -------------------------------------------------------------
+def deep_size(obj: Any, seen: set[int]) -> int:
+    """Bytes an object graph holds (sys.getsizeof of every dict, list and string in it, each once: an
+    interned string shared by many objects counts once)."""
+    if id(obj) in seen:
+        return 0
+    seen.add(id(obj))
+    size = sys.getsizeof(obj)
+    if isinstance(obj, dict):
+        size += sum(deep_size(k, seen) + deep_size(v, seen) for k, v in obj.items())
+    elif isinstance(obj, list | tuple):
+        size += sum(deep_size(v, seen) for v in obj)
+    return size
+
+
 def measure_cache(kubeconfig: str, variant: str) -> dict[str, Any]:
-    """Runs in its own process (``--measure``): one ClusterCache, its sync time and memory."""
+    """Runs in its own process (``--measure``): one ClusterCache, its sync time and memory. A variant
+    ``<before|after>-without-<configmaps|nodes>`` leaves that informer out."""
     from webhook.cluster import CACHED, ClusterCache, api_client
 
+    left_out = variant.partition("-without-")[2]
+    kinds = tuple(c for c in CACHED if c.name != left_out)
     # before issue 18 objects were kept whole: the same kinds without trimming
-    cached = tuple(dataclasses.replace(c, trim=lambda o: o) for c in CACHED) if variant == "before" else CACHED
+    cached = tuple(dataclasses.replace(c, trim=lambda o: o) for c in kinds) if variant.startswith("before") else kinds
     gc.collect()
     rss0, _ = rss_kib()
     cache = ClusterCache(api_client(kubeconfig=kubeconfig), cached=cached)
@@ -243,9 +308,10 @@ def measure_cache(kubeconfig: str, variant: str) -> dict[str, Any]:
     gc.collect()
     rss1, hwm = rss_kib()
     objects = {i.name: sum(len(v) for v in i.store.values()) for i in cache.informers if not i.absent}
+    held = {i.name: round(deep_size(i.store, set()) / 2**20, 2) for i in cache.informers if not i.absent}
     cache.stop()
     return {"variant": variant, "sync_s": round(synced, 2), "cache_mib": round((rss1 - rss0) / 1024, 1),
-            "peak_rss_mib": round(hwm / 1024, 1), "objects": objects}
+            "peak_rss_mib": round(hwm / 1024, 1), "objects": objects, "held_mib": held}
 
 
 def cache_in_subprocess(kubeconfig: Path, variant: str) -> dict[str, Any]:
@@ -327,14 +393,18 @@ def main() -> int:
     parser.add_argument("--sizes", default="10000,50000")
     parser.add_argument("--namespaces", type=int, default=1000)
     parser.add_argument("--requests", type=int, default=2000)
-    parser.add_argument("--measure", choices=("before", "after"), help=argparse.SUPPRESS)
+    parser.add_argument("--configmaps", type=int, default=1000)
+    parser.add_argument("--nodes", type=int, default=1000)
+    parser.add_argument("--measure", choices=[f"{v}{w}" for v in ("before", "after")
+                                              for w in ("", "-without-configmaps", "-without-nodes")],
+                        help=argparse.SUPPRESS)
     parser.add_argument("--kubeconfig", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.measure:
         print(json.dumps(measure_cache(args.kubeconfig, args.measure)))
         return 0
 
-    sizes = [int(s) for s in args.sizes.split(",")]
+    sizes = [int(s) for s in args.sizes.split(",") if s.strip()]
     work = Path(tempfile.mkdtemp(prefix="bench-cache-"))
     cp = ControlPlane(workdir=work / "cluster", bin_dir=build_binaries(), controllers=False).start()
     try:
@@ -349,6 +419,23 @@ def main() -> int:
         filler.namespaces(args.namespaces)
         filler.workloads(args.namespaces)
         filler.quotas(args.namespaces, create=True)
+        if args.configmaps or args.nodes:
+            filler.configmaps(args.configmaps, args.namespaces)
+            filler.nodes(args.nodes)
+            print(f"{args.configmaps} ConfigMaps ({len(json.dumps(bench_configmap('x', 0)['data'])) / 1024:.1f} KiB "
+                  f"of data each) and {args.nodes} Nodes ({len(json.dumps(bench_node(1))) / 1024:.1f} KiB each as "
+                  "created):")
+            for variant in ("before", "after"):
+                full = cache_in_subprocess(cp.admin_kubeconfig, variant)
+                for kind, count in (("configmaps", args.configmaps), ("nodes", args.nodes)):
+                    without = cache_in_subprocess(cp.admin_kubeconfig, f"{variant}-without-{kind}")
+                    held = full["cache_mib"] - without["cache_mib"]
+                    kept = full["held_mib"].get(kind, 0.0)
+                    print(f"  cache {variant:6s}: {count} {kind}: the store holds {kept:6.2f} MiB "
+                          f"({kept * 1024 / max(1, count):.2f} KiB each, deep size); the process's RSS "
+                          f"{held:+.1f} MiB with them ({full['cache_mib']} against {without['cache_mib']} MiB: "
+                          f"includes the allocator's high water from parsing the list), sync {full['sync_s']} s "
+                          f"against {without['sync_s']} s")
         empty = webhook_figures(cp, work, args.namespaces, min(args.requests, 500))
         base = {v: cache_in_subprocess(cp.admin_kubeconfig, v) for v in ("before", "after")}
         print(f"kube-apiserver {cp.server}, {args.namespaces} namespaces, quotas and Deployments (each with 4 "
