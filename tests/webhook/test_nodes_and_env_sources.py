@@ -295,3 +295,17 @@ def test_a_configmap_with_more_keys_than_the_cache_keeps(server: WebhookServer, 
         {"configMapKeyRef": {"name": "huge", "key": "key-0000"}}))], "tolerations": [GPU_TOLERATION]})
     assert lines(server.admit("/validate", review(kept)), "gpu-isolation") == []
 
+
+
+def test_an_update_that_turns_the_annotation_into_a_device_list_is_denied(server: WebhookServer) -> None:
+    """A fieldRef is read from the object under review: an UPDATE that changes the pod's own annotation from
+    void to all (the container gets the new value when it restarts) is judged on the new value."""
+    sidecar = cpu("sidecar", env=visible({"fieldRef": {"fieldPath": "metadata.annotations['gpus']"}}))
+    spec = {"containers": [container(), sidecar], "tolerations": [GPU_TOLERATION]}
+    old = pod("llm", spec=spec, annotations={"gpus": "void"})
+    new = pod("llm", spec=spec, annotations={"gpus": "all"})
+    assert server.admit("/validate", review(old))["allowed"] is True
+    resp = server.admit("/validate", review(new, operation="UPDATE", old=old))
+    assert resp["allowed"] is False
+    assert "sets NVIDIA_VISIBLE_DEVICES=all (from the pod's own field metadata.annotations['gpus'])" in \
+        lines(resp, "gpu-isolation")[0]
