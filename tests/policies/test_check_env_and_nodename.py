@@ -92,3 +92,28 @@ def test_node_name_offline_warns_and_a_node_in_the_set_decides(tmp_path: Path) -
     code, found = check(tmp_path, [node, etl], "--policyset", str(STRICT))
     assert code == 1 and [(v["policy"], v["action"]) for v in found] == [("gpu-tolerations", "deny")]
     assert "bound to GPU node `gpu-a` (taint nvidia.com/gpu:NoSchedule)" in found[0]["message"]
+
+
+def test_a_pod_update_is_not_judged_on_its_node_even_without_only_new_violations() -> None:
+    """nodeName is immutable after a Pod's CREATE: an UPDATE never carries a new one, so it is not judged
+    (a PolicySet without onlyNewViolations would otherwise refuse every update of a pod the scheduler put on
+    an untainted GPU node). A Deployment's template is judged at every operation: its pods are new."""
+    from policies.context import ManifestFacts, RequestInfo
+    from policies.engine import evaluate_object
+    from policies.policyset import parse_policyset
+
+    ps = parse_policyset(yaml.safe_dump({"apiVersion": "mlguard.io/v1alpha1", "kind": "PolicySet",
+                                         "spec": {"policies": {"gpu-tolerations": {"action": "deny"}}}}))
+    node = {"apiVersion": "v1", "kind": "Node", "metadata": {"name": "gpu-a",
+                                                            "labels": {"nvidia.com/gpu.product": "NVIDIA-L4"}}}
+    spec = {"nodeName": "gpu-a", "containers": [{"name": "etl", "image": "etl:1"}]}
+    etl = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "etl", "namespace": "team-a"}, "spec": spec}
+    facts = ManifestFacts([node])
+    for operation, denied in (("CREATE", True), ("UPDATE", False)):
+        result = evaluate_object(etl, ps, point="admission", facts=facts, request=RequestInfo(operation=operation))
+        assert bool(result.violations) is denied, (operation, result.violations)
+    dep = deployment({}, nodeName="gpu-a")
+    dep["spec"]["template"]["spec"].pop("tolerations")
+    dep["spec"]["template"]["spec"]["containers"] = spec["containers"]
+    result = evaluate_object(dep, ps, point="admission", facts=facts, request=RequestInfo(operation="UPDATE"))
+    assert [v.path for v in result.violations] == ["spec.template.spec.nodeName"]

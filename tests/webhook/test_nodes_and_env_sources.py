@@ -309,3 +309,14 @@ def test_an_update_that_turns_the_annotation_into_a_device_list_is_denied(server
     assert resp["allowed"] is False
     assert "sets NVIDIA_VISIBLE_DEVICES=all (from the pod's own field metadata.annotations['gpus'])" in \
         lines(resp, "gpu-isolation")[0]
+
+
+def test_a_pod_update_is_not_judged_on_the_node_it_was_bound_to(server: WebhookServer) -> None:
+    """A Pod's nodeName is immutable after CREATE (the scheduler sets it through pods/binding): a CPU pod
+    the scheduler put on an untainted, labelled GPU node must stay updatable (labels, annotations)."""
+    scheduled = pod("etl", spec={"nodeName": "gpu-labelled", "containers": [cpu()]})
+    relabelled = pod("etl", spec={"nodeName": "gpu-labelled", "containers": [cpu()]}, labels={**COST, "v": "2"})
+    resp = server.admit("/validate", review(relabelled, operation="UPDATE", old=scheduled))
+    assert resp["allowed"] is True and lines(resp, "gpu-tolerations") == []
+    # the same pod at CREATE, bound by its author: denied
+    assert server.admit("/validate", review(relabelled))["allowed"] is False

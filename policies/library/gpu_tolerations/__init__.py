@@ -33,9 +33,9 @@ class GpuTolerations(Policy):
                    "with a configured GPU taint or the GPU node label) squats too: nodeName skips the scheduler and "
                    "the kubelet does not check NoSchedule taints. Whether the node is a GPU node is read from the "
                    "webhook's node cache, `mlguard check --cluster-facts` or Node objects in the checked set; where "
-                   "the node cannot be seen the nodeName is a warning. System workloads (device plugin, DCGM "
-                   "exporter, node exporters) are allowlisted by namespace (and labels within it): a label alone "
-                   "never exempts.")
+                   "the node cannot be seen the nodeName is a warning; a Pod's nodeName is judged at CREATE only "
+                   "(it cannot change after). System workloads (device plugin, DCGM exporter, node exporters) are "
+                   "allowlisted by namespace (and labels within it): a label alone never exempts.")
     params_schema = {
         "type": "object",
         "additionalProperties": False,
@@ -106,7 +106,11 @@ class GpuTolerations(Policy):
             if self._allowlisted(workload, labels, params):
                 continue
             unknown = workload.gpu_unknown(i, ctx.gpu)
-            yield from self._node_name(tpl, unknown, ctx)
+            if not (workload.resource.kind == "Pod" and ctx.request is not None and ctx.request.operation != "CREATE"):
+                # a Pod's nodeName cannot change after CREATE (the API server refuses it; the scheduler sets
+                # it through pods/binding): judged once, so an update to a pod the scheduler placed on an
+                # untainted GPU node is never refused for it
+                yield from self._node_name(tpl, unknown, ctx)
             if not tolerated:
                 continue
             taint_names = ", ".join(_taint_name(t) for t in tolerated)
