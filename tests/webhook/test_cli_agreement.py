@@ -55,14 +55,14 @@ def same_words(lines: list[str]) -> list[str]:
 # objects another object's verdict may depend on: in the manifest set offline, from the cluster at admission
 RESOLVED = ("workloadRef", "resourceClaim", "kind: ServingRuntime", "kind: ClusterServingRuntime",
             "kind: TrainingRuntime", "kind: ClusterTrainingRuntime", "kind: WorkflowTemplate",
-            "kind: ClusterWorkflowTemplate")
+            "kind: ClusterWorkflowTemplate", "kind: Node")
 
 
 def samples() -> list[Path]:
     """Every sample file (the per-kind ones under tests/kinds too), but those whose verdict needs other
     objects: a Rollout's workloadRef Deployment, a DRA ResourceClaim(Template), an InferenceService's
-    ServingRuntime, a TrainJob's runtime are in the manifest set offline and come from the cluster at admission
-    (facts, like quotas; the webhook's caches are tested on their own)."""
+    ServingRuntime, a TrainJob's runtime, the Node a nodeName names are in the manifest set offline and
+    come from the cluster at admission (facts, like quotas; the webhook's caches are tested on their own)."""
     files = [*LIBRARY.glob("*/tests/*.yaml"), *LIBRARY.glob("*/tests/kinds/*.yaml")]
     return sorted(p for p in files if p.name != "suite.yaml" and not any(r in p.read_text() for r in RESOLVED))
 
