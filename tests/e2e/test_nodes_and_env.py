@@ -92,7 +92,7 @@ def test_nvidia_visible_devices_all_from_a_configmap_is_denied(env: Env, ns: str
     result = env.alice.apply(with_sidecar("llm", ns, sidecar))
     assert not result.ok
     assert DENIED in result.stderr
-    assert ("gpu-isolation: spec.template.spec.containers[1].envFrom[0]: container `metrics` gets "
+    assert ("gpu-isolation: spec.template.spec.containers[1].envFrom[0]: container `metrics` of Deployment `llm` gets "
             "NVIDIA_VISIBLE_DEVICES=all from ConfigMap `gpu-env` (envFrom) without a GPU request") in result.stderr
     assert "runbooks/admission-denied.md#gpu-isolation" in result.stderr
 
@@ -118,8 +118,8 @@ def test_nvidia_visible_devices_from_a_secret_is_governed_by_unresolved_env(env:
     assert warned.ok, warned.output
     [warning] = [w for w in warned.warnings if w.startswith("gpu-isolation")]
     assert warning.startswith("gpu-isolation: spec.template.spec.containers[1].envFrom[0]: container `metrics` "
-                              "takes its environment from Secret `gpu-env` (envFrom), whose values the webhook "
-                              "never reads")
+                              "of Deployment `llm` takes its environment from Secret `gpu-env` (envFrom), whose "
+                              "values the webhook never reads")
 
     def strict(spec: dict[str, Any]) -> None:
         spec["policies"]["gpu-isolation"].setdefault("params", {})["unresolvedEnv"] = "deny"

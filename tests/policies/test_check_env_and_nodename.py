@@ -59,9 +59,9 @@ ENV_FROM_SECRET = {"envFrom": [{"secretRef": {"name": "metrics-env"}}]}
 @pytest.mark.parametrize(("catalog", "objects", "exit_code", "action", "says"), [
     # the ConfigMap is in the checked set: read, denied in both catalogs
     ([], [CONFIGMAP, QUOTA, deployment(ENV_FROM_CM)], 1, "deny",
-     "container `metrics` gets NVIDIA_VISIBLE_DEVICES=all from ConfigMap `metrics-env` (envFrom)"),
+     "container `metrics` of Deployment `llm` gets NVIDIA_VISIBLE_DEVICES=all from ConfigMap `metrics-env` (envFrom)"),
     (["--policyset", str(STRICT)], [CONFIGMAP, QUOTA, deployment(ENV_FROM_CM)], 1, "deny",
-     "container `metrics` gets NVIDIA_VISIBLE_DEVICES=all from ConfigMap `metrics-env` (envFrom)"),
+     "container `metrics` of Deployment `llm` gets NVIDIA_VISIBLE_DEVICES=all from ConfigMap `metrics-env` (envFrom)"),
     # not in the checked set: unresolved, unresolvedEnv decides (baseline warn, strict deny)
     ([], [QUOTA, deployment(ENV_FROM_CM)], 0, "warn",
      "ConfigMap `metrics-env` (envFrom), which is not in the checked set"),

@@ -115,7 +115,7 @@ def test_a_cpu_pod_bound_to_a_gpu_node_is_denied(server: WebhookServer, node: st
     resp = server.admit("/validate", review(pod("etl", spec={"nodeName": node, "containers": [cpu()]})))
     assert resp["allowed"] is False and resp["status"]["code"] == 403
     assert lines(resp, "gpu-tolerations") == [
-        f"gpu-tolerations: spec.nodeName: pod uses no GPU but is bound to GPU node `{node}` ({marks}) by "
+        f"gpu-tolerations: spec.nodeName: Pod `etl` uses no GPU but is bound to GPU node `{node}` ({marks}) by "
         "spec.nodeName; spec.nodeName skips the scheduler and the kubelet does not check NoSchedule taints, so the "
         "GPU taint does not keep it off: it would squat on the GPU node: remove spec.nodeName (let the scheduler "
         "place it, or pin it to a CPU node with a nodeSelector), or request a GPU if it needs one "
@@ -127,7 +127,8 @@ def test_a_deployment_template_bound_to_a_gpu_node_is_denied(server: WebhookServ
     resp = server.admit("/validate", review(dep))
     assert resp["allowed"] is False
     [line] = lines(resp, "gpu-tolerations")
-    assert line.startswith("gpu-tolerations: spec.template.spec.nodeName: pod uses no GPU but is bound to GPU node "
+    assert line.startswith("gpu-tolerations: spec.template.spec.nodeName: Deployment `etl` uses no GPU but is bound to "
+                           "GPU node "
                            "`gpu-tainted`")
 
 
@@ -161,12 +162,13 @@ def visible(value_from: dict[str, Any]) -> list[dict[str, Any]]:
 
 @pytest.mark.parametrize(("extra", "path", "says"), [
     ({"envFrom": [{"configMapRef": {"name": "devices"}}]}, "spec.containers[1].envFrom[0]",
-     "container `sidecar` gets NVIDIA_VISIBLE_DEVICES=all from ConfigMap `devices` (envFrom)"),
+     "container `sidecar` of Pod `llm` gets NVIDIA_VISIBLE_DEVICES=all from ConfigMap `devices` (envFrom)"),
     ({"env": visible({"configMapKeyRef": {"name": "devices", "key": "pair"}})}, "spec.containers[1].env[0].valueFrom",
-     "container `sidecar` sets NVIDIA_VISIBLE_DEVICES=0,1 (from ConfigMap `devices` key `pair`)"),
+     "container `sidecar` of Pod `llm` sets NVIDIA_VISIBLE_DEVICES=0,1 (from ConfigMap `devices` key `pair`)"),
     ({"env": visible({"fieldRef": {"fieldPath": "metadata.annotations['gpus']"}})},
      "spec.containers[1].env[0].valueFrom",
-     "container `sidecar` sets NVIDIA_VISIBLE_DEVICES=all (from the pod's own field metadata.annotations['gpus'])"),
+     "container `sidecar` of Pod `llm` sets NVIDIA_VISIBLE_DEVICES=all (from the pod's own field "
+     "metadata.annotations['gpus'])"),
 ])
 def test_device_lists_from_elsewhere_are_denied(server: WebhookServer, extra: dict, path: str, says: str) -> None:
     """A CPU sidecar next to a GPU server, its device list from a ConfigMap or the pod's own annotation."""
@@ -222,7 +224,7 @@ def test_a_secret_is_governed_by_unresolved_env(server: WebhookServer, namespace
     resp = server.admit("/validate", review(obj))
     [line] = lines(resp, "gpu-isolation")
     index = 1 if gpu_server else 0
-    assert (f"gpu-isolation: spec.containers[{index}].env[0].valueFrom: container `agent` takes "
+    assert (f"gpu-isolation: spec.containers[{index}].env[0].valueFrom: container `agent` of Pod `agent` takes "
             "NVIDIA_VISIBLE_DEVICES from Secret `gpu-list` key `devices`, whose values the webhook never "
             "reads;") in line
     # a warning the API server forwards is clipped to 256 characters (the policy tests read the whole text)

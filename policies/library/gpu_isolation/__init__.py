@@ -282,6 +282,8 @@ class GpuIsolation(Policy):
         reachable = (uses_gpu or bool(tolerated) or selected_node_classes(tpl.spec, ctx.gpu.node_label) is not None
                      or (bound is not None and bound[1] != []))
         unseen = _Unseen(reachable=reachable, setting=str(params["unresolvedEnv"]))
+        named = tpl.resource or workload.resource   # a Rollout's workloadRef template belongs to the Deployment
+        owner = f"{named.kind} `{named.name}`" + (f" ({tpl.role or tpl.name})" if len(workload.templates) > 1 else "")
         gpu_claims = workload.claim_states.get(i, {})
         yield from self._host_paths(tpl, params)
         injected = {ref.path: devices for ref, devices in self._injected(tpl, params)}
@@ -293,7 +295,7 @@ class GpuIsolation(Policy):
             if has_gpu is False or (has_gpu and params["gpuContainers"]):
                 voice = _Voice(gpu=bool(has_gpu))
                 for env_name in params["envNames"]:
-                    yield from self._env(ref, env_name, source, tpl, unseen=unseen, voice=voice)
+                    yield from self._env(ref, env_name, source, tpl, unseen=unseen, voice=voice, owner=owner)
             if uses_gpu or tolerated:
                 yield from self._privileged(ref, uses_gpu=uses_gpu, tolerated=[t["key"] for t in tolerated],
                                             wildcard=_wildcard(tpl.spec.get("tolerations")))
@@ -346,14 +348,16 @@ class GpuIsolation(Policy):
 
     # -- environment -----------------------------------------------------------------------------
     def _env(self, ref: ContainerRef, env_name: str, source: _Source, tpl: PodTemplate, *, unseen: _Unseen,
-             voice: _Voice) -> Iterator[Finding]:
+             voice: _Voice, owner: str) -> Iterator[Finding]:
+        who = f"container `{ref.name}` of {owner}"
         env = ref.container.get("env") or []
         last: tuple[int, Mapping[str, Any]] | None = None
         for j, item in enumerate(env if isinstance(env, list) else []):
             if isinstance(item, Mapping) and item.get("name") == env_name:
                 last = (j, item)  # the last definition wins
         if last is not None:
-            yield from self._env_entry(ref, env_name, last[0], last[1], source, tpl, unseen=unseen, voice=voice)
+            yield from self._env_entry(ref, env_name, last[0], last[1], source, tpl, unseen=unseen, voice=voice,
+                                       owner=owner)
             return  # an explicit env entry overrides whatever envFrom brings
         env_from = ref.container.get("envFrom") or []
         for j, item in reversed(list(enumerate(env_from if isinstance(env_from, list) else []))):
@@ -372,20 +376,21 @@ class GpuIsolation(Policy):
                 obj = source.object(kind, name)
                 known, value = source.lookup(kind, obj, key) if obj is not None else (False, None)
                 if not known:
-                    yield unseen.finding(path, f"container `{ref.name}` takes its environment from {kind} `{name}` "
+                    yield unseen.finding(path, f"{who} takes its environment from {kind} `{name}` "
                                          f"(envFrom), {_why_unseen(kind, obj, source)}; if it holds {key} the "
                                          f"container gets {env_name} from it and {voice.reaches}: "
                                          f"{_fix_from(kind, key, voice, env_name)}")
                     return
                 if value is not None:
                     if exposes_devices(value):
-                        yield Finding(path, f"container `{ref.name}` gets {env_name}={shown(kind, value)} from "
+                        yield Finding(path, f"{who} gets {env_name}={shown(kind, value)} from "
                                       f"{kind} `{name}` (envFrom) {voice.why}; remove the key from the {kind}, or "
                                       f"{voice.override(env_name)}")
                     return  # the last source that defines the key wins
 
     def _env_entry(self, ref: ContainerRef, env_name: str, j: int, item: Mapping[str, Any], source: _Source,
-                   tpl: PodTemplate, *, unseen: _Unseen, voice: _Voice) -> Iterator[Finding]:
+                   tpl: PodTemplate, *, unseen: _Unseen, voice: _Voice, owner: str) -> Iterator[Finding]:
+        who = f"container `{ref.name}` of {owner}"
         base = join(join(ref.path, "env"), j)
         value_from = item.get("valueFrom")
         if not isinstance(value_from, Mapping):
@@ -405,11 +410,11 @@ class GpuIsolation(Policy):
             key = str(target.get("key", ""))
             known, value = source.lookup(kind, obj, key) if obj is not None else (False, None)
             if not known:
-                yield unseen.finding(path, f"container `{ref.name}` takes {env_name} from {kind} `{name}` key "
+                yield unseen.finding(path, f"{who} takes {env_name} from {kind} `{name}` key "
                                      f"`{key}`, {_why_unseen(kind, obj, source)}; if it lists devices the container "
                                      f"{voice.reaches}: {voice.unseen_fix}")
             elif value is not None and exposes_devices(value):
-                yield Finding(path, f"container `{ref.name}` sets {env_name}={shown(kind, value)} (from {kind} "
+                yield Finding(path, f"{who} sets {env_name}={shown(kind, value)} (from {kind} "
                               f"`{name}` key `{key}`) {voice.why}; {voice.fix}")
             return
         field_ref = value_from.get("fieldRef")
@@ -417,20 +422,20 @@ class GpuIsolation(Policy):
             field_path = str(field_ref.get("fieldPath", ""))
             value = field_value(tpl, source.namespace, field_path)
             if value is None:
-                yield unseen.finding(path, f"container `{ref.name}` sets {env_name} from field {field_path}, "
+                yield unseen.finding(path, f"{who} sets {env_name} from field {field_path}, "
                                      f"which only the running pod knows; if it lists devices the container "
                                      f"{voice.reaches}: {voice.unseen_fix}")
             elif exposes_devices(value):
-                yield Finding(path, f"container `{ref.name}` sets {env_name}={value} (from the pod's own field "
+                yield Finding(path, f"{who} sets {env_name}={value} (from the pod's own field "
                               f"{field_path}) {voice.why}; {voice.fix}")
             return
         resource_ref = value_from.get("resourceFieldRef")
         if isinstance(resource_ref, Mapping):
-            yield Finding(path, f"container `{ref.name}` sets {env_name} from resourceFieldRef "
+            yield Finding(path, f"{who} sets {env_name} from resourceFieldRef "
                           f"{resource_ref.get('resource')}: a number, which the NVIDIA toolkit reads as a GPU "
                           f"index, {voice.why}; {voice.fix}")
             return
-        yield unseen.finding(path, f"container `{ref.name}` sets {env_name} from a valueFrom mlguard does not know, "
+        yield unseen.finding(path, f"{who} sets {env_name} from a valueFrom mlguard does not know, "
                              f"which cannot be seen here; if it lists devices the container {voice.reaches}: "
                              f"{voice.unseen_fix}")
 

@@ -110,7 +110,7 @@ class GpuTolerations(Policy):
                 # a Pod's nodeName cannot change after CREATE (the API server refuses it; the scheduler sets
                 # it through pods/binding): judged once, so an update to a pod the scheduler placed on an
                 # untainted GPU node is never refused for it
-                yield from self._node_name(tpl, unknown, ctx)
+                yield from self._node_name(workload, tpl, unknown, ctx)
             if not tolerated:
                 continue
             taint_names = ", ".join(_taint_name(t) for t in tolerated)
@@ -128,11 +128,14 @@ class GpuTolerations(Policy):
             yield pod_field_finding(tpl, path, f"{self._who(tpl)} uses no GPU but {why} {taint_names}; it would "
                                     "squat on GPU nodes: remove the toleration, or request a GPU if it needs one")
 
-    def _node_name(self, tpl: PodTemplate, unknown: str | None, ctx: EvalContext) -> Iterator[Finding]:
+    def _node_name(self, workload: Workload, tpl: PodTemplate, unknown: str | None,
+                   ctx: EvalContext) -> Iterator[Finding]:
         """A pod that uses no GPU bound to a node by spec.nodeName: a squatter when that node is a GPU node."""
         bound = bound_node(tpl.spec, ctx.facts, ctx.gpu)
         if bound is None:
             return
+        named = tpl.resource or workload.resource
+        who = f"{named.kind} `{named.name}`" + (f" ({tpl.role or tpl.name})" if len(workload.templates) > 1 else "")
         node, marks = bound
         path = tpl.at("nodeName")
         bypass = ("spec.nodeName skips the scheduler and the kubelet does not check NoSchedule taints, so the GPU "
@@ -142,18 +145,18 @@ class GpuTolerations(Policy):
         if marks is None:
             where = ("the webhook's node cache does not hold that node" if ctx.point == "admission" else
                      "no Node of that name in the checked set or in --cluster-facts")
-            yield Finding(path, f"{self._who(tpl)} uses no GPU and is bound to node `{node}` by spec.nodeName; "
+            yield Finding(path, f"{who} uses no GPU and is bound to node `{node}` by spec.nodeName; "
                           f"whether that is a GPU node cannot be seen here ({where}); {bypass}: if it is one the pod "
                           f"squats on it: {fix}", resource=tpl.resource, action="warn")
             return
         if not marks:
             return
         if unknown is not None:
-            yield Finding(path, f"{self._who(tpl)} is bound to GPU node `{node}` ({', '.join(marks)}) by "
+            yield Finding(path, f"{who} is bound to GPU node `{node}` ({', '.join(marks)}) by "
                           f"spec.nodeName and {unknown}, so whether it uses a GPU is unknown; {bypass}: if it gets "
                           f"no GPU it squats on the node", resource=tpl.resource, action="warn")
             return
-        yield pod_field_finding(tpl, path, f"{self._who(tpl)} uses no GPU but is bound to GPU node `{node}` "
+        yield pod_field_finding(tpl, path, f"{who} uses no GPU but is bound to GPU node `{node}` "
                                 f"({', '.join(marks)}) by spec.nodeName; {bypass}: it would squat on the GPU node: "
                                 f"{fix}")
 
