@@ -103,8 +103,9 @@ class Informer:
 
     def __init__(self, *, name: str, kind: str, api_version: str, list_fn: Callable[..., Any],
                  args: tuple[Any, ...] = (), optional: bool = False, watch_timeout: int = 300,
-                 backoff: float = 1.0, trim: Trim | None = None) -> None:
+                 backoff: float = 1.0, trim: Trim | None = None, page: int = 500) -> None:
         self.name = name
+        self.page = page
         self.trim = trim
         self.kind = kind
         self.api_version = api_version
@@ -153,11 +154,12 @@ class Informer:
 
     # ---- list + watch -------------------------------------------------------------------------
     def _list(self) -> None:
-        """List in pages of 500, trimming each page as it arrives: the raw list is never held whole."""
+        """List in pages (500 objects; fewer for kinds whose objects may be large), trimming each page as it
+        arrives: the raw list is never held whole."""
         store: dict[str, dict[str, Obj]] = {}
         token: str | None = None
         while True:
-            kwargs: dict[str, Any] = {"limit": 500, "_preload_content": False, "_request_timeout": (5, 60)}
+            kwargs: dict[str, Any] = {"limit": self.page, "_preload_content": False, "_request_timeout": (5, 60)}
             if token:
                 kwargs["_continue"] = token
             resp = self.list_fn(*self.args, **kwargs)
@@ -466,6 +468,7 @@ class Cached:
     trim: Trim
     optional: bool = False
     args: tuple[str, ...] = ()   # the group, version and plural of a custom resource (list_cluster_custom_object)
+    page: int = 500   # objects a list page asks for: what one page may hold in memory before it is trimmed
 
 
 CACHED: tuple[Cached, ...] = (
@@ -485,10 +488,12 @@ CACHED: tuple[Cached, ...] = (
            lambda api: client.CustomObjectsApi(api).list_cluster_custom_object, trim_scaledobject, optional=True,
            args=("keda.sh", "v1alpha1", "scaledobjects")),
     # optional: a webhook whose RBAC predates them keeps serving; a nodeName is then a warning and a value
-    # from a ConfigMap unresolved (the informer reports itself absent in /readyz and the log)
-    Cached("nodes", "Node", "v1", lambda api: client.CoreV1Api(api).list_node, trim_node, optional=True),
+    # from a ConfigMap unresolved (the informer reports itself absent in /readyz and the log). Smaller pages:
+    # a Node's status (images) runs to tens of KiB, and a ConfigMap may hold up to 1 MiB, so a page of 100
+    # is at most ~100 MiB of JSON in the worst case (a few MiB in practice) before it is trimmed.
+    Cached("nodes", "Node", "v1", lambda api: client.CoreV1Api(api).list_node, trim_node, optional=True, page=100),
     Cached("configmaps", "ConfigMap", "v1", lambda api: client.CoreV1Api(api).list_config_map_for_all_namespaces,
-           trim_configmap, optional=True),
+           trim_configmap, optional=True, page=100),
 )
 # The kinds `resolve_object` answers from the cache (kind -> informer). Secrets are never cached.
 RESOLVABLE = {"Deployment": "deployments", "ReplicaSet": "replicasets", "StatefulSet": "statefulsets",
@@ -514,7 +519,7 @@ class ClusterCache:
         self._watch_timeout, self._backoff = watch_timeout, backoff
         self.by_name: dict[str, Informer] = {
             c.name: self._informer(c.name, c.kind, c.api_version, c.lister(api), args=c.args, optional=c.optional,
-                                   trim=c.trim)
+                                   trim=c.trim, page=c.page)
             for c in cached}
         self.by_name["resourceclaims"] = self._dra("resourceclaims", "ResourceClaim")
         self.by_name["resourceclaimtemplates"] = self._dra("resourceclaimtemplates", "ResourceClaimTemplate")
@@ -535,9 +540,10 @@ class ClusterCache:
         _ = self.synced  # reading the property sets the gauge
 
     def _informer(self, name: str, kind: str, api_version: str, list_fn: Callable[..., Any], *,
-                  args: tuple[Any, ...] = (), optional: bool = False, trim: Trim | None = None) -> Informer:
+                  args: tuple[Any, ...] = (), optional: bool = False, trim: Trim | None = None,
+                  page: int = 500) -> Informer:
         return Informer(name=name, kind=kind, api_version=api_version, list_fn=list_fn, args=args, optional=optional,
-                        watch_timeout=self._watch_timeout, backoff=self._backoff, trim=trim)
+                        watch_timeout=self._watch_timeout, backoff=self._backoff, trim=trim, page=page)
 
     def _dra(self, plural: str, kind: str) -> Informer:
         version = DRA_VERSIONS[0]

@@ -275,6 +275,10 @@ def test_the_cache_keeps_configmaps_and_nodes_trimmed(api: FakeApi, tmp_path: Pa
             "labels": {"nvidia.com/gpu.product": "NVIDIA-L4"}}, "spec": {"taints": [
                 {"key": "nvidia.com/gpu", "value": "present", "effect": "NoSchedule"}]}}
         assert cache.node("nowhere") is None
+        # large kinds are listed in pages of 100 (a ConfigMap may hold 1 MiB): a page is bounded before trimming
+        assert {q.get("limit") for q in api.list_requests("configmaps")} == {"100"}
+        assert {q.get("limit") for q in api.list_requests("nodes")} == {"100"}
+        assert {q.get("limit") for q in api.list_requests("pods")} == {"500"}
     finally:
         cache.stop()
 
