@@ -17,7 +17,9 @@ keda.sh ScaledObjects (gpu-scale-to-zero: does a ScaledObject take this workload
 name, namespace, pause annotations, scaleTargetRef, minReplicaCount and idleReplicaCount). Where KEDA's
 CRD is not installed that informer is absent and ``scaled_objects`` answers None: the policy then warns
 that it could not see them. Secrets are never read: RBAC cannot grant a Secret's key names without
-its values.
+its values (a metadata-only list, PartialObjectMetadataList, shows key names only inside managedFields,
+needs the same ``list secrets`` grant, and managedFields are the writer's to clear, so they prove
+nothing; checked against the e2e kube-apiserver 1.20).
 
 Each object is trimmed as it arrives (`Cached.trim`): metadata without managedFields and without
 the kubectl last-applied annotation (a second copy of the object); a Pod keeps only what GPU

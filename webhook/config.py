@@ -54,7 +54,8 @@ class WebhookConfig:
     """Everything the app factory needs.
 
     ``cluster_cache``: use the kubernetes client (in-cluster config, or ``kubeconfig`` when set) to
-    keep list+watch caches of namespaces, pods, quotas and DRA claims. Off: no cluster facts, or
+    keep list+watch caches of what policies read (webhook/cluster.py CACHED: namespaces, pods, quotas,
+    workloads, nodes, ConfigMaps, DRA claims; never Secrets). Off: no cluster facts, or
     static ones from ``facts_file`` (Namespaces, ResourceQuotas, ResourceClaims as YAML; for a local
     run without a cluster, e.g. scripts/demo.py).
     """
