@@ -20,6 +20,7 @@ from webhook.policystore import PolicyStore
 
 EXTENSION = "mlguard"
 RUNTIMECLASS_RUNBOOK = "runbooks/runtimeclass-missing.md"
+CACHE_ABSENT_RUNBOOK = "runbooks/admission-denied.md#gpu-tolerations"
 log = get_logger("state")
 
 
@@ -68,8 +69,8 @@ class WebhookState:
 
     def warnings(self) -> list[str]:
         """What will go wrong although the webhook works (the /readyz detail; logged when it changes)."""
-        found = [w for w in (self._runtime_class_warning(),) if w]
-        current = found[0] if found else None
+        current = self._runtime_class_warning()
+        found = [w for w in (current, self._absent_warning()) if w]
         metrics.RUNTIMECLASS_MISSING.set(1 if current else 0)
         if current != self._warned:
             if current:
@@ -79,6 +80,21 @@ class WebhookState:
                          extra={"event": "runtimeclass_found"})
             self._warned = current
         return found
+
+    def _absent_warning(self) -> str | None:
+        """The cache may not list Nodes or ConfigMaps (a ClusterRole older than the webhook): admission then
+        only warns about a pod's nodeName and cannot read a device list from a ConfigMap. (The informer logs
+        it once when the API refuses the list.)"""
+        if self.cache is None:
+            return None
+        absent = [n for n in ("nodes", "configmaps") if (i := self.cache.by_name.get(n)) is not None and i.absent]
+        if not absent:
+            return None
+        what = {"nodes": "a pod's spec.nodeName is only a warning (gpu-tolerations)",
+                "configmaps": "NVIDIA_VISIBLE_DEVICES from a ConfigMap is unresolved (gpu-isolation's unresolvedEnv)"}
+        return (f"the cluster cache may not list {' and '.join(absent)}, so {'; '.join(what[n] for n in absent)}: "
+                "grant list and watch on them (kustomize/base/webhook/rbac.yaml) "
+                f"({CACHE_ABSENT_RUNBOOK})")
 
     def _runtime_class_warning(self) -> str | None:
         """``mutations.runtimeClassName`` names a RuntimeClass the cluster lacks: the API server's

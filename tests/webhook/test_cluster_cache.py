@@ -298,3 +298,27 @@ def test_replicasets_keep_a_template_only_when_no_deployment_holds_it(api: FakeA
 
 def test_the_pod_annotations_kept_are_the_ones_admission_reads() -> None:
     assert POD_ANNOTATIONS == (LWS_SIZE_ANNOTATION,)
+
+
+def test_readyz_warns_when_rbac_does_not_grant_nodes_or_configmaps(tmp_path: Path) -> None:
+    """A ClusterRole older than the webhook: the API refuses to list nodes and configmaps (403). The cache
+    syncs without them (the webhook keeps serving), reports them absent, and /readyz says what that costs."""
+    fake = FakeApi()
+    fake.forbidden = {"nodes", "configmaps"}
+    fake.start()
+    app = create_app({"POLICYSET": str(TEST_POLICYSET), "CLUSTER_CACHE": "true",
+                      "KUBECONFIG": kubeconfig_for(fake, tmp_path)})
+    state = app.extensions["mlguard"]
+    try:
+        client = app.test_client()
+        assert eventually(lambda: client.get("/readyz").status_code == 200, timeout=10)
+        detail = client.get("/readyz").get_json()
+        assert detail["cache"]["resources"]["nodes"]["absent"] and detail["cache"]["resources"]["configmaps"]["absent"]
+        [warning] = [w for w in detail["warnings"] if "may not list" in w]
+        assert warning.startswith("the cluster cache may not list nodes and configmaps, so a pod's spec.nodeName is "
+                                  "only a warning (gpu-tolerations); NVIDIA_VISIBLE_DEVICES from a ConfigMap is "
+                                  "unresolved")
+        assert "kustomize/base/webhook/rbac.yaml" in warning and "runbooks/admission-denied.md" in warning
+    finally:
+        state.stop()
+        fake.stop()

@@ -64,6 +64,7 @@ class FakeApi:
         self.cond = threading.Condition()
         self.requests: list[tuple[str, dict[str, str]]] = []
         self.fail_lists: set[str] = set()
+        self.forbidden: set[str] = set()   # plurals answered 403 (RBAC that does not grant them)
         self._drop_epoch = 0
         self.server: http.server.ThreadingHTTPServer | None = None
         self.thread: threading.Thread | None = None
@@ -151,6 +152,10 @@ class FakeApi:
                     self._status(404, "NotFound", "the server could not find the requested resource")
                     return
                 list_kind, api_version, plural = found
+                if plural in api.forbidden:
+                    self._status(403, "Forbidden", f'{plural} is forbidden: User "system:serviceaccount:'
+                                 f'mlguard-system:mlguard-webhook" cannot list resource "{plural}"')
+                    return
                 if query.get("watch") == "true":
                     self._watch(plural, query)
                     return
