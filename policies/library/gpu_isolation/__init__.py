@@ -158,8 +158,10 @@ def _has_key(obj: Mapping[str, Any], sections: tuple[str, ...], key: str) -> boo
     return any(isinstance(obj.get(s), Mapping) and key in obj[s] for s in sections)
 
 
-# fieldRef paths the API server allows in env whose value is known from the object under review
-# (k8s.io/kubernetes pkg/apis/core/validation: validEnvDownwardAPIFieldPathExpressions)
+# An env fieldRef may name metadata.name/namespace/uid, spec.nodeName/serviceAccountName, status.hostIP/podIP(s)
+# (kubernetes pkg/apis/core/validation/validation.go, validEnvDownwardAPIFieldPathExpressions, as read), or a
+# subscripted metadata.labels['k'] / metadata.annotations['k'] (fieldpath.SplitMaybeSubscriptedPath: the path
+# ends in "']" and splits at the first "['"). `field_value` answers those the object under review decides.
 FIELD_SUBSCRIPT = re.compile(r"^metadata\.(labels|annotations)\['(.*)'\]$")
 
 
