@@ -332,7 +332,10 @@ def gpu_tolerations(params: Mapping[str, Any], gpu: GpuConfig, runbook: str, *,
     variables = _shared(gpu) + [{"name": "tolerationProblems",
                                  "expression": f"variables.tpls.map(tp, {_uses_gpu(t)} ? ({gpu_pod}) : ({squat}))"
                                                ".filter(p, size(p) > 0)"}]
-    return Form("gpu-tolerations", variables, [_first("variables.tolerationProblems", "gpu-tolerations", runbook)])
+    return Form("gpu-tolerations", variables, [_first("variables.tolerationProblems", "gpu-tolerations", runbook)],
+                leaves_out=["a pod that uses no GPU bound by spec.nodeName to a GPU node is judged by the webhook "
+                            "only (whether the node is a GPU node is read from its node cache)"],
+                covers=lambda path: path.endswith(".tolerations"))
 
 
 OBJ_LABELS = "object.metadata.?labels.orValue({})"
@@ -406,8 +409,8 @@ def gpu_isolation(params: Mapping[str, Any], gpu: GpuConfig, runbook: str) -> Fo
     return Form("gpu-isolation", variables, [_first("variables.hostPathProblems", "gpu-isolation", runbook),
                                              _first("variables.envProblems", "gpu-isolation", runbook)],
                 leaves_out=["only NVIDIA_VISIBLE_DEVICES set literally and hostPath device nodes are exported; values "
-                            "from ConfigMaps/Secrets, device-list mounts and privileged containers next to GPUs stay "
-                            "with the webhook"],
+                            "from ConfigMaps/Secrets/fieldRefs/resourceFieldRefs (and unresolvedEnv), device-list "
+                            "mounts and privileged containers next to GPUs stay with the webhook"],
                 covers=lambda path: path.endswith(".hostPath.path") or bool(re.search(r"\.env\[\d+\]\.value$", path)))
 
 
