@@ -75,6 +75,7 @@ class CheckResult:
     inputs: list[InputNote] = field(default_factory=list)    # skipped input, conflicts
     errors: list[ManifestError] = field(default_factory=list)
     root: Path = field(default_factory=Path.cwd)
+    command: str = "mlguard check"  # how the summary line names the run (`mlguard audit` reuses the renderers)
 
     @property
     def objects(self) -> int:

@@ -89,6 +89,83 @@ def bound_node(spec: Mapping[str, Any], facts: ClusterFacts, gpu: GpuConfig) -> 
 
 
 @dataclass(frozen=True)
+class GpuIdleness:
+    """How busy a running workload's GPUs have been (from DCGM exporter and kube-state-metrics, measured by
+    the caller; policies only read it). ``idle_for_seconds``: every pod holding GPUs now has stayed below
+    ``threshold_percent`` at least this long (0: some pod is busy). ``utilisation_percent`` is the mean over
+    the window, None when no utilisation was measured for its pods (a MIG slice, no DCGM pod mapping)."""
+
+    gpus: float
+    idle_for_seconds: int
+    utilisation_percent: float | None
+    idle_gpu_hours: float | None
+    gpu_hours: float
+    window_seconds: int
+    threshold_percent: float
+    pods: tuple[str, ...] = ()
+
+
+@runtime_checkable
+class UtilisationKnowledge(Protocol):
+    """Facts that know how busy running workloads' GPUs are (the audit's, fed from Prometheus)."""
+
+    def gpu_utilisation_unknown(self) -> str | None:
+        """Why GPU utilisation is not known at all (no Prometheus given, unreachable, no data); None when known."""
+
+    def gpu_idleness(self, resource: Resource) -> GpuIdleness | None:
+        """The workload's GPU idleness; None when none of its pods holds a GPU now."""
+
+
+@dataclass
+class StaticUtilisation:
+    """`UtilisationKnowledge` from plain data: the audit's measurements, or a test case's."""
+
+    by_resource: Mapping[Resource, GpuIdleness] = field(default_factory=dict)
+    unknown: str | None = None
+
+    def gpu_utilisation_unknown(self) -> str | None:
+        return self.unknown
+
+    def gpu_idleness(self, resource: Resource) -> GpuIdleness | None:
+        return self.by_resource.get(resource)
+
+
+class WithUtilisation:
+    """Other cluster facts plus `UtilisationKnowledge` (every other question goes to ``facts``)."""
+
+    def __init__(self, facts: ClusterFacts, utilisation: StaticUtilisation) -> None:
+        self._facts = facts
+        self._utilisation = utilisation
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._facts, name)
+
+    def namespace_labels(self, namespace: str) -> Mapping[str, str] | None:
+        return self._facts.namespace_labels(namespace)
+
+    def quotas(self, namespace: str) -> list[Mapping[str, Any]]:
+        return self._facts.quotas(namespace)
+
+    def gpu_usage(self, namespace: str, *, exclude: Resource, gpu: GpuConfig) -> dict[str, Decimal]:
+        return self._facts.gpu_usage(namespace, exclude=exclude, gpu=gpu)
+
+    def resolve_claim(self, namespace: str, name: str, is_template: bool) -> Mapping[str, Any] | None:
+        return self._facts.resolve_claim(namespace, name, is_template)
+
+    def resolve_object(self, namespace: str, kind: str, name: str) -> Mapping[str, Any] | None:
+        return self._facts.resolve_object(namespace, kind, name)
+
+    def referenced_by_rollout(self, namespace: str, kind: str, name: str) -> bool:
+        return self._facts.referenced_by_rollout(namespace, kind, name)
+
+    def gpu_utilisation_unknown(self) -> str | None:
+        return self._utilisation.gpu_utilisation_unknown()
+
+    def gpu_idleness(self, resource: Resource) -> GpuIdleness | None:
+        return self._utilisation.gpu_idleness(resource)
+
+
+@dataclass(frozen=True)
 class RequestInfo:
     """Who asks for what, at admission. Absent in CI."""
 

@@ -31,6 +31,7 @@ class Evaluated:
     exempt_reason: str | None
     only_new: frozenset[str]
     errors: list[str]
+    checked: tuple[str, ...] = ()  # the policies that judged the object (their action was not off)
 
 
 def _subject_key(subject: Subject) -> tuple[Any, ...] | None:
@@ -80,6 +81,7 @@ def evaluate_object(obj: Mapping[str, Any], policyset: PolicySet, *, point: Enfo
     notes: list[Note] = []
     errors: list[str] = []
     only_new: set[str] = set()
+    checked: list[str] = []
     registry = all_policies()
     # a Rollout with workloadRef is checked through its Deployment: findings name the Deployment
     owner = next((t.resource for t in workload.templates if t.resource is not None), resource)
@@ -103,14 +105,16 @@ def evaluate_object(obj: Mapping[str, Any], policyset: PolicySet, *, point: Enfo
             continue
         if resolved.only_new:
             only_new.add(policy_id)
+        checked.append(policy_id)
         policy = registry[policy_id]
         try:
             findings: list[Finding] = list(policy.check(workload, resolved.params, ctx)) if checkable else []
         except Exception as exc:  # fail closed, keep the others running
             log.exception("policy %s failed on %s", policy_id, resource)
             errors.append(policy_id)
+            # at the audit an error result (the object is not judged), elsewhere a denial (fail closed)
             violations.append(Violation(policy_id, "deny", resource, "", f"policy {policy_id} failed: {exc!r}",
-                                        policyset.runbook_url(policy.runbook_path())))
+                                        policyset.runbook_url(policy.runbook_path()), error=point == "audit"))
             continue
         for f in dict.fromkeys(findings):  # two templates (KServe components) may report the same field once
             target = f.resource or owner
@@ -119,7 +123,7 @@ def evaluate_object(obj: Mapping[str, Any], policyset: PolicySet, *, point: Enfo
             else:
                 violations.append(Violation(policy_id, weakest(resolved.action, f.action), target, f.path,
                                             f.message, policyset.runbook_url(policy.runbook_path()),
-                                            amount=f.amount, identity=f.identity or ""))
+                                            amount=f.amount, identity=f.identity or "", error=f.error))
     if policyset.rules:
         given = RuleInput(workload=workload, gpu=gpu, environment=environment, namespace_labels=ns_labels,
                           request=request, old_object=old_object)
@@ -137,6 +141,7 @@ def evaluate_object(obj: Mapping[str, Any], policyset: PolicySet, *, point: Enfo
                     resolutions[cache_key] = resolved
             if resolved.action != "off":
                 active.append((rule, resolved))
+                checked.append(rule.id)
         frame = Frame(given, {rule.id: resolved.params for rule, resolved in active}) if active else None
         for rule, resolved in active:
             if resolved.only_new:
@@ -146,15 +151,16 @@ def evaluate_object(obj: Mapping[str, Any], policyset: PolicySet, *, point: Enfo
                 f = found.finding
                 if found.failure:
                     errors.append(rule.id)
+                # a rule that failed to evaluate: at the audit an error result, elsewhere a denial (fail closed)
                 violations.append(Violation(rule.id, "deny" if found.failure else resolved.action, f.resource or owner,
-                                            f.path, f.message, runbook))
+                                            f.path, f.message, runbook, error=found.failure and point == "audit"))
     if point == "ci" and policyset.mutations:
         # what the mutating webhook will add to the Pods, whether or not a policy mentioned it
         said = {(n.resource, n.message) for n in notes}
         for m in planned_mutations(workload, mutations=policyset.mutations, gpu=gpu):
             if (owner, m.message) not in said:
                 notes.append(Note("mutation", owner, m.path, m.message))
-    return Evaluated(resource, violations, notes, None, frozenset(only_new), errors)
+    return Evaluated(resource, violations, notes, None, frozenset(only_new), errors, tuple(checked))
 
 
 def _names_kinds(rule: Rule) -> bool:

@@ -8,7 +8,8 @@ from decimal import Decimal
 from typing import Any, Literal
 
 Action = Literal["deny", "warn", "audit", "off"]
-EnforcementPoint = Literal["ci", "admission"]
+EnforcementPoint = Literal["ci", "admission", "audit"]
+POINTS: tuple[EnforcementPoint, ...] = ("ci", "admission", "audit")
 ACTIONS: tuple[Action, ...] = ("deny", "warn", "audit", "off")  # strongest first
 
 
@@ -69,6 +70,9 @@ class Finding:
     # container or a pod, GPUs a workload needs at full size.
     amount: Decimal | None = field(default=None, compare=False)
     identity: str | None = field(default=None, compare=False)
+    # the policy could not judge (the data it needs is missing: Prometheus unreachable): an error result of
+    # the audit, never a pass
+    error: bool = False
 
 
 @dataclass(frozen=True)
@@ -83,9 +87,10 @@ class Violation:
     runbook: str
     amount: Decimal | None = field(default=None, compare=False)  # see Finding
     identity: str = field(default="", compare=False)  # the finding's own identity; "" for the default (identity_of)
+    error: bool = False  # not a verdict: the policy could not judge (see Finding.error)
 
     def to_json(self) -> dict[str, Any]:
-        return {
+        out = {
             "policy": self.policy,
             "action": self.action,
             "resource": self.resource.to_json(),
@@ -93,6 +98,9 @@ class Violation:
             "message": self.message,
             "runbook": self.runbook,
         }
+        if self.error:
+            out["error"] = True
+        return out
 
     def line(self) -> str:
         """``policy: path: what to change (runbook)`` — the form used in denials and CI logs."""

@@ -49,14 +49,14 @@ def summary_line(result: CheckResult, fail_on: str = "deny") -> str:
     s = result.report.summary()
     verdict = f"FAILED ({'denied' if result.report.denied else 'warnings'})" if _verdict(result, fail_on) \
         else "passed"
-    return (f"mlguard check: {s['resources']} resources, {s['deny']} denied, {s['warn']} warnings, "
+    return (f"{result.command}: {s['resources']} resources, {s['deny']} denied, {s['warn']} warnings, "
             f"{s['audit']} audit, {len(result.report.notes)} notes: {verdict}")
 
 
 def render_text(result: CheckResult, policyset: PolicySet, fail_on: str = "deny") -> str:
     lines: list[str] = []
     for v, loc in _sorted(result):
-        lines.append(f"{WORD[v.action]:<5} {v.policy}  {v.resource}  ({loc})")
+        lines.append(f"{'ERROR' if v.error else WORD[v.action]:<5} {v.policy}  {v.resource}  ({loc})")
         lines.append(f"      at:      {v.path or '<object>'}")
         lines.append(f"      fix:     {v.message}")
         lines.append(f"      runbook: {v.runbook}")

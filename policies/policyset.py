@@ -178,6 +178,10 @@ class PolicySet:
            (a policy that is `off` stays off);
         4. the policy's `overrides`, in order: every matching one applies, the last wins;
         5. the policy's `match`/`exclude`: an object they leave out is not checked (`off`).
+
+        An action given per enforcement point (`{ci: ..., admission: ..., audit: ...}`) without the
+        point asked for is `deny`; at `audit` it is the `admission` action when that is given (the audit
+        reports what admission would deny or warn about).
         """
         config = self.policy_config(policy_id)
         if config is None:
@@ -201,7 +205,8 @@ class PolicySet:
                     action = override["action"]
                 params.update(override.get("params") or {})
         if isinstance(action, Mapping):
-            action = action.get(point, "deny")
+            # the audit reports what admission would do, unless the set says otherwise for the audit
+            action = action.get(point, action.get("admission", "deny") if point == "audit" else "deny")
         if not matches(config.get("match"), config.get("exclude"), subject):
             action = "off"
         return Resolved(action, params, bool(config.get("onlyNewViolations", False)))

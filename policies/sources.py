@@ -37,6 +37,8 @@ class Location:
     path: Path | None = field(default=None, compare=False)  # the file on disk
 
     def __str__(self) -> str:
+        if self.line <= 0:  # not a file: an object in a cluster (`mlguard audit`)
+            return self.file
         where = f"{self.file}:{self.line}"
         if self.rendered:
             where += f" [rendered{': ' + self.via if self.via else ''}]"

@@ -23,11 +23,11 @@ from typing import Any
 import jsonschema
 import yaml
 
-from policies.context import ManifestFacts, RequestInfo
+from policies.context import ClusterFacts, GpuIdleness, ManifestFacts, RequestInfo, StaticUtilisation, WithUtilisation
 from policies.decision import break_glass, effective_violations
 from policies.engine import EXTRACTOR, evaluate
 from policies.manifests import ManifestError, load_file
-from policies.model import EnforcementPoint, Violation
+from policies.model import EnforcementPoint, Resource, Violation
 from policies.policyset import PolicySet, PolicySetError, _fmt_path, _line_of, load_policyset, parse_policyset
 from policies.workload import pod_templates
 
@@ -178,7 +178,10 @@ def run_suite(path: Path, *, policyset: PolicySet | None = None) -> Iterator[Cas
             raise TestFileError(f"{where}: cases[{index}].file: {case['file']}: no such file")
         objects = _objects(file, where)
         labels = {**(suite.get("namespaceLabels") or {}), **(case.get("namespaceLabels") or {})}
-        facts = ManifestFacts(objects, extra_labels=labels, workloads=ps.workloads)
+        facts: ClusterFacts = ManifestFacts(objects, extra_labels=labels, workloads=ps.workloads)
+        utilisation = case.get("utilisation") or suite.get("utilisation")
+        if utilisation is not None:
+            facts = WithUtilisation(facts, _utilisation(utilisation))
         request = case.get("request")
         info = RequestInfo(operation=request.get("operation", "CREATE"), user=request.get("user", ""),
                            groups=tuple(request.get("groups") or ())) if request is not None else None
@@ -210,8 +213,32 @@ def run_suite(path: Path, *, policyset: PolicySet | None = None) -> Iterator[Cas
         yield CaseResult(label, path, name, not problems, "\n".join(problems), kinds, case["expect"])
 
 
+def _utilisation(data: Mapping[str, Any]) -> StaticUtilisation:
+    """A test file's `utilisation` (the schema checked its shape) as the audit would hand it in."""
+    by_resource = {}
+    for w in data.get("workloads") or []:
+        kind, namespace, name = str(w["resource"]).split("/")
+        by_resource[Resource("", kind, namespace, name)] = GpuIdleness(
+            gpus=float(w["gpus"]), idle_for_seconds=int(w["idleForSeconds"]),
+            utilisation_percent=w.get("utilisationPercent"), idle_gpu_hours=None, gpu_hours=0.0,
+            window_seconds=int(w.get("windowSeconds", 86400)), threshold_percent=float(w.get("thresholdPercent", 5)))
+    return StaticUtilisation(by_resource=_AnyVersion(by_resource), unknown=data.get("unknown"))
+
+
+class _AnyVersion(dict[Resource, GpuIdleness]):
+    """Looks a resource up by kind, namespace and name (a test file names no apiVersion)."""
+
+    def get(self, key: Resource, default: Any = None) -> Any:  # type: ignore[override]
+        return super().get(Resource("", key.kind, key.namespace, key.name), default)
+
+
 def _judge(expect: str, actions: set[str], hits: list[Violation], policy: str | None, targets: list[str]
            ) -> list[str]:
+    errors = [v for v in hits if v.error]
+    if expect == "error":
+        return [] if errors else [f"expected an error result, got: {'; '.join(v.line() for v in hits) or 'none'}"]
+    if errors:
+        return ["the policy could not judge: " + "; ".join(v.line() for v in errors)]
     got = ("deny" if "deny" in actions else "warn" if "warn" in actions else "audit" if "audit" in actions
            else "allow")
     who = f"a {policy} finding" if policy else "a finding"
