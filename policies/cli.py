@@ -2,7 +2,7 @@
 
 Exit codes of `mlguard check`: 0 nothing fails (warnings and audit findings may be printed), 1 something is
 denied (or, with ``--fail-on warn``, warned), 2 bad input (unparseable YAML, a kustomization that does not
-render, an invalid PolicySet, a report that cannot be written). Commands that read a cluster (`facts`) or
+render, an invalid PolicySet, a report that cannot be written). Commands that read a cluster (`facts`, `audit`) or
 Prometheus (`report gpu`) and `serve` hand over to the package that owns the client or the server
 (``python -m webhook ...``, ``python -m rollouts serve|report``), so this package never imports them.
 """
@@ -228,6 +228,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("facts", help="snapshot a cluster's quotas, namespace labels and GPU usage for "
                                  "`check --cluster-facts` (--kubeconfig FILE [--context NAME] [-o FILE])")
 
+    sub.add_parser("audit", help="judge what already runs in a cluster; OpenReports in the cluster "
+                                 "(--kubeconfig FILE [--policyset FILE] [--namespace NS] [--format ...])")
+
     add_eval_parser(sub)
 
     serve = sub.add_parser("serve", help="run the admission webhook or the analysis provider under gunicorn")
@@ -249,8 +252,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     given = list(sys.argv[1:] if argv is None else argv)
-    if given[:1] == ["facts"]:  # every flag, --help included, is the webhook package's to parse
-        return _handover("webhook", "facts", given[1:], prog="mlguard facts")
+    if given[:1] in (["facts"], ["audit"]):  # every flag, --help included, is the webhook package's to parse
+        return _handover("webhook", given[0], given[1:], prog=f"mlguard {given[0]}")
     parser = build_parser()
     args = parser.parse_args(given)
     if args.command is None:

@@ -90,7 +90,7 @@ class Violation:
     error: bool = False  # not a verdict: the policy could not judge (see Finding.error)
 
     def to_json(self) -> dict[str, Any]:
-        out = {
+        out: dict[str, Any] = {
             "policy": self.policy,
             "action": self.action,
             "resource": self.resource.to_json(),

@@ -228,7 +228,7 @@ def _utilisation(data: Mapping[str, Any]) -> StaticUtilisation:
 class _AnyVersion(dict[Resource, GpuIdleness]):
     """Looks a resource up by kind, namespace and name (a test file names no apiVersion)."""
 
-    def get(self, key: Resource, default: Any = None) -> Any:  # type: ignore[override]
+    def get(self, key: Resource, default: Any = None) -> Any:
         return super().get(Resource("", key.kind, key.namespace, key.name), default)
 
 

@@ -1,5 +1,6 @@
 """``python -m webhook serve --host H --port P --cert F --key F [--policyset FILE] [--workers N]``, and
-``python -m webhook facts --kubeconfig F`` (`mlguard facts`, see webhook/facts.py).
+``python -m webhook facts --kubeconfig F`` (`mlguard facts`, see webhook/facts.py), and
+``python -m webhook audit --kubeconfig F`` (`mlguard audit`, see webhook/audit_cli.py).
 
 Runs gunicorn with webhook/gunicorn.conf.py; the flags become ``MLGUARD_WEBHOOK_*`` variables for the
 workers. An invalid PolicySet does not stop the server: it starts not ready (/readyz 503) and logs
@@ -22,6 +23,10 @@ def main(argv: list[str] | None = None) -> int:
         from webhook.facts import main as facts_main
 
         return facts_main(args_in[1:])
+    if args_in[:1] == ["audit"]:  # `mlguard audit`: what already runs, judged (webhook/audit_cli.py)
+        from webhook.audit_cli import main as audit_main
+
+        return audit_main(args_in[1:])
     parser = argparse.ArgumentParser(prog="python -m webhook", description="mlguard admission webhook")
     sub = parser.add_subparsers(dest="command", required=True)
     # `mlguard serve webhook` hands over here and names itself in MLGUARD_PROG, so the usage says what was typed

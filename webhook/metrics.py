@@ -94,6 +94,44 @@ CONNECTIONS_CLOSED = Counter(
     ["reason"],
 )
 
+# The audit (webhook/audit_cli.py --loop, its own Deployment: one process, the default registry). Each run
+# replaces every sample, so a (policy, namespace, result) that no longer occurs disappears.
+AUDIT_RESULTS = Gauge(
+    "mlguard_audit_results",
+    "Results of the last audit of what runs in the cluster, by policy, namespace (empty: cluster-scoped "
+    "objects) and result (pass|fail|warn|error|skip); one result per policy and judged object.",
+    ["policy", "namespace", "result"],
+    multiprocess_mode="livemax",
+)
+AUDIT_RUNS = Counter(
+    "mlguard_audit_runs_total",
+    "Audit runs, by outcome (success; failed: the cluster could not be read or the reports not written).",
+    ["outcome"],
+)
+AUDIT_DURATION = Gauge(
+    "mlguard_audit_duration_seconds",
+    "Wall time of the last successful audit run (list, judge, write reports).",
+    multiprocess_mode="livemax",
+)
+AUDIT_LAST_SUCCESS = Gauge(
+    "mlguard_audit_last_success_timestamp_seconds",
+    "Unix time the last audit run finished successfully (alert when it falls behind the interval).",
+    multiprocess_mode="livemax",
+)
+AUDIT_OBJECTS = Gauge(
+    "mlguard_audit_objects",
+    "Objects judged by the last audit run (controllers; owned ReplicaSets, Jobs and Pods are judged through them).",
+    multiprocess_mode="livemax",
+)
+
+
+def set_audit_results(values: dict[tuple[str, str, str], int]) -> None:
+    """Replace every ``mlguard_audit_results`` sample with ``values`` ((policy, namespace, result) -> count)."""
+    AUDIT_RESULTS.clear()
+    for (policy, namespace, result), count in values.items():
+        AUDIT_RESULTS.labels(policy, namespace, result).set(count)
+
+
 _CHILDREN: dict[tuple[int, tuple[str, ...]], Any] = {}
 _CHILDREN_MAX = 4096
 
