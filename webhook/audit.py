@@ -202,6 +202,7 @@ class Listed:
     pods: list[Obj] = field(default_factory=list)                # trimmed, for GPU usage
     kinds: list[ServedKind] = field(default_factory=list)
     skipped_kinds: list[tuple[str, str]] = field(default_factory=list)  # wanted but not served
+    forbidden: list[str] = field(default_factory=list)  # served, but RBAC refused the list: not audited
 
     def top(self, key: Key) -> Key:
         """The judged object an object belongs to (itself when it has no listed controller)."""
@@ -224,7 +225,14 @@ def read_cluster(api: Api, policyset: PolicySet, *, namespace: str | None = None
     for kind in kinds:
         if namespace and not kind.namespaced:
             continue  # one namespace: its objects only
-        for obj in list_all(api, kind, namespace=namespace, page=page):
+        try:
+            objects = list(list_all(api, kind, namespace=namespace, page=page))
+        except ApiException as exc:
+            if exc.status != 403:
+                raise
+            out.forbidden.append(f"{kind.plural}.{kind.group or 'core'}")  # said loudly by the caller
+            continue
+        for obj in objects:
             k = key_of(obj)
             uids[k] = str(_meta(obj).get("uid") or "")
             if not kind.namespaced:

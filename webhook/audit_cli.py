@@ -36,7 +36,7 @@ from policies.output import RENDERERS, summary_line
 from policies.policyset import PolicySet, PolicySetError, default_policyset_path, load_policyset
 from policies.sources import Location
 from webhook import metrics
-from webhook.audit import Api, AuditError, AuditRun, prometheus_idle_reader, run_audit
+from webhook.audit import PAGE, Api, AuditError, AuditRun, prometheus_idle_reader, run_audit
 from webhook.logging import get_logger
 from webhook.openreports import ReportWriter, build_reports, counts, outcomes
 
@@ -117,6 +117,8 @@ def parser() -> argparse.ArgumentParser:
                         "in the cluster, server-side applied; needs write access to openreports.io")
     p.add_argument("--own-namespace", metavar="NS", default=os.environ.get("MLGUARD_WEBHOOK_NAMESPACE") or None,
                    help="mlguard's own namespace, always exempt")
+    p.add_argument("--page-size", type=int, default=PAGE, metavar="N",
+                   help="objects per list request (the API server's limit/continue paging)")
     p.add_argument("--loop", action="store_true", help="run every --interval until stopped (the in-cluster audit)")
     p.add_argument("--interval", default="10m", help="time between runs with --loop: 30s, 10m, 1h")
     p.add_argument("--metrics-port", type=int, default=0,
@@ -127,12 +129,18 @@ def parser() -> argparse.ArgumentParser:
 def _interval(text: str) -> int:
     from policies.library.gpu_idle import seconds
 
-    return seconds(text)
+    try:
+        return seconds(text)
+    except ValueError as exc:
+        raise ValueError(f"--interval: {exc}") from None
 
 
 def once(api: Api, policyset: PolicySet, args: argparse.Namespace, writer: ReportWriter | None) -> AuditRun:
     run = run_audit(api, policyset, namespace=args.namespace, own_namespace=args.own_namespace,
-                    idle=prometheus_idle_reader(args.prometheus, policyset))
+                    idle=prometheus_idle_reader(args.prometheus, policyset), page=args.page_size)
+    if run.listed.forbidden:
+        log.error("kinds not audited: list forbidden", extra={"event": "audit_forbidden",
+                                                               "kinds": run.listed.forbidden})
     items = outcomes(run)
     if writer is not None:
         stats = writer.sync(build_reports(run, items), namespace=args.namespace)
@@ -175,8 +183,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     try:
         _interval(args.interval)
+        if args.page_size < 1:
+            raise ValueError(f"--page-size must be at least 1, got {args.page_size}")
     except ValueError as exc:
-        print(f"mlguard audit: --interval: {exc}", file=sys.stderr)
+        print(f"mlguard audit: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
     try:
         policyset = load_policyset(args.policyset or default_policyset_path())
@@ -205,6 +215,9 @@ def main(argv: list[str] | None = None) -> int:
     print(describe(run), file=sys.stderr)
     if run.utilisation_unknown:
         print(f"mlguard audit: gpu-idle: {run.utilisation_unknown}", file=sys.stderr)
+    if run.listed.forbidden:
+        print(f"mlguard audit: NOT AUDITED, the API server refused to list (403): {', '.join(run.listed.forbidden)}; "
+              "grant get/list on them (kustomize/components/audit/rbac.yaml)", file=sys.stderr)
     if args.output:
         try:
             Path(args.output).write_text(text)
@@ -214,4 +227,6 @@ def main(argv: list[str] | None = None) -> int:
         print(summary_line(check_result(run), args.fail_on), file=sys.stderr)
     else:
         sys.stdout.write(text)
+    if run.listed.forbidden:
+        return EXIT_BAD_INPUT  # an incomplete audit never reads as a clean one
     return EXIT_DENIED if failed(run, args.fail_on) else EXIT_OK

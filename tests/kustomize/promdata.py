@@ -40,7 +40,7 @@ LABEL_VALUES = {
     "action": ["deny", "warn", "audit"], "result": ["success", "refused"],
     "check": ["latency", "error-rate", "input-drift"], "verdict": ["pass", "fail", "inconclusive", "error"],
     "caller": ["argo", "flagger"], "source": ["prometheus", "sample-store"],
-    "reason": ["handshake_timeout", "read_timeout", "evicted"],
+    "reason": ["handshake_timeout", "read_timeout", "evicted"], "outcome": ["success", "failed"],
 }
 AUDIT_RESULTS = ("pass", "fail", "warn", "error", "skip")
 
@@ -50,7 +50,11 @@ def mlguard_metrics() -> list[tuple[str, MetricWrapperBase]]:
     import webhook.metrics as webhook_metrics
     from rollouts.metrics import AnalysisMetrics
 
-    found = [("mlguard-webhook", m) for m in vars(webhook_metrics).values() if isinstance(m, MetricWrapperBase)]
+    # the audit's metrics live in webhook/metrics.py but are served by the audit Deployment (job mlguard-audit);
+    # mlguard_audit_results is added below with realistic label values
+    found = [("mlguard-audit" if m._name.startswith("mlguard_audit") else "mlguard-webhook", m)
+             for m in vars(webhook_metrics).values()
+             if isinstance(m, MetricWrapperBase) and m._name != "mlguard_audit_results"]
     analysis = AnalysisMetrics()
     found += [("mlguard-analysis", m) for m in vars(analysis).values() if isinstance(m, MetricWrapperBase)]
     assert len(found) >= 12
