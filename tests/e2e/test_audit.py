@@ -9,6 +9,7 @@ on workloads; write on openreports.io only), with a page size of 2 so that every
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -37,7 +38,7 @@ def component_objects(tmp: Path) -> list[dict[str, Any]]:
     """kustomize/components/audit as an overlay would include it."""
     (tmp / "kustomization.yaml").write_text(yaml.safe_dump({
         "apiVersion": "kustomize.config.k8s.io/v1beta1", "kind": "Kustomization", "namespace": WEBHOOK_NAMESPACE,
-        "components": [str(REPO / "kustomize" / "components" / "audit")]}))
+        "components": [os.path.relpath(REPO / "kustomize" / "components" / "audit", tmp)]}))
     proc = subprocess.run(["kubectl", "kustomize", str(tmp)], capture_output=True, text=True, timeout=60, check=False)
     assert proc.returncode == 0, proc.stderr
     return [d for d in yaml.safe_load_all(proc.stdout) if d]
@@ -100,8 +101,16 @@ def results_of(report: dict[str, Any]) -> dict[tuple[str, str, str], str]:
             for r in report.get("results") or []}
 
 
+def validate(report: dict[str, Any]) -> None:
+    """The stored Report against the OpenReports CRD's schema (strict: an unknown field is an error); the
+    metadata the API server adds (uid, resourceVersion, managedFields, ...) is not the audit's."""
+    meta = {k: v for k, v in report["metadata"].items() if k in ("name", "namespace", "labels", "annotations")}
+    validate_custom({**report, "metadata": meta}, CrdSchemas(OPENREPORTS))
+
+
 def reports(env: Env, ns: str) -> list[dict[str, Any]]:
-    return env.admin.items("reports.openreports.io", ns)
+    """mlguard's Reports in ``ns`` as kubectl shows them (with managedFields: who wrote what)."""
+    return env.admin.items("reports.openreports.io", ns, "--show-managed-fields")
 
 
 def test_audit_finds_and_reports_what_predates_the_webhook(env: Env, ns: str, auditor: Path) -> None:
@@ -110,9 +119,9 @@ def test_audit_finds_and_reports_what_predates_the_webhook(env: Env, ns: str, au
                     web(ns)):
             create_unguarded(env, obj)
     eventually(lambda: len(env.admin.items("pods", ns)) >= 2, what="the Deployments' pods")
-    # admission refuses them now (once the API server has seen the configurations again)
-    eventually(lambda: DENIED in env.alice.apply(sneaky("tool", ns), "--dry-run=server").stderr,
-               what="the webhook to deny the Deployment again")
+    # admission refuses the same Deployment now (once the API server has seen the configurations again)
+    eventually(lambda: DENIED in env.alice.apply(sneaky("tool-again", ns), "--dry-run=server").stderr,
+               what="the webhook to deny such a Deployment")
 
     found = audit(env, auditor, "--namespace", ns, "--format", "json")
     assert found.returncode == 1, found.output
@@ -137,7 +146,7 @@ def test_audit_finds_and_reports_what_predates_the_webhook(env: Env, ns: str, au
     assert written.returncode == 1, written.output
     [report] = reports(env, ns)
     assert report["metadata"]["name"] == "mlguard-audit"
-    validate_custom(report, CrdSchemas(OPENREPORTS))
+    validate(report)
     assert "mlguard-audit" in {m.get("manager") for m in report["metadata"].get("managedFields") or []}
     results = results_of(report)
     assert results[("gpu-isolation", "Deployment", "tool")] == "fail"
@@ -157,7 +166,7 @@ def test_audit_finds_and_reports_what_predates_the_webhook(env: Env, ns: str, au
     results = results_of(report)
     assert ("gpu-isolation", "Deployment", "tool") not in results
     assert results[("gpu-limits", "Rollout", "llm")] == "fail"
-    validate_custom(report, CrdSchemas(OPENREPORTS))
+    validate(report)
 
     # the namespace clean (the Rollout gone; the CPU Deployments pass): the report is deleted
     assert env.admin.run("delete", "rollout", "llm", "-n", ns).ok
