@@ -323,9 +323,10 @@ def gpu_idle_params(policyset: PolicySet) -> Mapping[str, Any] | None:
 IdleReader = Callable[[Mapping[str, Any]], tuple[list[Any] | None, str | None]]
 
 
-def prometheus_idle_reader(url: str | None, policyset: PolicySet, *, timeout: float = 60) -> IdleReader:
-    """Reads `idle_workloads` from Prometheus at gpu-idle's threshold, grace period and window; returns
-    (rows, None), or (None, why) when it cannot."""
+def prometheus_idle_reader(url: str | None, policyset: PolicySet, *, timeout: float = 60,
+                           end: dt.datetime | None = None, step_seconds: int = 60) -> IdleReader:
+    """Reads `idle_workloads` from Prometheus at gpu-idle's threshold, grace period and window, ending now
+    (or at ``end``); returns (rows, None), or (None, why) when it cannot."""
     def read(params: Mapping[str, Any]) -> tuple[list[Any] | None, str | None]:
         if not url:
             return None, "no Prometheus was given to the audit (mlguard audit --prometheus URL)"
@@ -336,12 +337,12 @@ def prometheus_idle_reader(url: str | None, policyset: PolicySet, *, timeout: fl
         from rollouts.sources.prometheus import PrometheusSource
 
         try:
-            settings = ReportSettings(window_seconds=seconds(str(params["window"])), step_seconds=60,
+            settings = ReportSettings(window_seconds=seconds(str(params["window"])), step_seconds=step_seconds,
                                       idle_threshold=float(params["utilisationBelowPercent"]),
                                       grace_seconds=seconds(str(params["gracePeriod"])),
                                       gpu_resources=tuple(policyset.gpu.resource_names))
             rows = idle_workloads(PrometheusSource(url, timeout=min(timeout, 30)), settings,
-                                  deadline=Deadline(timeout))
+                                  deadline=Deadline(timeout), end=end)
         except AnalysisError as exc:
             return None, f"Prometheus at {url} could not answer: {exc}"
         if not rows:

@@ -28,6 +28,7 @@ import pytest
 import yaml
 
 import rollouts.__main__ as rollouts_main
+from policies.context import EmptyFacts
 from rollouts.report import assemble, collect, idle_workloads
 from rollouts.report.collect import Collector
 from rollouts.report.prices import load_prices
@@ -224,6 +225,50 @@ def test_idle_workloads_for_the_audit(loaded: Loaded) -> None:
     assert not rerank.idle_now and rerank.idle_gpu_hours is None and rerank.utilisation_pct is None
     finished = found[("team-search", "Job", "embeddings-backfill")]
     assert finished.gpus_now == 0 and not finished.idle_now and finished.gpu_hours == pytest.approx(96.0)
+
+
+def _serving(kind: str, ns: str, name: str, image: str, resource: str, gpus: int) -> dict:
+    """A serving workload as the audit lists it (apps/v1; vLLM, Triton images the baseline's selector knows)."""
+    template = {"metadata": {"labels": {"app": name}}, "spec": {"containers": [
+        {"name": "server", "image": image, "resources": {"limits": {resource: str(gpus)}}}]}}
+    return {"apiVersion": "apps/v1", "kind": kind, "metadata": {"name": name, "namespace": ns, "uid": f"uid-{name}"},
+            "spec": {"replicas": 1, "selector": {"matchLabels": {"app": name}}, "template": template}}
+
+
+def test_the_audits_gpu_idle_policy_on_this_fleet(loaded: Loaded) -> None:
+    """Part B: `mlguard audit`'s gpu-idle reads idle_workloads from this Prometheus (webhook.audit's reader),
+    attributes it to the judged workloads, and the policy flags the idle one, passes the busy one, and says
+    it cannot tell for the MIG slice (no DCGM utilisation): an error result, not a pass."""
+    from policies.context import WithUtilisation
+    from policies.engine import evaluate_object
+    from policies.policyset import load_policyset
+    from webhook.audit import Listed, gpu_idle_params, prometheus_idle_reader, utilisation_for
+
+    policyset = load_policyset(REPO / "policies/catalog/baseline.yaml")
+    params = gpu_idle_params(policyset)
+    assert params is not None
+    end = dt.datetime.fromtimestamp(loaded.end, dt.UTC)
+    rows, unknown = prometheus_idle_reader(loaded.url, policyset, end=end, step_seconds=STEP)(params)
+    assert unknown is None and rows
+    listed = Listed(objects=[
+        _serving("Deployment", "team-llm", "vllm-llama-70b", "vllm/vllm-openai:v0.6.3", "nvidia.com/gpu", 4),
+        _serving("StatefulSet", "team-vision", "triton-detector", "nvcr.io/nvidia/tritonserver:24.05-py3",
+                 "nvidia.com/gpu", 2),
+        _serving("Deployment", "team-search", "vllm-rerank", "vllm/vllm-openai:v0.6.3", "nvidia.com/mig-3g.40gb", 1)])
+    facts = WithUtilisation(EmptyFacts(), utilisation_for(listed, rows, window_seconds=86400, threshold_percent=5))
+    found = {}
+    for obj in listed.objects:
+        outcome = evaluate_object(obj, policyset, point="audit", facts=facts)
+        found[obj["metadata"]["name"]] = [v for v in outcome.violations if v.policy == "gpu-idle"]
+    [llama] = found["vllm-llama-70b"]
+    assert not llama.error and llama.action == "warn"
+    assert "Deployment `vllm-llama-70b` holds 4 GPU(s) that stayed below 5% utilisation for" in llama.message
+    assert found["triton-detector"] == []
+    [rerank] = found["vllm-rerank"]
+    assert rerank.error and "no utilisation was measured for its pods" in rerank.message
+    # no Prometheus at all: every GPU serving workload says so
+    none_rows, why = prometheus_idle_reader(None, policyset)(params)
+    assert none_rows is None and why and "no Prometheus" in why
 
 
 def test_answers_too_large_for_the_cap_are_split_not_lost(loaded: Loaded, observations) -> None:
