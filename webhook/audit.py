@@ -156,8 +156,7 @@ def list_all(api: Api, kind: ServedKind, *, namespace: str | None = None, page: 
                 body = api.get(kind.path(namespace), query)
                 for item in body.get("items") or []:
                     if isinstance(item, dict):
-                        item["kind"], item["apiVersion"] = kind.kind, kind.api_version
-                        seen.append(item)
+                        seen.append(slim(item, kind))
                 token = (body.get("metadata") or {}).get("continue") or None
                 if not token:
                     yield from seen
@@ -168,6 +167,26 @@ def list_all(api: Api, kind: ServedKind, *, namespace: str | None = None, page: 
             raise
     raise AuditError(f"listing {kind.plural}.{kind.group or 'core'}: the continue token expired "
                      f"{max_restarts + 1} times in a row (the list changes faster than it can be read)")
+
+
+LAST_APPLIED = "kubectl.kubernetes.io/last-applied-configuration"
+
+
+def slim(item: Obj, kind: ServedKind) -> Obj:
+    """A listed object as the audit keeps it: its kind and apiVersion set (list items carry none), without
+    what no policy reads and what doubles its size: managedFields, kubectl's last-applied copy, and the
+    status of anything but a Pod or a ResourceQuota (GPU usage reads a pod's phase, the quota look-ahead a
+    quota's usage)."""
+    item["kind"], item["apiVersion"] = kind.kind, kind.api_version
+    meta = item.get("metadata")
+    if isinstance(meta, dict):
+        meta.pop("managedFields", None)
+        annotations = meta.get("annotations")
+        if isinstance(annotations, dict):
+            annotations.pop(LAST_APPLIED, None)
+    if kind.kind not in ("Pod", "ResourceQuota"):
+        item.pop("status", None)
+    return item
 
 
 def _meta(obj: Mapping[str, Any]) -> Mapping[str, Any]:

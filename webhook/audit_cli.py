@@ -172,6 +172,7 @@ def loop(api: Api, args: argparse.Namespace) -> int:
             log.info("audit done", extra={"event": "audit_run", "objects": len(run.judged),
                                           "requests": run.requests, "seconds": round(run.seconds, 3),
                                           "utilisation_unknown": run.utilisation_unknown})
+            del run  # the next run must not find this one's objects still held (peak memory is one run's)
         except (PolicySetError, AuditError, ApiException, HTTPError, OSError) as exc:
             metrics.AUDIT_RUNS.labels("failed").inc()
             log.error("audit failed", extra={"event": "audit_failed", "error": str(exc)})

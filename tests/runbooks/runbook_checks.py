@@ -31,6 +31,8 @@ MLGUARD_METRICS = frozenset({
     "mlguard_analysis_requests_total", "mlguard_analysis_source_errors_total", "mlguard_analysis_rejected_total",
     "mlguard_webhook_connections", "mlguard_webhook_connection_limit",
     "mlguard_webhook_connections_saturated_total", "mlguard_webhook_connections_closed_total",
+    "mlguard_audit_results", "mlguard_audit_runs_total", "mlguard_audit_duration_seconds",
+    "mlguard_audit_last_success_timestamp_seconds", "mlguard_audit_objects",
 })
 MLGUARD_HISTOGRAMS = frozenset({"mlguard_admission_duration_seconds", "mlguard_analysis_duration_seconds"})
 METRIC_NAME = re.compile(r"\bmlguard_[a-z_]+\b")
@@ -130,6 +132,10 @@ def check_mlguard(argv: list[str], mlguard_args: list[str]) -> list[str]:
     from policies.cli import build_parser
 
     parser = build_parser()
+    if mlguard_args[:1] == ["audit"]:  # handed over before parsing: the webhook package's parser decides
+        from webhook.audit_cli import parser as audit_parser
+
+        parser, mlguard_args = audit_parser(), mlguard_args[1:]
     stderr = io.StringIO()
     try:
         with contextlib.redirect_stderr(stderr), contextlib.redirect_stdout(io.StringIO()):

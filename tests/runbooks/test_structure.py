@@ -41,7 +41,7 @@ DENIAL_SECTIONS = (
 )
 # Policies whose denials have a runbook of their own, linked from admission-denied.md.
 DENIAL_ELSEWHERE = {"gpu-quota": "gpu-quota-exhausted.md", "eval-gate": "eval-attestation-rejected.md",
-                    "gpu-scale-to-zero": "gpu-scale-to-zero.md"}
+                    "gpu-scale-to-zero": "gpu-scale-to-zero.md", "gpu-idle": "gpu-idle.md"}
 PROMETHEUS_RULE = ROOT / "kustomize" / "components" / "prometheus" / "prometheusrule.yaml"
 
 
