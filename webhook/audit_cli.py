@@ -196,7 +196,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"mlguard audit: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except (config.ConfigException, OSError, TypeError, ValueError, yaml.YAMLError) as exc:
-        print(f"mlguard audit: --kubeconfig {args.kubeconfig}: {exc}", file=sys.stderr)
+        where = "the in-cluster configuration" if args.in_cluster else f"--kubeconfig {args.kubeconfig}"
+        print(f"mlguard audit: {where}: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
     if args.loop:
         return loop(api, args)

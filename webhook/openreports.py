@@ -31,7 +31,7 @@ from kubernetes.client.exceptions import ApiException
 
 from policies.model import Violation
 from policies.registry import all_policies
-from webhook.audit import Api, AuditRun, Judged, ServedKind, list_all
+from webhook.audit import Api, AuditError, AuditRun, Judged, ServedKind, list_all
 
 GROUP, VERSION = "openreports.io", "v1alpha1"
 API_VERSION = f"{GROUP}/{VERSION}"
@@ -207,6 +207,22 @@ class ReportWriter:
         return f"{base.path(namespace or None)}/{name}"
 
     def sync(self, desired: Mapping[str, list[Obj]], *, namespace: str | None = None) -> SyncStats:
+        try:
+            return self._sync(desired, namespace=namespace)
+        except ApiException as exc:
+            if exc.status == 404 and not self._served():
+                raise AuditError(f"{API_VERSION} is not served here: install the OpenReports CRDs "
+                                 "(github.com/openreports/reports-api, or Kyverno 1.15+'s) to write reports") from exc
+            raise
+
+    def _served(self) -> bool:
+        try:
+            self.api.get(f"/apis/{GROUP}/{VERSION}")
+        except ApiException:
+            return False
+        return True
+
+    def _sync(self, desired: Mapping[str, list[Obj]], *, namespace: str | None = None) -> SyncStats:
         stats = SyncStats()
         wanted: set[tuple[str, str, str]] = set()
         for reports in desired.values():

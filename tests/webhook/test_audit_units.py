@@ -274,3 +274,13 @@ def test_the_metric_has_help_and_each_run_replaces_the_last() -> None:
     metrics.set_audit_results({("gpu-limits", "team-c", "pass"): 4})
     text = generate_latest(metrics.REGISTRY).decode()
     assert 'namespace="team-a"' not in text.split("# HELP mlguard_audit_results")[1].split("# HELP")[0]
+
+
+def test_writing_reports_without_the_openreports_crds_says_what_to_install() -> None:
+    from webhook.audit import AuditError
+    from webhook.openreports import ReportWriter
+
+    api = sneaky_cluster(1)  # serves no openreports.io at all
+    run = run_audit(api, BASELINE)
+    with pytest.raises(AuditError, match="install the OpenReports CRDs"):
+        ReportWriter(api).sync(build_reports(run))
