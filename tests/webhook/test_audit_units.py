@@ -284,3 +284,28 @@ def test_writing_reports_without_the_openreports_crds_says_what_to_install() -> 
     run = run_audit(api, BASELINE)
     with pytest.raises(AuditError, match="install the OpenReports CRDs"):
         ReportWriter(api).sync(build_reports(run))
+
+
+def test_cluster_scoped_objects_go_to_one_cluster_report() -> None:
+    """A KServe ClusterServingRuntime (serving.kserve.io/v1alpha1, cluster-scoped) that hands its container every
+    GPU: a ClusterReport, valid against its CRD, and the metric's namespace label is empty."""
+    runtime = {"metadata": {"name": "vllm-runtime", "uid": "uid-rt"},
+               "spec": {"supportedModelFormats": [{"name": "huggingface"}],
+                        "containers": [{"name": "kserve-container", "image": "vllm/vllm-openai:v0.6.3",
+                                        "env": [{"name": "NVIDIA_VISIBLE_DEVICES", "value": "all"}]}]}}
+    api = sneaky_cluster(1)
+    api.discovery["/apis"]["groups"].append({"name": "serving.kserve.io", "versions": [{"version": "v1alpha1"}],
+                                             "preferredVersion": {"version": "v1alpha1"}})
+    api.discovery["/apis/serving.kserve.io/v1alpha1"] = {"resources": [
+        {"name": "clusterservingruntimes", "kind": "ClusterServingRuntime", "namespaced": False, "verbs": ["list"]}]}
+    api.lists["/apis/serving.kserve.io/v1alpha1/clusterservingruntimes"] = [runtime]
+    run = run_audit(api, BASELINE)
+    reports = build_reports(run)
+    [cluster] = reports[""]
+    assert cluster["kind"] == "ClusterReport" and "namespace" not in cluster["metadata"]
+    validate_custom(cluster, CrdSchemas(CRD_DIR / "openreports"))
+    [result] = cluster["results"]
+    assert (result["policy"], result["result"]) == ("gpu-isolation", "fail")
+    assert "namespace" not in result["resources"][0]
+    assert counts(outcomes(run))[("gpu-isolation", "", "fail")] == 1
+    assert [r["kind"] for r in reports["team-a"]] == ["Report"]
