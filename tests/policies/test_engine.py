@@ -134,3 +134,24 @@ def test_check_notes_every_mutation_admission_will_apply() -> None:
         ("mutation", "runtimeClassName nvidia will be set at admission"),
     ]
     assert not evaluate([pod()], ps, point="ci").notes  # no GPU: nothing is mutated
+
+
+@pytest.mark.parametrize(("action", "expected"), [
+    ("{ci: 'off', admission: deny}", "deny"),        # the audit reports what admission would do
+    ("{admission: warn, audit: 'off'}", None),       # unless the set says otherwise for the audit
+    ("{ci: deny, admission: deny, audit: warn}", "warn"),
+    ("{ci: warn}", "deny"),                          # a point not named is deny, as at ci and admission
+    ("warn", "warn"),
+])
+def test_the_audit_point_takes_its_own_action_else_admissions(action: str, expected: str | None) -> None:
+    ps = parse_policyset(HEAD + f"spec:\n  policies:\n    gpu-limits: {{action: {action}}}\n")
+    got = evaluate_object(pod(gpu_requests=1), ps, point="audit").violations
+    assert [v.action for v in got] == ([expected] if expected else [])
+
+
+def test_at_the_audit_a_policy_that_raises_is_an_error_result_not_a_verdict(exploding) -> None:
+    ps = parse_policyset(HEAD + "spec:\n  policies:\n    test-exploding: {action: warn}\n")
+    [audited] = evaluate_object(pod(gpu_limits=1), ps, point="audit").violations
+    [admitted] = evaluate_object(pod(gpu_limits=1), ps, point="admission").violations
+    assert audited.error and not admitted.error and admitted.action == "deny"
+    assert evaluate_object(pod(gpu_limits=1), ps, point="audit").checked == ("test-exploding",)
