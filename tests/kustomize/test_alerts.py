@@ -16,7 +16,7 @@ RUNBOOK_PREFIX = "https://github.com/mlguard/mlguard/blob/main/runbooks/"
 REQUIRED_RUNBOOKS = {
     "webhook-unavailable.md", "webhook-latency-high.md", "policyset-reload-refused.md",
     "admission-denied.md", "analysis-provider-errors.md", "drift-alert-investigation.md",
-    "runtimeclass-missing.md",
+    "runtimeclass-missing.md", "audit-not-running.md",
 }
 # The metrics the services export (fixed contract) plus Prometheus' own `up`.
 KNOWN_METRICS = {
@@ -29,6 +29,8 @@ KNOWN_METRICS = {
     "mlguard_analysis_duration_seconds_count", "mlguard_analysis_duration_seconds_sum",
     "mlguard_analysis_source_errors_total", "mlguard_webhook_connections", "mlguard_webhook_connection_limit",
     "mlguard_webhook_connections_saturated_total", "mlguard_webhook_connections_closed_total",
+    "mlguard_audit_results", "mlguard_audit_runs_total", "mlguard_audit_duration_seconds",
+    "mlguard_audit_last_success_timestamp_seconds", "mlguard_audit_objects",
 }
 PROMTOOL_TIMEOUT_S = 60
 
@@ -115,6 +117,9 @@ def test_alerts_are_complete_and_use_only_exported_metrics(prod: list[Obj]) -> N
 
 
 def test_service_monitors_scrape_both_services(prod: list[Obj]) -> None:
+    audit = one(prod, "ServiceMonitor", "mlguard-audit")  # the audit's Service comes with its component
+    assert audit["spec"]["selector"]["matchLabels"]["app.kubernetes.io/component"] == "audit"
+    assert audit["spec"]["endpoints"][0]["port"] == "metrics"
     for name, scheme in (("mlguard-webhook", "https"), ("mlguard-analysis", "http")):
         monitor = one(prod, "ServiceMonitor", name)
         service = one(prod, "Service", name)
@@ -226,6 +231,22 @@ UNIT_TESTS = {
                 {"exp_labels": {"severity": "critical", "namespace": "mlguard-system", "pod": "a"}},
                 {"exp_labels": {"severity": "critical", "namespace": "mlguard-system", "pod": "b"}},
             ]},
+        ],
+    },
+    "the audit is stale when its last success falls 30 minutes behind, not while it keeps succeeding": {
+        "interval": "1m",
+        "input_series": [
+            # a run every 10 minutes, stamped with its finish time: fresh throughout
+            {"series": 'mlguard_audit_last_success_timestamp_seconds{namespace="mlguard-system",pod="a"}',
+             "values": "0 0 0 0 0 0 0 0 0 0 600x9 1200x9 1800x9 2400x9 3000x9"},
+            # the last success at 10 minutes, then only failures
+            {"series": 'mlguard_audit_last_success_timestamp_seconds{namespace="team-audit",pod="b"}',
+             "values": "0 0 0 0 0 0 0 0 0 0 600x49"},
+        ],
+        "alert_rule_test": [
+            {"eval_time": "40m", "alertname": "MlguardAuditStale", "exp_alerts": []},
+            {"eval_time": "50m", "alertname": "MlguardAuditStale", "exp_alerts": [
+                {"exp_labels": {"severity": "warning", "namespace": "team-audit"}}]},
         ],
     },
     "slow admission fires the latency alert": {
