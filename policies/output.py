@@ -49,8 +49,10 @@ def summary_line(result: CheckResult, fail_on: str = "deny") -> str:
     s = result.report.summary()
     verdict = f"FAILED ({'denied' if result.report.denied else 'warnings'})" if _verdict(result, fail_on) \
         else "passed"
+    errors = sum(1 for v in result.report.violations if v.error)
+    unjudged = f", {errors} not judged (ERROR: the data a policy needs is missing)" if errors else ""
     return (f"{result.command}: {s['resources']} resources, {s['deny']} denied, {s['warn']} warnings, "
-            f"{s['audit']} audit, {len(result.report.notes)} notes: {verdict}")
+            f"{s['audit']} audit, {len(result.report.notes)} notes{unjudged}: {verdict}")
 
 
 def render_text(result: CheckResult, policyset: PolicySet, fail_on: str = "deny") -> str:

@@ -309,3 +309,16 @@ def test_cluster_scoped_objects_go_to_one_cluster_report() -> None:
     assert "namespace" not in result["resources"][0]
     assert counts(outcomes(run))[("gpu-isolation", "", "fail")] == 1
     assert [r["kind"] for r in reports["team-a"]] == ["Report"]
+
+
+def test_the_text_report_marks_what_could_not_be_judged() -> None:
+    """gpu-idle without Prometheus: an ERROR line and a summary that counts it apart, never a silent pass."""
+    from webhook.audit_cli import render
+
+    serving = deployment("vllm", "team-a")
+    serving["spec"]["template"]["spec"]["containers"][0].update(
+        image="vllm/vllm-openai:v0.6.3", resources={"limits": {"nvidia.com/gpu": "1"}})
+    text = render(run_audit(cluster([serving]), BASELINE), "text", "deny")
+    assert "ERROR gpu-idle  Deployment/team-a/vllm  (<cluster>)" in text
+    assert "1 not judged (ERROR: the data a policy needs is missing)" in text.splitlines()[-1]
+    assert text.splitlines()[-1].startswith("mlguard audit: 1 resources")
