@@ -394,3 +394,17 @@ def test_the_model_comes_from_the_extractors_serving_detection_without_the_label
     got = {v.resource.name: v.message for v in evaluate([served], ps, point="ci").violations}
     assert got == {"d": "Qwen/Qwen2.5-7B-Instruct-AWQ/awq-int4"}
     assert [v.message for v in evaluate([plain], ps, point="ci").violations] == ["none"]
+
+
+def test_rules_at_the_audit_take_their_audit_action_else_admissions_and_are_reported_as_checked() -> None:
+    """A team's rule judges what already runs (`mlguard audit`) like a policy: its own audit action, else the
+    admission one; it counts among the checked (a pass result in the reports when it finds nothing)."""
+    from policies.engine import evaluate_object
+
+    never = [{"expression": "false", "message": "never"}]
+    ps = policyset([rule("warn-at-admission", action={"ci": "off", "admission": "warn"}, validations=never),
+                    rule("off-at-audit", action={"admission": "deny", "audit": "off"}, validations=never),
+                    rule("passes", action={"admission": "deny"})])
+    out = evaluate_object(deployment([gpu("s", 1)]), ps, point="audit")
+    assert [(v.policy, v.action, v.error) for v in out.violations] == [("warn-at-admission", "warn", False)]
+    assert "passes" in out.checked and "off-at-audit" not in out.checked
