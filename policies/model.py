@@ -9,7 +9,6 @@ from typing import Any, Literal
 
 Action = Literal["deny", "warn", "audit", "off"]
 EnforcementPoint = Literal["ci", "admission", "audit"]
-POINTS: tuple[EnforcementPoint, ...] = ("ci", "admission", "audit")
 ACTIONS: tuple[Action, ...] = ("deny", "warn", "audit", "off")  # strongest first
 
 
