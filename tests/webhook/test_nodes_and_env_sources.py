@@ -22,7 +22,6 @@ from typing import Any
 
 import pytest
 import yaml
-from conftest import Tls
 from webhook_fakeapi import FakeApi, kubeconfig_text
 from webhook_testlib import COST, REPO, WebhookServer, container, deployment, pod, review
 
@@ -59,7 +58,8 @@ def api() -> Iterator[FakeApi]:
 
 
 @pytest.fixture(scope="module")
-def server(api: FakeApi, tls: Tls, tmp_path_factory: pytest.TempPathFactory) -> Iterator[WebhookServer]:
+def server(api: FakeApi, tls: Any,  # tests/webhook/conftest.py's Tls (conftest modules are not importable by name)
+            tmp_path_factory: pytest.TempPathFactory) -> Iterator[WebhookServer]:
     """The baseline catalog as shipped, plus one override: gpu-isolation's unresolvedEnv is deny in STRICT_NS
     (the strict catalog's choice), so both settings are exercised by one server."""
     work = tmp_path_factory.mktemp("nodes-env")
