@@ -101,14 +101,21 @@ class Stop(Exception):
     """Ctrl-C, or SIGTERM/SIGHUP (a closed terminal, `timeout`, a supervisor): stop the servers and clean up."""
 
 
+def _unblock_stop_signals() -> None:
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
+
+
 def start(argv: list[str], log: Path, procs: list[subprocess.Popen], env: dict[str, str] | None = None) -> (
         subprocess.Popen):
     """Start a server in its own session (so a terminal's Ctrl-C reaches only this script, which stops it) and
     record it in ``procs`` before a signal can interrupt: none is left running unrecorded."""
     signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
     try:
+        # the child must not inherit the blocked mask (kept across exec): gunicorn would never see SIGINT or
+        # SIGTERM, and every stop would wait out the grace and end in SIGKILL
         proc = subprocess.Popen(argv, cwd=REPO, stdout=log.open("w"), stderr=subprocess.STDOUT,
-                                start_new_session=True, env={**os.environ, **(env or {})})
+                                start_new_session=True, env={**os.environ, **(env or {})},
+                                preexec_fn=_unblock_stop_signals)
         procs.append(proc)
     finally:
         signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)

@@ -61,6 +61,15 @@ def _holding(path: str) -> list[int]:
     return found
 
 
+STOP_BITS = sum(1 << (sig - 1) for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP))
+
+
+def _blocked(pid: int) -> int:
+    """The signals ``pid`` blocks (SigBlk of /proc/PID/status)."""
+    with open(f"/proc/{pid}/status") as f:
+        return int(next(line.split()[1] for line in f if line.startswith("SigBlk:")), 16)
+
+
 def test_double_ctrl_c_leaves_no_server_or_key_behind() -> None:
     """`make run` serving, then Ctrl-C twice in quick succession (the terminal sends SIGINT to the foreground
     process group): the demo exits, both servers' process groups are gone and the directory holding the
@@ -81,6 +90,8 @@ def test_double_ctrl_c_leaves_no_server_or_key_behind() -> None:
         work = re.search(r"certificate for 127\.0\.0\.1 in (\S+)", text).group(1)
         pids = [int(p) for p in re.findall(r"pid (\d+)", text)]
         assert len(pids) == 2 and Path(work, "tls.key").is_file() and _holding(work), text
+        for pid in pids:  # the servers can be stopped by a signal: none of the demo's stop signals is blocked
+            assert not _blocked(pid) & STOP_BITS, (pid, hex(_blocked(pid)))
         os.killpg(proc.pid, signal.SIGINT)
         time.sleep(0.2)
         os.killpg(proc.pid, signal.SIGINT)
