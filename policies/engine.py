@@ -10,7 +10,7 @@ from typing import Any
 from policies.context import ClusterFacts, EmptyFacts, EvalContext, RequestInfo
 from policies.model import EnforcementPoint, Finding, Note, Report, Resource, Violation, identity_of, weakest
 from policies.mutations import planned_mutations
-from policies.policyset import PolicySet, Resolved
+from policies.policyset import PolicySet
 from policies.registry import all_policies
 from policies.rules.evaluate import Budget, Frame, RuleInput, evaluate_rule
 from policies.rules.ruleset import Rule
@@ -19,6 +19,10 @@ from policies.workload import extract
 
 log = logging.getLogger("mlguard.policies")
 EXTRACTOR = "workload"  # the "policy" of the extractor's notes
+SELECTED = ("selected",)  # the PolicySet's own match/exclude, kept with the resolutions of a subject
+# Each policy's and rule's resolution per kind of subject (`_subject_key`): one evaluation of many objects (a PR's
+# manifests, an audit) or many admission requests under one PolicySet resolves each policy once per kind of subject.
+Resolutions = dict[tuple[Any, ...], dict[Any, Any]]
 
 
 @dataclass(frozen=True)
@@ -51,7 +55,7 @@ def evaluate_object(obj: Mapping[str, Any], policyset: PolicySet, *, point: Enfo
                     facts: ClusterFacts | None = None, request: RequestInfo | None = None,
                     own_namespace: str | None = None, keys: Any = None,
                     default_namespace: str = "default",
-                    resolutions: dict[tuple[Any, ...], Resolved] | None = None,
+                    resolutions: Resolutions | None = None,
                     old_object: Mapping[str, Any] | None = None) -> Evaluated:
     """Evaluate every enabled policy and rule on one object. An exception inside a policy denies the
     object with ``policy <id> failed: ...`` (fail closed) and leaves the other policies running; a rule that
@@ -71,7 +75,18 @@ def evaluate_object(obj: Mapping[str, Any], policyset: PolicySet, *, point: Enfo
     subject = Subject(resource=resource, object_labels=labels if isinstance(labels, Mapping) else {},
                       namespace_labels=ns_labels,
                       environment=environment, request=request)
-    if not policyset.selects(subject):
+    subject_key = _subject_key(subject) if resolutions is not None else None
+    known: dict[Any, Any] | None = None
+    if resolutions is not None and subject_key is not None:
+        known = resolutions.get(subject_key)
+        if known is None:
+            known = resolutions[subject_key] = {}
+    selected = known.get(SELECTED) if known is not None else None
+    if selected is None:
+        selected = policyset.selects(subject)
+        if known is not None:
+            known[SELECTED] = selected
+    if not selected:
         return Evaluated(resource, [], [], "not selected by the PolicySet's match/exclude", frozenset(), [])
     workload = extract(obj, gpu=gpu, default_namespace=default_namespace, resolve_claim=facts.resolve_claim,
                        resolve_object=facts.resolve_object, config=policyset.workloads)
@@ -92,15 +107,12 @@ def evaluate_object(obj: Mapping[str, Any], policyset: PolicySet, *, point: Enfo
     notes.extend(Note(EXTRACTOR, owner, path, f"{path}: {message}") for path, message in workload.notes)
     if retired:
         notes.append(Note("exemptions", resource, "metadata.namespace", retired))
-    subject_key = _subject_key(subject) if resolutions is not None else None
     for policy_id in policyset.enabled_policies():
-        # one evaluation of many objects (a PR's manifests) resolves each policy once per kind of subject
-        cache_key: tuple[Any, ...] | None = (policy_id, subject_key) if subject_key is not None else None
-        resolved = resolutions.get(cache_key) if resolutions is not None and cache_key is not None else None
+        resolved = known.get(policy_id) if known is not None else None
         if resolved is None:
             resolved = policyset.resolve(policy_id, subject=subject, point=point)
-            if resolutions is not None and cache_key is not None:
-                resolutions[cache_key] = resolved
+            if known is not None:
+                known[policy_id] = resolved
         if resolved.action == "off":
             continue
         if resolved.only_new:
@@ -132,13 +144,12 @@ def evaluate_object(obj: Mapping[str, Any], policyset: PolicySet, *, point: Enfo
         for rule in policyset.rules:
             if not (checkable or _names_kinds(rule)):
                 continue  # like the policies: objects without pod templates, unless the rule names its kinds
-            # rule ids never are policy ids: the resolution cache holds both
-            cache_key = ("rule", rule.id, subject_key) if subject_key is not None else None
-            resolved = resolutions.get(cache_key) if resolutions is not None and cache_key is not None else None
+            # rule ids never are policy ids, but a rule's key is a tuple all the same
+            resolved = known.get(("rule", rule.id)) if known is not None else None
             if resolved is None:
                 resolved = policyset.resolve_rule(rule, subject=subject, point=point)
-                if resolutions is not None and cache_key is not None:
-                    resolutions[cache_key] = resolved
+                if known is not None:
+                    known[("rule", rule.id)] = resolved
             if resolved.action != "off":
                 active.append((rule, resolved))
                 checked.append(rule.id)
@@ -176,7 +187,7 @@ def evaluate(objects: Iterable[Mapping[str, Any]], policyset: PolicySet, *, poin
     """Evaluate a set of objects (a PR's manifests, or one admission request's object)."""
     report = Report()
     seen: set[tuple[Any, ...]] = set()
-    resolutions: dict[tuple[Any, ...], Resolved] = {}
+    resolutions: Resolutions = {}
     for obj in objects:
         if not isinstance(obj, Mapping):
             continue

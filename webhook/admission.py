@@ -16,13 +16,14 @@ import jsonpatch
 
 from policies.context import ClusterFacts, EmptyFacts, RequestInfo
 from policies.decision import break_glass, effective_violations
-from policies.engine import Evaluated, evaluate_object, new_violations
+from policies.engine import Evaluated, Resolutions, evaluate_object, new_violations
 from policies.model import Resource, Violation
 from policies.mutations import mutate_admitted_pod
 from policies.policyset import PolicySet
 from policies.selectors import Subject
 from webhook.review import AdmissionRequest, Decision, clip_warning
 
+RESOLVED_SUBJECTS = 1024  # kinds of subject (namespace, kind, labels, requester) whose resolutions are kept
 QUOTA_POLICY = "gpu-quota"
 SCALABLE_KINDS = {"deployments": ("apps/v1", "Deployment"), "replicasets": ("apps/v1", "ReplicaSet"),
                   "statefulsets": ("apps/v1", "StatefulSet"), "rollouts": ("argoproj.io/v1alpha1", "Rollout"),
@@ -74,6 +75,10 @@ class Admission:
         self.own_namespace = own_namespace
         self.dry_run = dry_run
         self.max_warnings = max_warnings
+        # the policies' resolutions per kind of subject under the PolicySet in force (engine.Resolutions): a
+        # fresh cache for every new PolicySet, and one that has seen RESOLVED_SUBJECTS kinds of subject starts
+        # over, so varied labels cost a re-resolution, never unbounded memory
+        self._resolved: tuple[PolicySet | None, Resolutions] = (None, {})
 
     # ---- validate -----------------------------------------------------------------------------
     def validate(self, request: AdmissionRequest, policyset: PolicySet) -> Outcome:
@@ -104,8 +109,13 @@ class Admission:
 
     def _evaluate(self, obj: Mapping[str, Any], policyset: PolicySet, info: RequestInfo,
                   namespace: str) -> Evaluated:
+        held, resolutions = self._resolved
+        if held is not policyset or len(resolutions) >= RESOLVED_SUBJECTS:
+            resolutions = {}
+            self._resolved = (policyset, resolutions)  # one assignment: the app threads see either pair whole
         return evaluate_object(obj, policyset, point="admission", facts=self.facts, request=info,
-                               own_namespace=self.own_namespace, default_namespace=namespace or "default")
+                               own_namespace=self.own_namespace, default_namespace=namespace or "default",
+                               resolutions=resolutions)
 
     def _validate_scale(self, request: AdmissionRequest, policyset: PolicySet) -> Outcome:
         """A Scale of a Deployment/ReplicaSet/StatefulSet/Rollout/LeaderWorkerSet: the GPU quota

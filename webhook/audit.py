@@ -31,10 +31,10 @@ from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
 from policies.context import ClusterFacts, GpuIdleness, ManifestFacts, StaticUtilisation, WithUtilisation
-from policies.engine import Evaluated, evaluate_object
+from policies.engine import Evaluated, Resolutions, evaluate_object
 from policies.kinds import TABLE
 from policies.model import Resource
-from policies.policyset import PolicySet, Resolved
+from policies.policyset import PolicySet
 from policies.snapshot import ClusterSnapshot
 from webhook.facts import trim_pod
 
@@ -410,7 +410,7 @@ def run_audit(api: Api, policyset: PolicySet, *, namespace: str | None = None, o
                        utilisation_for(listed, rows, window_seconds=seconds(str(params["window"])),
                                        threshold_percent=float(params["utilisationBelowPercent"])))
         facts = WithUtilisation(facts, utilisation)
-    resolutions: dict[tuple[Any, ...], Resolved] = {}
+    resolutions: Resolutions = {}
     judged = []
     for obj in listed.objects:
         k = key_of(obj)
