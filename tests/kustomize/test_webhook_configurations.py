@@ -164,7 +164,8 @@ def _user(username: str, groups: list[str] | None = None) -> dict:
 def _pod(owner_kind: str | None = None) -> dict:
     meta: dict = {"name": "p", "namespace": "team-a"}
     if owner_kind:
-        meta["ownerReferences"] = [{"apiVersion": "apps/v1", "kind": owner_kind, "name": "o", "uid": "1"}]
+        meta["ownerReferences"] = [{"apiVersion": "apps/v1", "kind": owner_kind, "name": "o", "uid": "1",
+                                   "controller": True, "blockOwnerDeletion": True}]
     return {"apiVersion": "v1", "kind": "Pod", "metadata": meta, "spec": {"containers": []}}
 
 
@@ -218,11 +219,15 @@ def test_validating_match_conditions(renders: Renders, user: dict, called: bool)
     (KUBE_SYSTEM_SA, None, False),
     (RS_CONTROLLER, "ReplicaSet", True),      # Deployment / Rollout pods must be mutated
     (CONTROLLER_MANAGER, "Job", True),        # controllers sharing the manager's identity
-    (RS_CONTROLLER, "DaemonSet", False),      # node infrastructure starts before mlguard can
+    (CONTROLLER_MANAGER, "DaemonSet", False),  # node infrastructure starts before mlguard can
     (_user("system:serviceaccount:kube-system:daemon-set-controller"), "DaemonSet", False),
     (HUMAN, None, True),
+    (HUMAN, "DaemonSet", True),               # an owner reference the tenant wrote itself skips nothing
+    (ARGOCD, "DaemonSet", True),
+    (RS_CONTROLLER, "DaemonSet", True),
 ], ids=["node", "scheduler", "kube-system-sa", "replicaset-pod", "job-pod-shared-identity",
-        "daemonset-pod", "daemonset-controller", "human-pod"])
+        "daemonset-pod", "daemonset-controller", "human-pod", "forged-daemonset-owner", "argocd-forged-owner",
+        "rs-controller-daemonset-owner"])
 def test_mutating_match_conditions(renders: Renders, user: dict, owner: str | None, called: bool) -> None:
     hook = one(renders("kustomize/overlays/prod"), "MutatingWebhookConfiguration", "mlguard")["webhooks"][0]
     assert _matches(hook, user, _pod(owner)) is called
