@@ -138,6 +138,19 @@ def start_nginx(work: Path, cert: Path, key: Path, port: int) -> subprocess.Pope
     raise SystemExit(f"nginx did not start: {(work / 'nginx-error.log').read_text()}")
 
 
+# py-spy frames ("function (file:line)") marking where a sample was spent; a sample counts in every stage on its stack
+STAGES = {
+    "Flask, all of the app (below)": "Flask.__call__ (",
+    "  the review's parse and checks": "parse_review (",
+    "  policy evaluation": "Admission.validate (",
+    "  the decision log line": "Logger.info (",
+    "gunicorn's HTTP parser": "Request.__init__ (gunicorn",
+    "TLS reads (recv)": "SSLSocket.recv_into (",
+    "TLS writes (send; wall time: the woken client may run first)": "SSLSocket.send (",
+}
+IDLE = ("EpollSelector.select (", "PolicyStore._run (", "_worker (concurrent", "Condition.wait (")
+
+
 def profile(pid: int, url: str, body: bytes, work: Path, *, duration: float, connections: int) -> None:
     spy = shutil.which("py-spy") or shutil.which("py-spy", path=str(Path(sys.executable).parent))
     if not spy:
@@ -157,6 +170,7 @@ def profile(pid: int, url: str, body: bytes, work: Path, *, duration: float, con
     for p in procs:
         p.wait(timeout=duration + 30)
     own: dict[str, int] = {}
+    within: dict[str, int] = dict.fromkeys(STAGES, 0)
     total = 0
     for out in outs:
         if not out.exists():
@@ -164,11 +178,22 @@ def profile(pid: int, url: str, body: bytes, work: Path, *, duration: float, con
         for line in out.read_text().splitlines():
             stack, _, count = line.rpartition(" ")
             frames = stack.split(";")
+            if any(idle in stack for idle in IDLE):
+                continue  # waiting for work, or a background thread's sleep
             n = int(count)
             total += n
             own[frames[-1]] = own.get(frames[-1], 0) + n
-    print(f"  py-spy, own time of the top functions ({total} samples):")
-    for frame, n in sorted(own.items(), key=lambda kv: -kv[1])[:25]:
+            for stage, marker in STAGES.items():
+                if marker in stack:
+                    within[stage] += n
+    if not total:
+        print("  py-spy recorded nothing")
+        return
+    print(f"  py-spy, share of the busy samples ({total}) spent within:")
+    for stage, n in within.items():
+        print(f"    {100 * n / total:5.1f}%  {stage}")
+    print("  and own time of the top functions:")
+    for frame, n in sorted(own.items(), key=lambda kv: -kv[1])[:15]:
         print(f"    {100 * n / total:5.1f}%  {frame}")
 
 
@@ -208,7 +233,8 @@ def main() -> int:
         finally:
             nginx.send_signal(signal.SIGQUIT)
             nginx.wait(timeout=10)
-        for config in args.configs.split(","):
+        configs = args.configs.split(",")
+        for config in configs:
             shape, _, model = config.partition(":")
             workers, _, threads = shape.partition("x")
             proc, port = serve(work, cert, key, ca_path, workers=int(workers), threads=int(threads or 1),
@@ -217,6 +243,11 @@ def main() -> int:
                 url = f"https://127.0.0.1:{port}/validate"
                 rows.append(measure(f"mlguard /validate {len(body)} B Deployment ({config})", proc.pid, url, body,
                                     work, duration=args.duration, connections=args.connections))
+                if config == configs[0]:
+                    # the floor of this stack: the same server, TLS, loop, gunicorn's parser and Flask, no review
+                    rows.append(measure(f"mlguard GET /healthz, no review ({config})", proc.pid,
+                                        f"https://127.0.0.1:{port}/healthz", None, work, duration=args.duration,
+                                        connections=args.connections))
                 if args.profile:
                     profile(proc.pid, url, body, work, duration=args.duration, connections=args.connections)
             finally:
