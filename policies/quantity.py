@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import re
 from decimal import Decimal, InvalidOperation
 
@@ -44,6 +45,13 @@ def parse_quantity(value: object) -> Decimal:
         return Decimal(repr(value))
     if not isinstance(value, str):
         raise QuantityError(f"{value!r} is not a quantity")
+    return _parse_text(value)
+
+
+@functools.lru_cache(maxsize=4096)
+def _parse_text(value: str) -> Decimal:
+    """A quantity written as text; remembered (a Decimal is immutable, and a review names the same few
+    quantities again and again), bounded. A value that is not a quantity raises each time."""
     match = _QUANTITY.fullmatch(value)
     if not match:
         raise QuantityError(f"{value!r} is not a quantity (expected a number with an optional suffix "
