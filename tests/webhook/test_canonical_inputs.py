@@ -131,3 +131,26 @@ def test_leaderworkerset_scale_gets_the_quota_look_ahead(server: WebhookServer, 
     assert up["allowed"] is False
     assert "LeaderWorkerSet `lws1` needs 20 nvidia.com/gpu" in up["status"]["message"], up["status"]["message"]
     assert scale(3)["allowed"] is True
+
+
+def _depth(value: object) -> int:
+    if isinstance(value, dict):
+        return 1 + max((_depth(v) for v in value.values()), default=0)
+    if isinstance(value, list):
+        return 1 + max((_depth(v) for v in value), default=0)
+    return 0
+
+
+@pytest.mark.parametrize("text", [
+    "{}", "[]", '"[[[{"', '{"a": "]]]}}}[[[", "b": [[1], {"c": [2]}]}', '{"k\\"[": ["\\\\", "[{"]}',
+    "[" * 128 + "]" * 128, "[" * 129 + "]" * 129, '{"s": "' + "[" * 300 + '", "d": ' + "[" * 5 + "]" * 5 + "}",
+    "[" + ",".join(["[]"] * 200) + "]",  # many brackets, shallow: past the quick bound, still depth 2
+])
+def test_nesting_depth_is_exact_and_ignores_brackets_in_strings(text: str) -> None:
+    from webhook.review import MAX_NESTING, nesting_depth
+
+    depth = _depth(json.loads(text))
+    found = nesting_depth(text.encode())
+    # below the quick bound (opening brackets outside and inside strings) the answer may be 0: never too deep
+    assert found == depth or (found == 0 and text.count("[") + text.count("{") <= MAX_NESTING)
+    assert (found > MAX_NESTING) == (depth > MAX_NESTING)
