@@ -12,19 +12,21 @@ from typing import Any
 
 from rollouts.errors import ParamError
 
-DURATION_RE = re.compile(r"^([1-9][0-9]{0,5})(s|m|h|d)$")
+DURATION_RE = re.compile(r"^([1-9][0-9]{0,6})(s|m|h|d)$")
 _UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 MAX_WINDOW_SECONDS = 7 * 86400
 
 
-def parse_duration(value: str, *, name: str) -> int:
-    """``"30s"``, ``"10m"``, ``"2h"``, ``"1d"`` -> seconds (a Prometheus-safe duration)."""
+def parse_duration(value: str, *, name: str, maximum: int = MAX_WINDOW_SECONDS, label: str | None = None) -> int:
+    """``"30s"``, ``"10m"``, ``"2h"``, ``"1d"`` -> seconds (a Prometheus-safe duration), at most ``maximum``.
+    Errors name ``label`` (default: ``parameter '<name>'``)."""
+    label = label or f"parameter {name!r}"
     m = DURATION_RE.match(value)
     if not m:
-        raise ParamError(f"parameter {name!r} must be a duration like 30s, 10m or 2h, got {value!r}")
+        raise ParamError(f"{label} must be a duration like 30s, 10m, 2h or 1d, got {value!r}")
     seconds = int(m.group(1)) * _UNIT_SECONDS[m.group(2)]
-    if seconds > MAX_WINDOW_SECONDS:
-        raise ParamError(f"parameter {name!r} is longer than 7d ({value!r})")
+    if seconds > maximum:
+        raise ParamError(f"{label} is longer than {maximum // 86400}d ({value!r})")
     return seconds
 
 

@@ -25,10 +25,9 @@ import math
 import re
 from dataclasses import dataclass, field
 
+from rollouts import params
 from rollouts.errors import ParamError
 
-DURATION_RE = re.compile(r"^([1-9][0-9]{0,6})(s|m|h|d)$")
-_UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 MAX_WINDOW_SECONDS = 90 * 86400
 MAX_STEPS = 50_000  # grid points per report: 31 days at 1 minute; Prometheus holds one subquery of it in memory
 MIN_STEP_SECONDS = 10
@@ -48,14 +47,9 @@ MIG_RE = re.compile(r"^nvidia_com_mig_(?P<slices>[0-9]+)g_(?P<memory>[0-9]+)gb(?
 
 
 def parse_duration(value: str, *, name: str, maximum: int = MAX_WINDOW_SECONDS) -> int:
-    """``"90s"``, ``"30m"``, ``"2h"``, ``"7d"`` -> seconds."""
-    m = DURATION_RE.match(value)
-    if not m:
-        raise ParamError(f"{name} must be a duration like 30s, 10m, 2h or 7d, got {value!r}")
-    seconds = int(m.group(1)) * _UNIT_SECONDS[m.group(2)]
-    if seconds > maximum:
-        raise ParamError(f"{name} is longer than {maximum // 86400}d ({value!r})")
-    return seconds
+    """``"90s"``, ``"30m"``, ``"2h"``, ``"7d"`` -> seconds, at most 90 days unless ``maximum`` says less; errors
+    name the option (``--window``)."""
+    return params.parse_duration(value, name=name, maximum=maximum, label=name)
 
 
 def ksm_label(key: str) -> str:

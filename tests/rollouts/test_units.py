@@ -28,8 +28,14 @@ def test_durations():
     assert parse_duration("10m", name="w") == 600
     assert parse_duration("2h", name="w") == 7200
     for bad in ("", "10", "1.5h", "-1m", "0s", "8d", "1w", "10m;drop"):
-        with pytest.raises(ParamError):
+        with pytest.raises(ParamError, match="^parameter 'w' "):
             parse_duration(bad, name="w")
+    with pytest.raises(ParamError, match=r"^parameter 'w' is longer than 7d \('604801s'\)$"):
+        parse_duration("604801s", name="w")
+    assert parse_duration("604800s", name="w") == 7 * 86400
+    assert parse_duration("90d", name="--window", maximum=90 * 86400, label="--window") == 90 * 86400
+    with pytest.raises(ParamError, match=r"^--step is longer than 1d \('25h'\)$"):
+        parse_duration("25h", name="--step", maximum=86400, label="--step")
 
 
 def test_params_typed_getters():
