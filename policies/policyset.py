@@ -195,21 +195,28 @@ class PolicySet:
     def _resolve(self, config: Mapping[str, Any], defaults: Mapping[str, Any], *, subject: Subject,
                  point: EnforcementPoint) -> Resolved:
         envs = self.spec.get("environments") or {}
-        action: Any = config.get("action", self.spec.get("defaultAction", "deny"))
+        # each level's action is read at this enforcement point first, so a policy off at a point (gpu-idle at
+        # ci and admission) stays off there whatever its environment's default
+        action = _at_point(config.get("action", self.spec.get("defaultAction", "deny")), point)
         if subject.environment is not None and action != "off":
-            action = (envs.get("defaults") or {}).get(subject.environment, action)
+            action = _at_point((envs.get("defaults") or {}).get(subject.environment, action), point)
         params = {**defaults, **(config.get("params") or {})}  # read-only: policies never mutate params
         for override in config.get("overrides") or []:
             if matches(override["match"], None, subject):
                 if "action" in override:
-                    action = override["action"]
+                    action = _at_point(override["action"], point)
                 params.update(override.get("params") or {})
-        if isinstance(action, Mapping):
-            # the audit reports what admission would do, unless the set says otherwise for the audit
-            action = action.get(point, action.get("admission", "deny") if point == "audit" else "deny")
         if not matches(config.get("match"), config.get("exclude"), subject):
             action = "off"
         return Resolved(action, params, bool(config.get("onlyNewViolations", False)))
+
+
+def _at_point(action: Any, point: EnforcementPoint) -> Any:
+    """An action given per enforcement point, at ``point``: a point not named denies, except the audit, which
+    reports what admission would do unless the set says otherwise for the audit."""
+    if isinstance(action, Mapping):
+        return action.get(point, action.get("admission", "deny") if point == "audit" else "deny")
+    return action
 
 
 def _yaml11_off(data: Any) -> None:

@@ -36,15 +36,20 @@ POLICYSET = parse_policyset(HEAD + """spec:
     serving-probes:
       action: deny
       exclude: {namespaces: [legacy]}
+    gpu-idle:
+      action: {ci: "off", admission: "off", audit: warn}
+    image-digest:
+      action: {ci: warn, admission: deny}
 """)
 
 
-def action(policy: str, *, env: str | None = None, ns: str = "apps", groups: tuple[str, ...] = ()) -> str:
+def action(policy: str, *, env: str | None = None, ns: str = "apps", groups: tuple[str, ...] = (),
+           point: str = "admission") -> str:
     from policies.context import RequestInfo
 
     subject = Subject(resource=Resource("apps/v1", "Deployment", ns, "d"), object_labels={}, namespace_labels={},
                       environment=env, request=RequestInfo(user="u", groups=groups))
-    return POLICYSET.resolve(policy, subject=subject, point="admission").action
+    return POLICYSET.resolve(policy, subject=subject, point=point).action  # type: ignore[arg-type]
 
 
 def test_level_1_default_action_for_a_policy_without_one() -> None:
@@ -60,6 +65,12 @@ def test_level_3_the_environment_default_over_the_policys_action() -> None:
     assert action("gpu-limits", env="prod") == "deny"
     assert action("gpu-tolerations", env="staging") == "deny"    # no default for staging: the policy's own
     assert action("gpu-node-selection", env="prod") == "off"     # off stays off
+    # per enforcement point: a point that is off stays off, the others take the environment's default
+    for env, at_audit in ((None, "warn"), ("prod", "deny"), ("dev", "warn")):
+        assert [action("gpu-idle", env=env, point=p) for p in ("ci", "admission", "audit")] == ["off", "off", at_audit]
+    assert [action("image-digest", env="dev", point=p) for p in ("ci", "admission", "audit")] == ["warn"] * 3
+    assert [action("image-digest", env="prod", point=p) for p in ("ci", "admission", "audit")] == ["deny"] * 3
+    assert [action("image-digest", point=p) for p in ("ci", "admission", "audit")] == ["warn", "deny", "deny"]
 
 
 def test_level_4_overrides_over_the_environment_default_the_last_one_winning() -> None:
