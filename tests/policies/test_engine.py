@@ -109,6 +109,9 @@ def test_notes_are_not_violations() -> None:
     report = evaluate([pod(gpu_limits=1)], ps, point="ci")
     assert not report.violations
     assert [n.message for n in report.notes] == ["toleration for nvidia.com/gpu:NoSchedule will be added at admission"]
+    # the audit judges what was admitted already: no note about what admission will add, and no finding
+    audited = evaluate([pod(gpu_limits=1)], ps, point="audit")
+    assert not audited.violations and not audited.notes
 
 
 def test_workload_ref_findings_name_the_deployment_once() -> None:

@@ -93,7 +93,9 @@ class GpuTolerations(Policy):
                     continue
                 names = ", ".join(_taint_name(t) for t in missing)
                 if ctx.mutations.get("tolerations"):
-                    yield pod_field_finding(tpl, path, f"toleration for {names} will be added at admission", note=True)
+                    if ctx.point != "audit":  # what runs was admitted: the mutation has had its say
+                        yield pod_field_finding(tpl, path, f"toleration for {names} will be added at admission",
+                                                note=True)
                 else:
                     example = missing[0]
                     yield pod_field_finding(tpl, path, f"{self._who(tpl)} uses a GPU but does not tolerate {names}; "
