@@ -27,7 +27,7 @@ KNOWN_METRICS = {
     "mlguard_runtimeclass_missing",
     "mlguard_analysis_requests_total", "mlguard_analysis_duration_seconds_bucket",
     "mlguard_analysis_duration_seconds_count", "mlguard_analysis_duration_seconds_sum",
-    "mlguard_analysis_source_errors_total", "mlguard_webhook_connections", "mlguard_webhook_connection_limit",
+    "mlguard_analysis_source_errors_total", "mlguard_analysis_rejected_total", "mlguard_webhook_connections", "mlguard_webhook_connection_limit",
     "mlguard_webhook_connections_saturated_total", "mlguard_webhook_connections_closed_total",
     "mlguard_audit_results", "mlguard_audit_runs_total", "mlguard_audit_duration_seconds",
     "mlguard_audit_last_success_timestamp_seconds", "mlguard_audit_objects",
@@ -152,6 +152,20 @@ UNIT_TESTS = {
                                "caller": "job"},
             }],
         }],
+    },
+    "a busy analysis provider fires on steady rejections, not on one burst": {
+        "interval": "1m",
+        "input_series": [
+            # one burst of 10 rejections at minute 2, then none
+            {"series": 'mlguard_analysis_rejected_total{namespace="burst",pod="a"}', "values": "0 0 10x40"},
+            # one rejection a minute, throughout
+            {"series": 'mlguard_analysis_rejected_total{namespace="steady",pod="b"}', "values": "0+1x40"},
+        ],
+        "alert_rule_test": [
+            {"eval_time": "8m", "alertname": "MlguardAnalysisProviderBusy", "exp_alerts": []},
+            {"eval_time": "30m", "alertname": "MlguardAnalysisProviderBusy", "exp_alerts": [
+                {"exp_labels": {"severity": "warning", "namespace": "steady"}}]},
+        ],
     },
     "a refused PolicySet reload fires after 2 minutes": {
         "interval": "1m",
