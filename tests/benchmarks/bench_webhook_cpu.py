@@ -2,7 +2,7 @@
 """Server CPU per AdmissionReview, side by side with the floor: nginx answering a static reply over
 TLS on the same certificate, loaded the same way in the same run.
 
-    python tests/benchmarks/bench_webhook_cpu.py [--duration 8] [--connections 8] [--profile]
+    python tests/benchmarks/bench_webhook_cpu.py [--duration 8] [--connections 8] [--profile] [--no-floor]
 
 Each server is loaded by ``wrk`` (closed loop, keep-alive, ``--connections``) to saturation; the
 CPU time (user + system) of the server's processes (gunicorn master and workers; nginx master and
@@ -10,6 +10,10 @@ workers) is read from /proc before and after, and divided by the requests wrk co
 shares the 2 cores with the server, so saturation means "both cores busy", not the server alone.
 nginx is Debian's ``nginx-light`` (``scripts/setup.sh --bench``), 2 worker processes like the
 webhook's 2 gunicorn workers, TLS 1.2+ with the webhook's certificate and key.
+
+Each webhook configuration also gets a ``GET /healthz`` row (``--no-floor`` skips it): the same server,
+TLS, worker, gunicorn's HTTP parser and Flask with no review and no policy: what the stack costs before
+mlguard does anything.
 
 ``--profile`` also records the webhook workers with py-spy (when installed: ``pip install py-spy``,
 a bench-only tool) and prints the top functions by own time, to see where the CPU goes.
@@ -205,6 +209,7 @@ def main() -> int:
                         help="webhook configurations, comma-separated: WORKERSxTHREADS:event-loop (THREADS app "
                              "threads, 1 = inline in the loop) or WORKERSxTHREADS:gthread")
     parser.add_argument("--profile", action="store_true")
+    parser.add_argument("--no-floor", action="store_true", help="skip the GET /healthz row of each configuration")
     args = parser.parse_args()
     if not shutil.which("wrk"):
         raise SystemExit("wrk not installed: scripts/setup.sh --bench")
@@ -233,8 +238,7 @@ def main() -> int:
         finally:
             nginx.send_signal(signal.SIGQUIT)
             nginx.wait(timeout=10)
-        configs = args.configs.split(",")
-        for config in configs:
+        for config in args.configs.split(","):
             shape, _, model = config.partition(":")
             workers, _, threads = shape.partition("x")
             proc, port = serve(work, cert, key, ca_path, workers=int(workers), threads=int(threads or 1),
@@ -243,8 +247,8 @@ def main() -> int:
                 url = f"https://127.0.0.1:{port}/validate"
                 rows.append(measure(f"mlguard /validate {len(body)} B Deployment ({config})", proc.pid, url, body,
                                     work, duration=args.duration, connections=args.connections))
-                if config == configs[0]:
-                    # the floor of this stack: the same server, TLS, loop, gunicorn's parser and Flask, no review
+                if not args.no_floor:
+                    # the floor of this stack: the same server, TLS, worker, gunicorn's parser and Flask, no review
                     rows.append(measure(f"mlguard GET /healthz, no review ({config})", proc.pid,
                                         f"https://127.0.0.1:{port}/healthz", None, work, duration=args.duration,
                                         connections=args.connections))
