@@ -11,9 +11,10 @@ shares the 2 cores with the server, so saturation means "both cores busy", not t
 nginx is Debian's ``nginx-light`` (``scripts/setup.sh --bench``), 2 worker processes like the
 webhook's 2 gunicorn workers, TLS 1.2+ with the webhook's certificate and key.
 
-Each webhook configuration also gets a ``GET /healthz`` row (``--no-floor`` skips it): the same server,
-TLS, worker, gunicorn's HTTP parser and Flask with no review and no policy: what the stack costs before
-mlguard does anything.
+Two floors (``--no-floor`` skips both): each webhook configuration gets a ``GET /healthz`` row (the same
+server, TLS, worker, gunicorn's HTTP parser and Flask with no review and no policy), and a two-line Flask app
+under gunicorn's own gthread worker reads the same review over TLS and answers a constant: what Flask and
+gunicorn cost before mlguard does anything.
 
 ``--profile`` also records the webhook workers with py-spy (when installed: ``pip install py-spy``,
 a bench-only tool) and prints the top functions by own time, to see where the CPU goes.
@@ -201,6 +202,47 @@ def profile(pid: int, url: str, body: bytes, work: Path, *, duration: float, con
         print(f"    {100 * n / total:5.1f}%  {frame}")
 
 
+BARE_APP = """\
+from flask import Flask, request
+
+app = Flask(__name__)
+REPLY = b'{"apiVersion":"admission.k8s.io/v1","kind":"AdmissionReview","response":{"uid":"0","allowed":true}}'
+
+
+@app.post("/validate")
+def validate():
+    request.get_data()
+    return app.response_class(REPLY, mimetype="application/json")
+"""
+
+
+def bare_flask(work: Path, cert: Path, key: Path, body: bytes, *, duration: float,
+               connections: int) -> dict[str, float | str]:
+    """Flask and gunicorn alone: a two-line app that reads the review and answers a constant, under gunicorn's
+    own gthread worker (2 x 4, TLS, the same certificate) -- no mlguard code at all."""
+    from bench_webhook import free_port
+
+    (work / "bare_app.py").write_text(BARE_APP)
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "gunicorn", "--chdir", str(work), "-w", "2", "--threads", "4",
+                             "-k", "gthread", "--certfile", str(cert), "--keyfile", str(key), "-b",
+                             f"127.0.0.1:{port}", "bare_app:app"], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        end = time.monotonic() + 20
+        while len(tree(proc.pid)) < 3 and time.monotonic() < end:
+            time.sleep(0.1)
+        time.sleep(0.5)
+        return measure("Flask + gunicorn gthread 2x4, no mlguard", proc.pid, f"https://127.0.0.1:{port}/validate",
+                       body, work, duration=duration, connections=connections)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=25)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--duration", type=float, default=8.0)
@@ -238,6 +280,8 @@ def main() -> int:
         finally:
             nginx.send_signal(signal.SIGQUIT)
             nginx.wait(timeout=10)
+        if not args.no_floor:
+            rows.append(bare_flask(work, cert, key, body, duration=args.duration, connections=args.connections))
         for config in args.configs.split(","):
             shape, _, model = config.partition(":")
             workers, _, threads = shape.partition("x")
@@ -260,9 +304,9 @@ def main() -> int:
                     proc.wait(timeout=25)
                 except subprocess.TimeoutExpired:
                     proc.kill()
-        print(f"  {'server':<48} {'req/s':>8} {'CPU µs/req':>11} {'cores':>6} {'p99':>9}")
+        print(f"  {'server':<56} {'req/s':>8} {'CPU µs/req':>11} {'cores':>6} {'p99':>9}")
         for r in rows:
-            print(f"  {r['name']:<48} {r['rate']:>8.0f} {r['cpu_us']:>11.0f} {r['cores']:>6.2f} {r['p99']:>9}")
+            print(f"  {r['name']:<56} {r['rate']:>8.0f} {r['cpu_us']:>11.0f} {r['cores']:>6.2f} {r['p99']:>9}")
         return 0
     finally:
         shutil.rmtree(work, ignore_errors=True)
