@@ -180,6 +180,15 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def stop(proc: subprocess.Popen) -> None:
+    """Stop a server started by `serve` (or any gunicorn): SIGTERM, then SIGKILL after gunicorn's grace."""
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(timeout=25)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+
+
 def serve(work: Path, cert: Path, key: Path, ca: Path, *, workers: int, threads: int,
           worker_class: str | None = None) -> tuple[subprocess.Popen, int]:
     """``workers`` x ``threads`` of gthread when ``worker_class`` is "gthread", else the configured
@@ -247,11 +256,7 @@ def main() -> int:
                           f"{r['max']:>7.1f}  {r['errors']}")
                 print(f"  peak (wrk, closed loop, 8 connections): {wrk_peak(port, body, work)}")
             finally:
-                proc.send_signal(signal.SIGTERM)
-                try:
-                    proc.wait(timeout=25)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
+                stop(proc)
         return 0
     finally:
         shutil.rmtree(work, ignore_errors=True)

@@ -37,7 +37,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import trustme
-from bench_webhook import deployment_review, serve
+from bench_webhook import deployment_review, serve, stop
 
 TICK = os.sysconf("SC_CLK_TCK")
 NGINX_CONF = """\
@@ -236,11 +236,7 @@ def bare_flask(work: Path, cert: Path, key: Path, body: bytes, *, duration: floa
         return measure("Flask + gunicorn gthread 2x4, no mlguard", proc.pid, f"https://127.0.0.1:{port}/validate",
                        body, work, duration=duration, connections=connections)
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=25)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        stop(proc)
 
 
 def main() -> int:
@@ -299,11 +295,7 @@ def main() -> int:
                 if args.profile:
                     profile(proc.pid, url, body, work, duration=args.duration, connections=args.connections)
             finally:
-                proc.send_signal(signal.SIGTERM)
-                try:
-                    proc.wait(timeout=25)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
+                stop(proc)
         print(f"  {'server':<56} {'req/s':>8} {'CPU µs/req':>11} {'cores':>6} {'p99':>9}")
         for r in rows:
             print(f"  {r['name']:<56} {r['rate']:>8.0f} {r['cpu_us']:>11.0f} {r['cores']:>6.2f} {r['p99']:>9}")
