@@ -28,7 +28,7 @@ def test_durations():
     assert parse_duration("10m", name="w") == 600
     assert parse_duration("2h", name="w") == 7200
     for bad in ("", "10", "1.5h", "-1m", "0s", "8d", "1w", "10m;drop"):
-        with pytest.raises(ParamError, match="^parameter 'w' "):
+        with pytest.raises(ParamError, match=r"^parameter 'w' "):
             parse_duration(bad, name="w")
     with pytest.raises(ParamError, match=r"^parameter 'w' is longer than 7d \('604801s'\)$"):
         parse_duration("604801s", name="w")
