@@ -11,16 +11,26 @@ per-request budget is a finding that denies (fail closed), naming the rule.
 from __future__ import annotations
 
 import math
+import re
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from decimal import Decimal
+from functools import lru_cache
 from typing import Any
 
 from policies.context import RequestInfo
 from policies.gpu import DRA_QUOTA_SUFFIX, GpuConfig, container_gpus
 from policies.model import Finding
-from policies.rules.celenv import EvalError, activation, frame_activation
+from policies.rules.celenv import (
+    FRAME_VARIABLES,
+    SCOPES,
+    WALK_DEPTH,
+    EvalError,
+    activation,
+    combined_program,
+    frame_activation,
+)
 from policies.rules.ruleset import Rule, Validation
 from policies.workload import PodTemplate, Workload, join
 
@@ -44,6 +54,13 @@ class Budget:
         if self.spent > self.seconds and self.exhausted_by is None:
             self.exhausted_by = rule_id
         return self.exhausted_by is None
+
+    def take(self, seconds: float) -> bool:
+        """Charge work done for every rule at once when it fits in what is left (True); else charge nothing."""
+        if self.exhausted_by is not None or self.spent + seconds > self.seconds:
+            return False
+        self.spent += seconds
+        return True
 
 
 @dataclass(frozen=True)
@@ -138,27 +155,115 @@ class Instance:
 
 class Frame:
     """Every rule's view of one object, bound once: each fact is converted for the runtime a single time
-    (on first use), and each validation runs over all of its scope's instances in one evaluation."""
+    (on first use), and each validation runs over all of its scope's instances in one evaluation. Only what
+    the given rules' frame programs read is built (all of it when ``rules`` is None); a pod template or
+    container that sits inside the object is read from the converted object by its path, not bound again."""
 
-    def __init__(self, given: RuleInput, params: Mapping[str, Mapping[str, Any]]) -> None:
-        base = given.base()
-        data = {k: base[k] for k in ("object", "oldObject", "request", "namespaceObject", "environment", "model")}
+    def __init__(self, given: RuleInput, params: Mapping[str, Mapping[str, Any]],
+                 rules: Iterable[Rule] | None = None) -> None:
+        names: set[str] = set(FRAME_VARIABLES)
+        scopes: set[str] = set(SCOPES)
+        # the validations evaluated together, the first time a rule needs its verdicts (`verdicts`)
+        self.together = [v for rule in rules or () if rule.validations and all(v.frame_body for v in rule.validations)
+                         for v in rule.validations]
+        self._verdicts: dict[int, Any] | None = None if self.together else {}
+        if rules is not None:
+            names, scopes = set(), set()
+            for rule in rules:
+                names |= rule.frame_names
+                scopes |= rule.frame_scopes
+        data: dict[str, Any] = {}
+        if names & _BASE:
+            base = given.base()
+            data.update((k, base[k]) for k in names & _BASE)
         data["variables"] = {}
-        data["mlguardP"] = {k: dict(v) for k, v in params.items()}
-        obj, tpls, ctrs = (given.instances(s) for s in ("object", "podTemplate", "container"))
+        if "mlguardP" in names:
+            data["mlguardP"] = {k: dict(v) for k, v in params.items()}
+        obj, tpls, ctrs = (given.instances(s) if s in scopes else [] for s in SCOPES)
         data["mlguardN"] = {"object": list(range(len(obj))), "podTemplate": list(range(len(tpls))),
                             "container": list(range(len(ctrs)))}
-        data["mlguardOG"] = obj[0].data["gpus"] if obj else 0
-        data["mlguardOR"] = obj[0].data["gpuResources"] if obj else []
-        data["mlguardT"] = [i.data["template"] for i in tpls]
-        data["mlguardTG"] = [i.data["gpus"] for i in tpls]
-        data["mlguardTR"] = [i.data["gpuResources"] for i in tpls]
-        index = {id(i.template): n for n, i in enumerate(tpls)}
-        data["mlguardC"] = [i.data["container"] for i in ctrs]
-        data["mlguardCT"] = [index[id(i.template)] for i in ctrs]
-        data["mlguardCG"] = [i.data["gpus"] for i in ctrs]
-        data["mlguardCR"] = [i.data["gpuResources"] for i in ctrs]
+        if names & {"mlguardOG", "mlguardOR"}:
+            data["mlguardOG"] = obj[0].data["gpus"] if obj else 0
+            data["mlguardOR"] = obj[0].data["gpuResources"] if obj else []
+        root = given.workload.obj
+        if names & {"mlguardTL", "mlguardTP"}:
+            data["mlguardTL"], data["mlguardTP"] = _located(root, [(i.path, i.data["template"]) for i in tpls])
+        if names & {"mlguardTG", "mlguardTR"}:
+            data["mlguardTG"] = [i.data["gpus"] for i in tpls]
+            data["mlguardTR"] = [i.data["gpuResources"] for i in tpls]
+        if names & {"mlguardCL", "mlguardCP"}:
+            data["mlguardCL"], data["mlguardCP"] = _located(root, [(i.path, i.data["container"]) for i in ctrs])
+        if "mlguardCT" in names:
+            index = {id(i.template): n for n, i in enumerate(tpls)}
+            data["mlguardCT"] = [index[id(i.template)] for i in ctrs]
+        if names & {"mlguardCG", "mlguardCR"}:
+            data["mlguardCG"] = [i.data["gpus"] for i in ctrs]
+            data["mlguardCR"] = [i.data["gpuResources"] for i in ctrs]
         self.activation = frame_activation(data)
+
+    def verdicts(self, budget: Budget) -> Mapping[int, Any]:
+        """The result of each validation of ``together`` (by id of its frame program) from one evaluation of all
+        of them; empty when that fails (an error in any: each validation then runs on its own and the one that
+        failed is named) or does not fit in the budget left (each rule then runs on its own, charged its time,
+        so the rule that uses the budget up is the one named)."""
+        if self._verdicts is None:
+            self._verdicts = {}
+            program = combined_program(tuple(v.frame_body or "" for v in self.together))
+            if program is not None:
+                start = budget.clock()
+                try:
+                    got = program.run(self.activation)
+                except EvalError:
+                    got = None
+                if isinstance(got, list) and len(got) == len(self.together) and budget.take(budget.clock() - start):
+                    self._verdicts = {id(v.frame_runner): r for v, r in zip(self.together, got, strict=True)}
+        return self._verdicts
+
+
+_BASE = frozenset({"object", "oldObject", "request", "namespaceObject", "environment", "model"})
+_PART = re.compile(r"([^.\[\]]+)((?:\[[0-9]+\])*)")
+
+
+@lru_cache(maxsize=4096)
+def steps(path: str) -> tuple[str | int, ...] | None:
+    """The keys and indexes of a field path (``spec.containers[0]`` -> spec, containers, 0), or None when it is
+    deeper than the frame walks or not made of plain keys and indexes."""
+    out: list[str | int] = []
+    for part in path.split(".") if path else []:
+        found = _PART.fullmatch(part)
+        if found is None:
+            return None
+        out.append(found.group(1))
+        out += [int(i) for i in found.group(2)[1:-1].split("][")] if found.group(2) else []
+    return tuple(out) if len(out) <= WALK_DEPTH else None
+
+
+def locate(root: Mapping[str, Any], path: str, value: Any) -> tuple[str | int, ...] | None:
+    """The steps of ``path`` when they lead from ``root`` to ``value`` itself (the same object, not an equal one),
+    else None: a value taken from elsewhere, or assembled, is not read from the object."""
+    found = steps(path)
+    if found is None:
+        return None
+    node: Any = root
+    for step in found:
+        if isinstance(step, int):
+            if not isinstance(node, list) or step >= len(node):
+                return None
+        elif not isinstance(node, Mapping) or step not in node:
+            return None
+        node = node[step]
+    return found if node is value else None
+
+
+def _located(root: Mapping[str, Any], items: list[tuple[str, Any]]) -> tuple[list[Any], list[list[str | int]]]:
+    """Per item: (None, its steps in the object) when it sits in it, else (the value itself, [])."""
+    bound: list[Any] = []
+    paths: list[list[str | int]] = []
+    for path, value in items:
+        at = locate(root, path, value)
+        bound.append(None if at is not None else value)
+        paths.append(list(at) if at is not None else [])
+    return bound, paths
 
 
 def instances(rule: Rule, given: RuleInput) -> list[Instance]:
@@ -195,17 +300,20 @@ def _message(validation: Validation, act: Any) -> str:
     return validation.message or f"failed expression: {validation.expression}"
 
 
-def _fast(rule: Rule, given: RuleInput, params: Mapping[str, Any], frame: Frame) -> list[RuleFinding] | None:
+def _fast(rule: Rule, given: RuleInput, params: Mapping[str, Any], frame: Frame, budget: Budget
+          ) -> list[RuleFinding] | None:
     """The rule over every instance in one evaluation per validation; None when it cannot decide alone (an
     error, a value that is not a bool): the per-instance path then says which instance and why."""
     if not rule.validations or any(v.frame_runner is None for v in rule.validations):
         return None
     insts = instances(rule, given)
     verdicts = []
+    together = frame.verdicts(budget)
     for validation in rule.validations:
         assert validation.frame_runner is not None
+        got = together.get(id(validation.frame_runner))
         try:
-            got = validation.frame_runner.run(frame.activation)
+            got = validation.frame_runner.run(frame.activation) if got is None else got
         except EvalError:
             return None
         if not isinstance(got, list) or len(got) != len(insts) or not all(isinstance(x, bool) for x in got):
@@ -224,8 +332,9 @@ def evaluate_rule(rule: Rule, given: RuleInput, params: Mapping[str, Any], budge
     """The findings of one rule on one object; stops (and says so) when the budget is used up."""
     insts = instances(rule, given)
     if frame is not None and insts and budget.exhausted_by is None:
+        frame.verdicts(budget)  # every rule's at once, charged as a whole (once per object)
         start = budget.clock()
-        found = _fast(rule, given, params, frame)
+        found = _fast(rule, given, params, frame, budget)
         spent = budget.clock() - start
         if found is not None:
             yield from found

@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import json
 import re
+from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from policies.rules.celenv import (
-    FRAME_ITEM,
     FRAME_REWRITES,
+    FRAME_VARIABLES,
     MLGUARD_FACTS,
     Program,
     ResultKind,
@@ -24,6 +25,8 @@ from policies.rules.celenv import (
     compile_expression,
     compile_frame,
     compile_internal,
+    frame_body,
+    frame_source,
 )
 from policies.rules.lexer import (
     LexError,
@@ -48,6 +51,7 @@ class Validation:
     runner: Program | None = None          # with the rule's variables inlined: what the engine evaluates
     message_runner: Program | None = None
     frame_runner: Program | None = None    # the same over every instance of the object at once (the fast path)
+    frame_body: str | None = None          # the same with its variables inlined: its part of the rules' one program
 
     @property
     def expression(self) -> str:
@@ -73,6 +77,10 @@ class Rule:
     validations: tuple[Validation, ...]
     facts: frozenset[str] = field(default_factory=frozenset)  # the mlguard-only facts its expressions use
     names: frozenset[str] = field(default_factory=frozenset)  # every variable its evaluation binds
+    # what its frame programs read (the frame builds nothing no active rule reads): variables, and the scopes
+    # whose instances they run over or take templates and containers from
+    frame_names: frozenset[str] = field(default_factory=frozenset)
+    frame_scopes: frozenset[str] = field(default_factory=frozenset)
 
     @property
     def params(self) -> Mapping[str, Any]:
@@ -206,17 +214,32 @@ def compile_rules(entries: Any, *, where: Where, builtin_ids: Sequence[str], lim
                 validations.append(Validation(program, item.get("message"), message_program, item.get("path")))
         if len(errors) == before:
             runnable, bound = _inline(variables, validations, scope, rule_id)
+            frames = [v.frame_runner.source for v in runnable if v.frame_runner is not None]
             rules.append(Rule(rule_id, str(entry["description"]), str(entry["runbook"]), scope, entry,
-                              tuple(variables), tuple(runnable), frozenset(compiler.facts), bound))
+                              tuple(variables), tuple(runnable), frozenset(compiler.facts), bound,
+                              frozenset(t.text for src in frames for t in free_identifiers(src)
+                                        if t.text in FRAME_VARIABLES),
+                              frozenset(n for src in frames for n, _ in selections(src, "mlguardN"))))
     return rules, errors
 
 
 INSTANCE_NAMES = ("container", "template", "gpus", "gpuResources")
+INLINE_GROWTH = 4  # how much longer a validation may get with its variables inlined and still join the one program
+
+
+def _rewrite(source: str, scope: Scope, rule_id: str) -> str | None:
+    """``source`` as the frame evaluates it, over every instance of its scope, or None when the rewrite would
+    not be faithful (a comprehension variable named like a scope variable or one of the frame's own)."""
+    if any(n in INSTANCE_NAMES or n == "params" or n.startswith("mlguard") for n in comprehension_variables(source)):
+        return None
+    for name, replacement in FRAME_REWRITES[scope].items():
+        source = replace_identifier(source, name, replacement)
+    return frame_body(scope, replace_identifier(source, "params", f"mlguardP[{json.dumps(rule_id)}]"))
 
 
 def _frame(source: str, variables: list[Variable], scope: Scope, rule_id: str) -> Program | None:
     """The validation over all instances at once, its variables bound once each (cel.bind, lazy), or None
-    when the rewrite would not be faithful (a comprehension variable named like a scope variable)."""
+    when the rewrite would not be faithful."""
     sources = {v.name: v.program.source for v in variables}
     needed: set[str] = set()
     todo = [n for n, _ in selections(source, "variables")]
@@ -235,12 +258,17 @@ def _frame(source: str, variables: list[Variable], scope: Scope, rule_id: str) -
     for variable in reversed(variables):
         if variable.name in needed:
             source = f"cel.bind(mlguardV_{variable.name}, {bound(variable.program.source)}, {source})"
-    if comprehension_variables(source) & {*INSTANCE_NAMES, "params", FRAME_ITEM}:
-        return None
-    for name, replacement in FRAME_REWRITES[scope].items():
-        source = replace_identifier(source, name, replacement)
-    source = replace_identifier(source, "params", f"mlguardP[{json.dumps(rule_id)}]")
-    return compile_frame(f"mlguardN.{scope}.map({FRAME_ITEM}, {source})")
+    body = _rewrite(source, scope, rule_id)
+    return compile_frame(frame_source(body)) if body is not None else None
+
+
+def _evaluations(source: str, variables: Mapping[str, str]) -> Counter[str]:
+    """How many times each variable is evaluated when ``source`` has its variables inlined."""
+    found: Counter[str] = Counter()
+    for name, _ in selections(source, "variables"):
+        found[name] += 1
+        found.update(_evaluations(variables[name], variables))  # a variable reads only those before it
+    return found
 
 
 def _inline(variables: list[Variable], validations: list[Validation], scope: Scope, rule_id: str
@@ -266,7 +294,17 @@ def _inline(variables: list[Variable], validations: list[Validation], scope: Sco
         if runner is None or (v.message_program is not None and message_runner is None):  # pragma: no cover
             raise ValueError(f"an inlined expression of {rule_id} does not compile: {sources}")
         names |= {t.text for src in sources for t in free_identifiers(src)}
-        out.append(Validation(v.program, v.message, v.message_program, v.path, runner, message_runner,
-                              _frame(v.program.source, user_variables, scope, rule_id)))
+        frame = _frame(v.program.source, user_variables, scope, rule_id)
+        # evaluated with the other rules' validations in one program: there without cel.bind (in cel-expr-python
+        # 0.1.3 a lazy cel.bind next to an expression whose cel.bind ran a comprehension can read a variable of
+        # that comprehension: `[cel.bind(v, l.exists(i, true), v), cel.bind(p, 1, cel.bind(s, false, s))]` with
+        # l = ['a', 'b'] gives [true, 'b']; chains of cel.bind, as in frame_runner, are not affected), so with its
+        # variables inlined, unless that repeats too much of their work (measured on the benchmark's rules:
+        # inlining every variable of the examples, each used 1-7 times, was still faster)
+        uses = _evaluations(v.program.source, {x.name: x.program.source for x in variables})
+        once = len(v.program.source) + sum(len(x.program.source) for x in variables if x.name in uses)
+        body = _rewrite(sources[0], scope, rule_id) if frame is not None and len(sources[0]) <= INLINE_GROWTH * once \
+            else None
+        out.append(Validation(v.program, v.message, v.message_program, v.path, runner, message_runner, frame, body))
     return out, frozenset(names)
 
