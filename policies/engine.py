@@ -153,7 +153,8 @@ def evaluate_object(obj: Mapping[str, Any], policyset: PolicySet, *, point: Enfo
             if resolved.action != "off":
                 active.append((rule, resolved))
                 checked.append(rule.id)
-        frame = Frame(given, {rule.id: resolved.params for rule, resolved in active}) if active else None
+        frame = Frame(given, {rule.id: resolved.params for rule, resolved in active}, [rule for rule, _ in active]) \
+            if active else None
         for rule, resolved in active:
             if resolved.only_new:
                 only_new.add(rule.id)
