@@ -5,7 +5,8 @@
 
 Three figures per rule count:
 - admission p50/p99 over HTTP: the webhook (gunicorn, TLS, 2 workers) answering bench_webhook.py's 8 KB vLLM
-  Deployment review at a fixed rate (open loop, latency from the scheduled send time);
+  Deployment review at a fixed rate (open loop, latency from the scheduled send time); one server per rule count,
+  loaded in turn for ``--rounds`` rounds: the median over rounds, and what the rules add at p99 per round;
 - in-process p50/p99 of one `evaluate_object` at admission on the same object (no sockets), and from it the
   cost per rule per object (the mean's growth from 0 to 50 rules, divided by 50);
 - `mlguard check` throughput (objects/s) on a directory of generated GPU Deployments and Pods.
@@ -22,7 +23,6 @@ import copy
 import json
 import os
 import shutil
-import signal
 import statistics
 import subprocess
 import sys
@@ -39,7 +39,7 @@ HERE = Path(__file__).resolve()
 sys.path.insert(0, str(HERE.parent))
 sys.path.insert(0, str(HERE.parents[2]))
 
-from bench_webhook import FACTS, deployment_review, fixed_rate, free_port  # noqa: E402
+from bench_webhook import FACTS, deployment_review, fixed_rate, free_port, stop  # noqa: E402
 
 REPO = HERE.parents[2]
 EXAMPLES = REPO / "policies" / "catalog" / "examples" / "gpu-rules.yaml"
@@ -170,6 +170,7 @@ def main() -> int:
     parser.add_argument("--rate", type=float, default=200.0, help="requests per second")
     parser.add_argument("--objects", type=int, default=400, help="objects for the mlguard check run")
     parser.add_argument("--counts", default="0,10,50")
+    parser.add_argument("--rounds", type=int, default=3, help="rounds of HTTP load, every rule count in each")
     args = parser.parse_args()
     counts = [int(c) for c in args.counts.split(",")]
     work = Path(tempfile.mkdtemp(prefix="bench-rules-"))
@@ -189,27 +190,42 @@ def main() -> int:
               "objects (best of 3 runs, process start included)")
         print(f"  {'rules':>5}  {'in-process CPU ms':>17}  {'wall mean/p50/p99 ms':>22}  {'HTTP p50 ms':>11}  "
               f"{'HTTP p99 ms':>11}  {'errors':>6}  {'check objects/s':>15}")
-        means = {}
+        means, files, inproc = {}, {}, {}
         for count in counts:
             text = policyset(count)
-            file = work / f"policyset-{count}.yaml"
-            file.write_text(text)
-            mean, p50, p99, cpu = in_process(text, body)
-            means[count] = cpu
-            proc, port, _log = serve(work, cert, key, file)
-            try:
+            files[count] = work / f"policyset-{count}.yaml"
+            files[count].write_text(text)
+            inproc[count] = in_process(text, body)
+            means[count] = inproc[count][3]
+        # One server per rule count, all up at once; each round loads them in turn, so that a change of the
+        # machine's load hits every count alike, and the figure per count is the median over the rounds.
+        servers = {count: serve(work, cert, key, files[count]) for count in counts}
+        http: dict[int, list[dict[str, Any]]] = {count: [] for count in counts}
+        try:
+            for proc, port, _log in servers.values():
                 ready(port, ca, proc)
                 fixed_rate(port, str(ca), body, rate=50, duration=1.0)  # warm-up
-                r = fixed_rate(port, str(ca), body, rate=args.rate, duration=args.duration)
-            finally:
-                proc.send_signal(signal.SIGTERM)
-                try:
-                    proc.wait(timeout=25)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-            rate = check_rate(objects, file, args.objects)
-            print(f"  {count:>5}  {cpu:>17.3f}  {mean:>6.3f} / {p50:>5.3f} / {p99:>6.3f}  {r['p50']:>11.2f}  "
-                  f"{r['p99']:>11.2f}  {r['errors']:>6}  {rate:>15.0f}")
+            for _ in range(args.rounds):
+                for count, (_proc, port, _log) in servers.items():
+                    http[count].append(fixed_rate(port, str(ca), body, rate=args.rate, duration=args.duration))
+        finally:
+            for proc, _port, _log in servers.values():
+                stop(proc)
+        for count in counts:
+            mean, p50, p99, cpu = inproc[count]
+            rounds = http[count]
+            rate = check_rate(objects, files[count], args.objects)
+            print(f"  {count:>5}  {cpu:>17.3f}  {mean:>6.3f} / {p50:>5.3f} / {p99:>6.3f}  "
+                  f"{statistics.median(r['p50'] for r in rounds):>11.2f}  "
+                  f"{statistics.median(r['p99'] for r in rounds):>11.2f}  {sum(r['errors'] for r in rounds):>6}  "
+                  f"{rate:>15.0f}")
+        if 0 in counts:
+            for count in counts:
+                if count:
+                    added = [a["p99"] - b["p99"] for a, b in zip(http[count], http[0], strict=True)]
+                    print(f"  {count} rules add at HTTP p99, per round (same round's 0 rules subtracted): "
+                          f"{', '.join(f'{d:+.2f}' for d in added)} ms; median {statistics.median(added):+.2f} ms; "
+                          f"in process {inproc[count][2] - inproc[0][2]:+.3f} ms")
         if 0 in means and max(counts) > 0:
             top = max(counts)
             per_rule = (means[top] - means[0]) / top * 1000
