@@ -36,8 +36,8 @@ tests/benchmarks/bench_cache.py measures it: 50,000 pods took 1.6 GiB kept whole
 GPU usage: the GPUs of a namespace's non-terminated pods (phase not Succeeded or Failed), minus
 the pods of the workload under review. A pod belongs to workload ``W`` when it is ``W`` itself,
 when its controller is ``W``, or when its chain of controllers leads to ``W`` through cached ReplicaSets,
-StatefulSets and pods, each link with the uid its reference names (a Deployment's or a Rollout's pods, a
-LeaderWorkerSet's leaders and workers).
+StatefulSets, Deployments and pods, each link with the uid its reference names (a Deployment's or a Rollout's pods,
+a LeaderWorkerSet's leaders and workers): policies.owners walks it, for `mlguard check --cluster-facts` too.
 Owners are matched by kind, name and (where the cache holds ``W``) uid, never by a name prefix: ``llm``
 does not own ``llm-big-*``. The one owner matched by name alone is a CronJob's Job, ``W-<digits>``, which
 the cache does not hold. A pod whose chain the cache cannot follow counts as someone else's: the
@@ -61,6 +61,7 @@ from kubernetes.client.exceptions import ApiException
 from policies.context import OMITTED_KEYS
 from policies.gpu import GpuConfig
 from policies.model import Resource
+from policies.owners import CHAIN_KINDS, owned_by
 from policies.workload import extract
 from webhook import metrics
 from webhook.logging import get_logger
@@ -73,9 +74,6 @@ Obj = dict[str, Any]
 Trim = Callable[[Obj], Obj | None]   # None: the object is not kept
 LAST_APPLIED = "kubectl.kubernetes.io/last-applied-configuration"
 OWNER_FIELDS = ("apiVersion", "kind", "name", "uid", "controller")
-# how many controllers up a pod's owner chain is followed (LeaderWorkerSet: worker pod, worker StatefulSet,
-# leader pod, leader StatefulSet, LeaderWorkerSet)
-OWNER_DEPTH = 5
 # Pod annotations the webhook reads of another pod: a LeaderWorkerSet's group size (the /scale of a
 # LeaderWorkerSet is sized by one of its pods; webhook.admission.LWS_SIZE_ANNOTATION).
 POD_ANNOTATIONS = ("leaderworkerset.sigs.k8s.io/size",)
@@ -651,37 +649,17 @@ class ClusterCache:
             self._memo[key] = hit
         return hit
 
+    def _resolve_owner(self, namespace: str, kind: str, name: str) -> Mapping[str, Any] | None:
+        """A link of a pod's owner chain: a cached pod, or a cached object of `CHAIN_KINDS`."""
+        if kind == "Pod":
+            return self.pods.in_namespace(namespace).get(name)
+        return self.resolve_object(namespace, kind, name) if kind in CHAIN_KINDS else None
+
     def owned_by(self, pod: Mapping[str, Any], workload: Resource) -> bool:
         """The pod is ``workload`` itself (a Pod), or its chain of controllers leads to ``workload`` through
-        cached objects (ReplicaSets, StatefulSets, pods: a Deployment's or a Rollout's pods, a LeaderWorkerSet's
-        leader and worker pods), each link checked by uid. The workload is matched by kind and name and, where
-        the cache holds it, by uid: ``llm`` never claims ``llm-big``'s pods. The one owner known by name alone
-        is a CronJob's Job, ``<cronjob>-<minutes>``, which the cache does not hold."""
-        meta = _meta(pod)
-        if workload.kind == "Pod":
-            return meta.get("name") == workload.name
-        namespace = str(meta.get("namespace") or workload.namespace)
-        cached = self.resolve_object(namespace, workload.kind, workload.name)
-        uid = _meta(cached).get("uid") if cached is not None else None
-        obj: Mapping[str, Any] = pod
-        for _ in range(OWNER_DEPTH):
-            ref = _controller(obj)
-            if ref is None:
-                return False
-            if _is_ref_to(ref, workload, uid):
-                return True
-            kind, name = ref.get("kind"), ref.get("name")
-            if not isinstance(name, str):
-                return False
-            if workload.kind == "CronJob" and kind == "Job":
-                suffix = name[len(workload.name) + 1:] if name.startswith(workload.name + "-") else ""
-                return suffix.isascii() and suffix.isdigit()
-            parent = (self.pods.in_namespace(namespace).get(name) if kind == "Pod"
-                      else self.resolve_object(namespace, str(kind), name))
-            if parent is None or _meta(parent).get("uid") != ref.get("uid"):
-                return False
-            obj = parent
-        return False
+        cached objects (ReplicaSets, StatefulSets, Deployments, pods), each link checked by uid: the walk
+        `mlguard check --cluster-facts` makes too (policies.owners.owned_by)."""
+        return owned_by(pod, workload, self._resolve_owner)
 
     def workload_pods(self, namespace: str, kind: str, name: str) -> list[Obj]:
         """Non-terminated pods that belong to workload ``kind``/``name``."""
@@ -710,12 +688,6 @@ def _controller(obj: Mapping[str, Any]) -> Mapping[str, Any] | None:
         if isinstance(ref, Mapping) and ref.get("controller"):
             return ref
     return None
-
-
-def _is_ref_to(ref: Mapping[str, Any], workload: Resource, uid: Any) -> bool:
-    """The reference names the workload: same kind and name, and the same uid when the workload's is known."""
-    return ref.get("kind") == workload.kind and ref.get("name") == workload.name and (uid is None or
-                                                                                      ref.get("uid") == uid)
 
 
 def _revision(rs: Mapping[str, Any]) -> int:
