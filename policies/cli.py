@@ -83,6 +83,8 @@ def cmd_check(args: argparse.Namespace) -> int:
     except (PolicySetError, ManifestError, SnapshotError) as exc:
         _err(str(exc))
         return EXIT_BAD_INPUT
+    for note in cluster.notes if cluster is not None else ():
+        print(f"mlguard: {note}", file=sys.stderr)
     result = run_check(args.paths, CheckOptions(policyset=policyset, namespace_labels=labels, cluster=cluster,
                                                 excludes=args.exclude or []))
     bad = _input_problems(result, args)
@@ -191,7 +193,8 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("--exclude", action="append", metavar="GLOB",
                        help="skip paths matching GLOB (.gitignore rules; repeatable; .mlguardignore files too)")
     check.add_argument("--cluster-facts", metavar="FILE",
-                       help="cluster snapshot written by `mlguard facts` (quotas, namespace labels, GPU usage)")
+                       help="cluster snapshot written by `mlguard facts` (quotas, namespace labels, nodes, GPU usage "
+                            "and its owners, KEDA ScaledObjects)")
     check.add_argument("--namespace-labels", metavar="FILE",
                        help="YAML map of namespace -> labels, for namespaces not in the manifests")
     check.add_argument("--strict-input", action="store_true",

@@ -57,9 +57,9 @@ class QuotaKnowledge(Protocol):
 
 @runtime_checkable
 class ScaleKnowledge(Protocol):
-    """Facts that know the KEDA ScaledObjects of a namespace (the CLI: those of the checked set; the webhook:
-    its cache, when the cluster serves keda.sh). Facts without this method cannot tell (gpu-scale-to-zero
-    then warns that it could not see them, never denies)."""
+    """Facts that know the KEDA ScaledObjects of a namespace (the CLI: those of the checked set and of the
+    --cluster-facts snapshot; the webhook: its cache, when the cluster serves keda.sh). Facts without this method
+    cannot tell (gpu-scale-to-zero then warns that it could not see them, never denies)."""
 
     def scaled_objects(self, namespace: str, target: str | None = None) -> Sequence[Mapping[str, Any]] | None:
         """The namespace's ScaledObjects (with ``target``: those whose scaleTargetRef.name is ``target``); None
@@ -243,6 +243,7 @@ class ManifestFacts(EmptyFacts):
         self._quotas: dict[str, list[Mapping[str, Any]]] = {}
         self._rollout_refs: set[tuple[str, str, str]] = set()
         self._scaled: dict[str, list[Mapping[str, Any]]] = {}
+        self._scaled_names: dict[str, set[str]] = {}  # namespace -> the set's ScaledObject names (they win)
         self._scaled_by_target: dict[tuple[str, str], list[Mapping[str, Any]]] = {}  # (namespace, target name)
         self._usage_cache: dict[tuple[str, int], tuple[dict[str, Decimal], dict[Resource, dict[str, Decimal]]]] = {}
         self._by_namespace: dict[str, list[tuple[Resource, Mapping[str, Any]]]] = {}
@@ -265,6 +266,7 @@ class ManifestFacts(EmptyFacts):
                 self._quotas.setdefault(res.namespace, []).append(obj)
             if res.kind == "ScaledObject" and res.group == "keda.sh":
                 self._scaled.setdefault(res.namespace, []).append(obj)
+                self._scaled_names.setdefault(res.namespace, set()).add(res.name)
                 spec = obj.get("spec")
                 ref = spec.get("scaleTargetRef") if isinstance(spec, Mapping) else None
                 target = ref.get("name") if isinstance(ref, Mapping) else None
@@ -311,11 +313,26 @@ class ManifestFacts(EmptyFacts):
         return (namespace, kind, name) in self._rollout_refs
 
     def scaled_objects(self, namespace: str, target: str | None = None) -> Sequence[Mapping[str, Any]] | None:
-        """The KEDA ScaledObjects of the checked set in ``namespace`` (the set is all CI sees: never None), by
-        target name from an index (a namespace of thousands of workloads and ScaledObjects stays linear)."""
-        if target is not None:
-            return self._scaled_by_target.get((namespace, target), ())
-        return self._scaled.get(namespace, ())
+        """The KEDA ScaledObjects of ``namespace`` (with ``target``: those whose scaleTargetRef.name it is), by
+        target name from an index (a namespace of thousands of workloads and ScaledObjects stays linear).
+
+        Without a cluster snapshot the checked set is all CI sees: its ScaledObjects, never None. With one, the
+        set's plus the cluster's, the set's definition winning for a name both hold (the pull request changes it).
+        When the snapshot could not list the cluster's (KEDA not served, not granted, an old file): None, unknown,
+        unless the set itself holds ScaledObjects for ``target`` (those are what the pull request makes of it)."""
+        mine: Sequence[Mapping[str, Any]] = (self._scaled_by_target.get((namespace, target), ()) if target is not None
+                                             else self._scaled.get(namespace, ()))
+        if self._cluster is None:
+            return mine
+        theirs = self._cluster.scaled_objects(namespace, target)
+        if theirs is None:
+            return mine if target is not None and mine else None
+        defined = self._scaled_names.get(namespace, set())
+        return [*mine, *(so for so in theirs if str((so.get("metadata") or {}).get("name")) not in defined)]
+
+    def scale_source(self) -> str:
+        """Where `scaled_objects` looks, for a finding's words."""
+        return "in the checked set" if self._cluster is None else "in the checked set or the cluster facts"
 
     def _usage(self, namespace: str, gpu: GpuConfig) -> tuple[dict[str, Decimal], dict[Resource, dict[str, Decimal]]]:
         """The namespace's total steady-state GPU need and each workload's own share (computed once)."""
@@ -355,7 +372,7 @@ class ManifestFacts(EmptyFacts):
         mine = own.get(exclude, {})
         out = {k: v - mine.get(k, Decimal(0)) for k, v in total.items()}
         if self._cluster is not None:
-            defined = [r.name for r, _ in self._by_namespace.get(namespace, [])] + [exclude.name]
-            for k, v in self._cluster.gpu_usage(namespace, exclude_owners=defined, gpu=gpu).items():
+            defined = [r for r, _ in self._by_namespace.get(namespace, [])] + [exclude]
+            for k, v in self._cluster.gpu_usage(namespace, exclude=defined, gpu=gpu).items():
                 out[k] = out.get(k, Decimal(0)) + v
         return {k: v for k, v in out.items() if v > 0}

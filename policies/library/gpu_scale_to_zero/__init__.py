@@ -20,11 +20,13 @@ What counts as scaling to zero, per kind (upstream shapes and defaults, read fro
 - A bare Pod cannot scale at all (nothing brings it back): a finding. Other kinds (RayService, kinds mlguard
   does not know) get a note that they were not judged.
 
-Where the ScaledObject is looked for: in CI, in the checked set (``mlguard check``); at admission, in the
-webhook's cluster cache. At admission a finding about ScaledObjects is capped at warn: a GitOps sync or
-``kubectl apply -f dir`` creates the Deployment before its ScaledObject (custom resources come last), so the
-cache cannot have it yet; the pull request's check is where it denies. When ScaledObjects cannot be seen at
-all (no cache, KEDA's CRD not installed, cache not synced) the finding says so and only warns.
+Where the ScaledObject is looked for: in CI, in the checked set (``mlguard check``) and, with
+``--cluster-facts``, in the cluster's ScaledObjects that `mlguard facts` recorded (the checked set's definition
+wins for a name both hold); at admission, in the webhook's cluster cache. At admission a finding about
+ScaledObjects is capped at warn: a GitOps sync or ``kubectl apply -f dir`` creates the Deployment before its
+ScaledObject (custom resources come last), so the cache cannot have it yet; the pull request's check is where it
+denies. When ScaledObjects cannot be seen at all (no cache, KEDA's CRD not installed, cache not synced, a
+snapshot that could not list them) the finding says so and only warns.
 """
 
 from __future__ import annotations
@@ -106,7 +108,7 @@ class GpuScaleToZero(Policy):
     id = "gpu-scale-to-zero"
     title = "Non-critical GPU model serving can scale to zero"
     severity = "low"
-    version = "1.1.0"
+    version = "1.2.0"
     runbook = "runbooks/gpu-scale-to-zero.md"
     description = (
         "A model-serving workload with GPUs (label mlguard.io/model, a serving kind, or spec.serving.selector) can "
@@ -118,9 +120,10 @@ class GpuScaleToZero(Policy):
         "spec.scaling.keda.idleReplicaCount 0 (or wva.keda). A bare Pod is a finding; spec.replicas 0 passes. "
         "Which workloads are non-critical is the PolicySet's choice, by namespace only: the policy's match "
         "(strict.yaml: environments dev and staging) and exclude; nothing on the workload exempts it. In CI the "
-        "ScaledObject must be in the checked set; at admission the webhook's cache is asked and a finding about "
-        "ScaledObjects only warns (the ScaledObject of a sync may arrive after its Deployment), and so does "
-        "every finding when the ScaledObjects cannot be seen (KEDA's CRD absent, no cache). Off in baseline.")
+        "ScaledObject must be in the checked set, or in the cluster with --cluster-facts (the checked set's wins "
+        "for the same name); at admission the webhook's cache is asked and a finding about ScaledObjects only "
+        "warns (the ScaledObject of a sync may arrive after its Deployment), and so does every finding when the "
+        "ScaledObjects cannot be seen (KEDA's CRD absent, no cache, a snapshot without them). Off in baseline.")
     params_schema = {
         "type": "object",
         "additionalProperties": False,
@@ -182,7 +185,9 @@ class GpuScaleToZero(Policy):
                           resource=me, action="warn")
             return
         cap: Action | None = "warn" if ctx.point == "admission" else None
-        where = "in the cluster" if ctx.point == "admission" else "in the checked set"
+        source = getattr(facts, "scale_source", None)  # CI: the checked set, and the cluster facts when given
+        where = ("in the cluster" if ctx.point == "admission"
+                 else source() if callable(source) else "in the checked set")
         mine = [so for so in found if self._targets(so, res)]
         if not mine:
             near = [so for so in found if _target(so)[2] == res.name and _target(so)[1].lower() == res.kind.lower()]
