@@ -34,9 +34,10 @@ from policies.context import ClusterFacts, GpuIdleness, ManifestFacts, StaticUti
 from policies.engine import Evaluated, Resolutions, evaluate_object
 from policies.kinds import TABLE
 from policies.model import Resource
+from policies.owners import CHAIN_KINDS
 from policies.policyset import PolicySet
 from policies.snapshot import ClusterSnapshot
-from webhook.facts import trim_pod
+from webhook.facts import trim_owner, trim_pod
 
 Obj = dict[str, Any]
 PAGE = 500
@@ -219,6 +220,7 @@ class Listed:
     namespaces: list[Obj] = field(default_factory=list)
     quotas: list[Obj] = field(default_factory=list)
     pods: list[Obj] = field(default_factory=list)                # trimmed, for GPU usage
+    owners: list[Obj] = field(default_factory=list)              # owner-chain links, trimmed (policies.owners)
     kinds: list[ServedKind] = field(default_factory=list)
     skipped_kinds: list[tuple[str, str]] = field(default_factory=list)  # wanted but not served
     forbidden: list[str] = field(default_factory=list)  # served, but RBAC refused the list: not audited
@@ -258,6 +260,8 @@ def read_cluster(api: Api, policyset: PolicySet, *, namespace: str | None = None
                 out.cluster_scoped.add((kind.kind, k[2]))
             if kind.kind == "Pod" and kind.group == "":
                 out.pods.append(trim_pod(obj))
+            elif kind.group == "apps" and kind.kind in CHAIN_KINDS:
+                out.owners.append(trim_owner(obj, kind=kind.kind))
             everything.append(obj)
     for obj in everything:
         ref = controller_ref(obj)
@@ -286,14 +290,16 @@ def read_cluster(api: Api, policyset: PolicySet, *, namespace: str | None = None
 
 def facts_for(listed: Listed, policyset: PolicySet) -> ManifestFacts:
     """Namespace labels, quotas and GPU usage as the webhook's cache would give them: the judged objects at
-    full size plus the running pods that belong to none of them."""
+    full size plus the running pods that belong to none of them (by the webhook's walk up their controllers, by
+    uid, through the listed ReplicaSets, StatefulSets and Deployments). KEDA ScaledObjects are not listed here:
+    gpu-scale-to-zero says it could not see them."""
     snapshot = ClusterSnapshot({
         "namespaces": [{"name": str(_meta(n).get("name")), "labels": dict(_meta(n).get("labels") or {})}
                        for n in listed.namespaces],
         "resourceQuotas": [{"apiVersion": "v1", "kind": "ResourceQuota",
                             "metadata": {"name": _meta(q).get("name"), "namespace": _meta(q).get("namespace")},
                             "spec": q.get("spec") or {}, "status": q.get("status") or {}} for q in listed.quotas],
-        "pods": listed.pods})
+        "pods": listed.pods, "owners": listed.owners})
     return ManifestFacts(listed.objects, cluster=snapshot, workloads=policyset.workloads)
 
 
