@@ -231,6 +231,13 @@ def test_mlguard_facts_reads_the_live_cluster_and_ci_agrees_with_admission(env: 
     assert [q["spec"]["hard"] for q in data["resourceQuotas"] if q["metadata"]["namespace"] == ns] == \
         [{"requests.nvidia.com/gpu": str(QUOTA_GPUS)}]
     assert len([p for p in data["pods"] if p["metadata"]["namespace"] == ns]) == 3
+    # the owner chain as kube-controller-manager wrote it: each pod -> its ReplicaSet (by uid) -> Deployment `first`
+    owners = {(o["kind"], o["metadata"]["name"]): o for o in data["owners"] if o["metadata"]["namespace"] == ns}
+    rs_uids = {o["metadata"]["uid"] for (kind, _), o in owners.items() if kind == "ReplicaSet"
+               and o["metadata"]["ownerReferences"][0]["uid"] == owners[("Deployment", "first")]["metadata"]["uid"]}
+    assert rs_uids and all(p["metadata"]["uid"] and p["metadata"]["ownerReferences"][0]["uid"] in rs_uids
+                           for p in data["pods"] if p["metadata"]["namespace"] == ns)
+    assert isinstance(data["scaledObjects"], list) and "unavailable" not in data  # the webhook's RBAC lists them all
 
     second = deployment("second", ns, replicas=2)
     manifest = env.workdir / f"second-{ns}.yaml"

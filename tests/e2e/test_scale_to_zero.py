@@ -1,9 +1,13 @@
 """gpu-scale-to-zero behind a real kube-apiserver with KEDA's ScaledObject CRD installed (keda.sh/v1alpha1, from
 ../shared/schemas/crds/keda): the webhook lists and watches ScaledObjects through its own read-only RBAC, warns
-while no ScaledObject takes a GPU model server to zero, and is quiet once one does."""
+while no ScaledObject takes a GPU model server to zero, and is quiet once one does; `mlguard check --cluster-facts`
+with a snapshot `mlguard facts` took (with the webhook's identity) agrees at each step."""
 
 from __future__ import annotations
 
+import json
+
+import yaml
 from conftest import Env, reload_policyset, wait_cached
 from e2e_cluster import WEBHOOK_NAMESPACE
 from e2e_objects import container, deployment, pod_template
@@ -23,6 +27,20 @@ def scaled_object(name: str, namespace: str, *, min_replicas: int) -> dict:
 
 def warnings_of(stderr: str) -> list[str]:
     return [line for line in stderr.splitlines() if line.startswith("Warning:") and POLICY in line]
+
+
+def ci_findings(env: Env, ns: str, server: dict) -> list[dict]:
+    """`mlguard facts` with the webhook's read-only identity, then `mlguard check --cluster-facts` of the server
+    alone (its ScaledObject is not in the checked set) with the served PolicySet: the gpu-scale-to-zero findings."""
+    snapshot = env.workdir / f"facts-scale-{ns}.yaml"
+    facts = env.mlguard("facts", "--kubeconfig", str(env.webhook.kubeconfig), "-o", str(snapshot))
+    assert facts.ok, facts.output
+    manifest = env.workdir / f"server-{ns}.yaml"
+    manifest.write_text(yaml.safe_dump(server))
+    ci = env.mlguard("check", "--format", "json", "--cluster-facts", str(snapshot), "--policyset",
+                     str(env.policyset), str(manifest))
+    assert ci.returncode in (0, 1), ci.output
+    return [v for v in json.loads(ci.stdout)["violations"] if v["policy"] == POLICY]
 
 
 def test_the_webhook_reads_scaledobjects_and_warns_until_one_scales_the_server_to_zero(env: Env, ns: str) -> None:
@@ -45,6 +63,7 @@ def test_the_webhook_reads_scaledobjects_and_warns_until_one_scales_the_server_t
     with reload_policyset(env, on):
         first = env.alice.apply(server)
         assert first.ok, first.output   # admitted: its ScaledObject may come later in the same sync
+        assert [f["action"] for f in ci_findings(env, ns, server)] == ["deny"]  # CI denies: none in the cluster
         (warning,) = warnings_of(first.stderr)
         assert warning.startswith(f"Warning: {POLICY}: spec.replicas: Deployment `llm` serves a model on GPUs and "
                                   "cannot scale to zero: no ScaledObject in the cluster targets it"), warning
@@ -55,9 +74,12 @@ def test_the_webhook_reads_scaledobjects_and_warns_until_one_scales_the_server_t
         server["metadata"]["annotations"] = {"e2e/revision": "2"}
         floor = env.alice.apply(server)
         assert floor.ok and "keeps at least 1 replica(s)" in " ".join(warnings_of(floor.stderr)), floor.output
+        (held,) = ci_findings(env, ns, server)   # the cluster's ScaledObject, seen by CI through the snapshot
+        assert "its ScaledObject `llm` keeps at least 1 replica(s)" in held["message"], held
 
         assert env.admin.apply(scaled_object("llm", ns, min_replicas=0)).ok
         wait_cached(env, "scaledobjects", env.admin.get("scaledobject", "llm", ns))
         server["metadata"]["annotations"] = {"e2e/revision": "3"}
         quiet = env.alice.apply(server)
         assert quiet.ok and warnings_of(quiet.stderr) == [], quiet.output
+        assert ci_findings(env, ns, server) == []   # the ScaledObject lives only in the cluster: CI passes too
