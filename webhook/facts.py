@@ -243,8 +243,8 @@ def main(argv: list[str] | None = None) -> int:
         scaled = f"{len(data['scaledObjects'])} ScaledObjects" if "scaledObjects" in data else "no ScaledObjects"
         print(f"mlguard facts: {len(data['namespaces'])} namespaces, {nodes}, {len(data['resourceQuotas'])} quotas, "
               f"{len(data['pods'])} running pods, {scaled} from {host} -> {args.output}", file=sys.stderr)
-    for field, why in (data.get("unavailable") or {}).items():
-        print(f"mlguard facts: {field} not recorded: {why}", file=sys.stderr)
     else:
         sys.stdout.write(text)
+    for field, why in (data.get("unavailable") or {}).items():
+        print(f"mlguard facts: {field} not recorded: {why}", file=sys.stderr)
     return 0

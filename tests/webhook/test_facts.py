@@ -222,6 +222,7 @@ def take_facts(api: FakeApi, directory: Path) -> tuple[Path, str]:
     out = directory / "cluster-facts.yaml"
     proc = mlguard("facts", "--kubeconfig", str(kube), "-o", str(out))
     assert proc.returncode == 0, proc.stderr
+    assert proc.stdout == ""  # the snapshot goes to the file only
     return out, proc.stderr
 
 
@@ -411,6 +412,8 @@ def test_without_keda_the_snapshot_says_unknown_and_ci_only_warns(no_keda_facts:
                                                                   tmp_path: Path) -> None:
     out, stderr = no_keda_facts
     data = yaml.safe_load(out.read_text())
+    assert yaml.safe_load(mlguard("facts", "--kubeconfig", str(out.parent / "kubeconfig")).stdout)["unavailable"] == \
+        data["unavailable"]  # without -o, the snapshot on stdout
     assert "scaledObjects" not in data and "owners" not in data
     assert data["unavailable"] == {
         "scaledObjects": "the cluster does not serve keda.sh/v1alpha1 scaledobjects (KEDA not installed)",
