@@ -7,7 +7,7 @@ list+watch caches.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any, Protocol, runtime_checkable
@@ -221,6 +221,22 @@ class EmptyFacts:
         return False
 
 
+# the kinds `ManifestFacts` reads beyond their identity (it keeps them whole; of the others only the identity and,
+# through `load`, what it is given to hold)
+INDEXED_KINDS = frozenset({"Namespace", "Node", "ResourceQuota", "ScaledObject"})
+
+
+@dataclass(frozen=True, slots=True)
+class Prepared:
+    """One object as `ManifestFacts.add_prepared` indexes it."""
+
+    resource: Resource
+    held: Any                                 # the object, or what `load` turns back into it
+    need: dict[str, Decimal] | None           # its steady-state GPUs under the facts' GpuConfig (None: when asked)
+    indexed: Mapping[str, Any] | None         # the object itself, for the kinds the facts read (INDEXED_KINDS)
+    rollout_ref: tuple[str, str, str] | None = None  # a Rollout's workloadRef: (namespace, kind, name)
+
+
 class ManifestFacts(EmptyFacts):
     """Cluster facts taken from a set of manifests (a pull request's rendered overlays).
 
@@ -229,53 +245,109 @@ class ManifestFacts(EmptyFacts):
     the set and from ``extra_labels`` (``--namespace-labels``).
     """
 
-    def __init__(self, objects: Iterable[Mapping[str, Any]], *,
+    def __init__(self, objects: Iterable[Mapping[str, Any]] = (), *,
                  extra_labels: Mapping[str, Mapping[str, str]] | None = None,
                  default_namespace: str = "default", cluster: ClusterSnapshot | None = None,
-                 workloads: WorkloadConfig | None = None) -> None:
-        self._objects = [o for o in objects if isinstance(o, Mapping)]
+                 workloads: WorkloadConfig | None = None, gpu: GpuConfig | None = None,
+                 load: Callable[[Any], Mapping[str, Any]] | None = None) -> None:
+        """``add`` indexes further objects. A caller that holds many objects in a compact form (`mlguard check`
+        of 50,000 objects) passes that form to ``add(obj, held)`` and the function that turns it back into
+        the object as ``load``: the facts then hold only the compact form of the objects they look up by name or
+        count (workloads, claims, ConfigMaps) and load it again when asked. With ``gpu`` (the GpuConfig that
+        `gpu_usage` will be asked with), each object's steady-state GPU need is worked out while it is at hand,
+        so counting a namespace's usage loads nothing back."""
         self._cluster = cluster
         self._workloads = workloads  # the PolicySet's registered kinds, so their pods are counted exactly
+        self._gpu = gpu
+        self._load = load
         self._cluster_scoped: dict[tuple[str, str], Mapping[str, Any]] = {}
         self._default_ns = default_namespace
         self._labels: dict[str, dict[str, str]] = {k: dict(v) for k, v in (extra_labels or {}).items()}
-        self._by_key: dict[tuple[str, str, str], Mapping[str, Any]] = {}
+        self._by_key: dict[tuple[str, str, str], Any] = {}   # an object, or what `load` turns into it
         self._quotas: dict[str, list[Mapping[str, Any]]] = {}
         self._rollout_refs: set[tuple[str, str, str]] = set()
         self._scaled: dict[str, list[Mapping[str, Any]]] = {}
         self._scaled_names: dict[str, set[str]] = {}  # namespace -> the set's ScaledObject names (they win)
         self._scaled_by_target: dict[tuple[str, str], list[Mapping[str, Any]]] = {}  # (namespace, target name)
         self._usage_cache: dict[tuple[str, int], tuple[dict[str, Decimal], dict[Resource, dict[str, Decimal]]]] = {}
-        self._by_namespace: dict[str, list[tuple[Resource, Mapping[str, Any]]]] = {}
+        # every object of a namespace: (resource, object or its held form, its GPU need under `gpu` or None)
+        self._by_namespace: dict[str, list[tuple[Resource, Any, dict[str, Decimal] | None]]] = {}
         self._nodes: dict[str, Mapping[str, Any]] = {}
-        for obj in self._objects:
-            res = Resource.of(dict(obj), default_namespace=default_namespace)
-            if obj.get("kind") == "Namespace":
-                meta = obj.get("metadata")
-                labels = meta.get("labels") if isinstance(meta, Mapping) else None
-                if isinstance(labels, Mapping):
-                    self._labels.setdefault(res.name, {}).update({str(k): str(v) for k, v in labels.items()})
-                continue
-            if obj.get("kind") == "Node" and str(obj.get("apiVersion", "v1")) == "v1":
-                self._nodes[res.name] = obj
-                continue
-            self._by_key[(res.namespace, res.kind, res.name)] = obj
-            if res.kind in CLUSTER_SCOPED:
-                self._cluster_scoped[(res.kind, res.name)] = obj
-            if res.kind == "ResourceQuota":
-                self._quotas.setdefault(res.namespace, []).append(obj)
-            if res.kind == "ScaledObject" and res.group == "keda.sh":
-                self._scaled.setdefault(res.namespace, []).append(obj)
-                self._scaled_names.setdefault(res.namespace, set()).add(res.name)
-                spec = obj.get("spec")
-                ref = spec.get("scaleTargetRef") if isinstance(spec, Mapping) else None
-                target = ref.get("name") if isinstance(ref, Mapping) else None
-                self._scaled_by_target.setdefault((res.namespace, str(target)), []).append(obj)
-            if res.kind == "Rollout":
-                spec = obj.get("spec")
-                ref = spec.get("workloadRef") if isinstance(spec, Mapping) else None
-                if isinstance(ref, Mapping):
-                    self._rollout_refs.add((res.namespace, str(ref.get("kind", "Deployment")), str(ref.get("name"))))
+        for obj in objects:
+            if isinstance(obj, Mapping):
+                self.add(obj)
+
+    def add(self, obj: Mapping[str, Any], held: Any = None) -> None:
+        """Index one more object; ``held`` is what to keep of it instead (see the constructor)."""
+        self.add_prepared(self.prepare(obj, held))
+
+    def prepare(self, obj: Mapping[str, Any], held: Any = None) -> Prepared:
+        """What `add_prepared` indexes of ``obj``, worked out while the object is at hand: a caller that may still
+        drop it (a file that turns out not to parse to its end) prepares first and adds when it knows."""
+        res = Resource.of(dict(obj), default_namespace=self._default_ns)
+        need = self._need(obj, self._gpu) if self._gpu is not None else None
+        indexed = res.kind in INDEXED_KINDS or res.kind in CLUSTER_SCOPED
+        rollout_ref = None
+        if res.kind == "Rollout":
+            spec = obj.get("spec")
+            ref = spec.get("workloadRef") if isinstance(spec, Mapping) else None
+            if isinstance(ref, Mapping):
+                rollout_ref = (res.namespace, str(ref.get("kind", "Deployment")), str(ref.get("name")))
+        return Prepared(res, obj if held is None else held, need, obj if indexed else None, rollout_ref)
+
+    def add_prepared(self, prepared: Prepared) -> None:
+        res, kept, obj = prepared.resource, prepared.held, prepared.indexed
+        self._usage_cache.clear()
+        self._by_namespace.setdefault(res.namespace, []).append((res, kept, prepared.need))
+        if prepared.rollout_ref is not None:
+            self._rollout_refs.add(prepared.rollout_ref)
+        if obj is None:
+            self._by_key[(res.namespace, res.kind, res.name)] = kept
+            return
+        if obj.get("kind") == "Namespace":
+            meta = obj.get("metadata")
+            labels = meta.get("labels") if isinstance(meta, Mapping) else None
+            if isinstance(labels, Mapping):
+                self._labels.setdefault(res.name, {}).update({str(k): str(v) for k, v in labels.items()})
+            return
+        if obj.get("kind") == "Node" and str(obj.get("apiVersion", "v1")) == "v1":
+            self._nodes[res.name] = obj
+            return
+        self._by_key[(res.namespace, res.kind, res.name)] = kept
+        if res.kind in CLUSTER_SCOPED:
+            self._cluster_scoped[(res.kind, res.name)] = obj
+        if res.kind == "ResourceQuota":
+            self._quotas.setdefault(res.namespace, []).append(obj)
+        if res.kind == "ScaledObject" and res.group == "keda.sh":
+            self._scaled.setdefault(res.namespace, []).append(obj)
+            self._scaled_names.setdefault(res.namespace, set()).add(res.name)
+            spec = obj.get("spec")
+            ref = spec.get("scaleTargetRef") if isinstance(spec, Mapping) else None
+            target = ref.get("name") if isinstance(ref, Mapping) else None
+            self._scaled_by_target.setdefault((res.namespace, str(target)), []).append(obj)
+
+    def _object(self, kept: Any) -> Mapping[str, Any] | None:
+        if kept is None or isinstance(kept, Mapping) or self._load is None:
+            return kept  # type: ignore[no-any-return]
+        return self._load(kept)
+
+    def _need(self, obj: Mapping[str, Any], gpu: GpuConfig) -> dict[str, Decimal] | None:
+        """The object's GPUs at steady state, when they follow from the object alone; None when its extraction
+        looks up another object (a workloadRef, a claim, a runtime: counted when asked, with every object known)
+        or fails (then it fails where it is counted, as it would without this)."""
+        looked_up = False
+
+        def lookup(*_: Any) -> None:
+            nonlocal looked_up
+            looked_up = True
+
+        try:
+            workload = extract(obj, gpu=gpu, default_namespace=self._default_ns, resolve_claim=lookup,
+                               resolve_object=lookup, config=self._workloads)
+            need = workload.full_size_gpus(gpu, surge=False)
+        except Exception:  # counted again when asked, and fails there as it always did
+            return None
+        return None if looked_up else need
 
     def namespace_labels(self, namespace: str) -> Mapping[str, str] | None:
         labels = self._labels.get(namespace)
@@ -302,12 +374,13 @@ class ManifestFacts(EmptyFacts):
         return namespace in self._quotas or (self._cluster is not None and self._cluster.knows(namespace))
 
     def resolve_claim(self, namespace: str, name: str, is_template: bool) -> Mapping[str, Any] | None:
-        return self._by_key.get((namespace, "ResourceClaimTemplate" if is_template else "ResourceClaim", name))
+        return self._object(self._by_key.get((namespace, "ResourceClaimTemplate" if is_template else "ResourceClaim",
+                                              name)))
 
     def resolve_object(self, namespace: str, kind: str, name: str) -> Mapping[str, Any] | None:
         if kind in CLUSTER_SCOPED:
             return self._cluster_scoped.get((kind, name))
-        return self._by_key.get((namespace, kind, name))
+        return self._object(self._by_key.get((namespace, kind, name)))
 
     def referenced_by_rollout(self, namespace: str, kind: str, name: str) -> bool:
         return (namespace, kind, name) in self._rollout_refs
@@ -338,20 +411,20 @@ class ManifestFacts(EmptyFacts):
         """The namespace's total steady-state GPU need and each workload's own share (computed once)."""
         key = (namespace, id(gpu))
         if key not in self._usage_cache:
-            if not self._by_namespace:
-                for obj in self._objects:
-                    res = Resource.of(dict(obj), default_namespace=self._default_ns)
-                    self._by_namespace.setdefault(res.namespace, []).append((res, obj))
             total: dict[str, Decimal] = {}
             own: dict[Resource, dict[str, Decimal]] = {}
-            for res, obj in self._by_namespace.get(namespace, []):
+            for res, kept, known in self._by_namespace.get(namespace, []):
                 if self.referenced_by_rollout(res.namespace, res.kind, res.name):
                     continue  # counted through its Rollout
-                workload: Workload = extract(obj, gpu=gpu, default_namespace=self._default_ns,
-                                             resolve_claim=self.resolve_claim, resolve_object=self.resolve_object,
-                                             config=self._workloads)
-                # other workloads count at steady state: surge is only the reviewed workload's own
-                need = workload.full_size_gpus(gpu, surge=False)
+                need = known if known is not None and gpu is self._gpu else None
+                if need is None:
+                    obj = self._object(kept)
+                    assert obj is not None
+                    workload: Workload = extract(obj, gpu=gpu, default_namespace=self._default_ns,
+                                                 resolve_claim=self.resolve_claim,
+                                                 resolve_object=self.resolve_object, config=self._workloads)
+                    # other workloads count at steady state: surge is only the reviewed workload's own
+                    need = workload.full_size_gpus(gpu, surge=False)
                 if need:
                     # one identity counts once, however many files define it (two overlays, a symlink):
                     # at the largest of its definitions
@@ -372,7 +445,7 @@ class ManifestFacts(EmptyFacts):
         mine = own.get(exclude, {})
         out = {k: v - mine.get(k, Decimal(0)) for k, v in total.items()}
         if self._cluster is not None:
-            defined = [r for r, _ in self._by_namespace.get(namespace, [])] + [exclude]
+            defined = [r for r, _, _ in self._by_namespace.get(namespace, [])] + [exclude]
             for k, v in self._cluster.gpu_usage(namespace, exclude=defined, gpu=gpu).items():
                 out[k] = out.get(k, Decimal(0)) + v
         return {k: v for k, v in out.items() if v > 0}
