@@ -10,6 +10,7 @@ each identity once (`ManifestFacts`).
 from __future__ import annotations
 
 import functools
+import marshal
 import os
 import sys
 from collections.abc import Callable, Mapping, Sequence
@@ -18,10 +19,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from policies.context import ManifestFacts
+from policies.context import ManifestFacts, Prepared
 from policies.engine import evaluate_object
-from policies.kustomize import Kustomization, Rendered, SourceIndex, kustomization_file, render_unit
-from policies.manifests import ManifestError, Parsed, load_file, parse_documents
+from policies.kustomize import Kustomization, Origin, PatchRef, Rendered, SourceIndex, kustomization_file, render_unit
+from policies.manifests import Located, ManifestError, Skipped, Span, iter_documents, read_text
 from policies.model import Note, Report, Resource, Violation
 from policies.policyset import PolicySet
 from policies.repo import InputNote, Walker
@@ -93,22 +94,6 @@ class CheckOptions:
     jobs: int = 0  # kustomize renders in parallel (0: one per core, at most 4)
 
 
-def _read_files(paths: list[Path], display: Callable[[Path], str], stdin: bool,
-                errors: list[ManifestError]) -> list[Parsed]:
-    parsed = []
-    if stdin:
-        try:
-            parsed.append(parse_documents(sys.stdin.read(), "<stdin>"))
-        except ManifestError as exc:
-            errors.append(exc)
-    for path in paths:
-        try:
-            parsed.append(load_file(path, display(path)))
-        except ManifestError as exc:
-            errors.append(exc)
-    return parsed
-
-
 def _render(units: list[Path], display: Callable[[Path], str], index: SourceIndex,
             cache: dict[Path, Kustomization | None], jobs: int) -> list[Rendered | ManifestError]:
     def one(unit: Path) -> Rendered | ManifestError:
@@ -123,9 +108,142 @@ def _render(units: list[Path], display: Callable[[Path], str], index: SourceInde
         return list(pool.map(one, units))
 
 
-def _where(entry: Entry) -> str:
-    src = entry.source or entry.located
-    return f"{src.source}:{src.line}"
+def _compact(obj: dict[str, Any]) -> Any:
+    """The object marshalled; the object itself when marshal cannot hold it (a YAML timestamp is a datetime)."""
+    try:
+        return marshal.dumps(obj)
+    except (ValueError, RecursionError):
+        return obj
+
+
+def _expand(held: Any) -> dict[str, Any]:
+    obj: dict[str, Any] = held if isinstance(held, dict) else marshal.loads(held)
+    return obj
+
+
+@dataclass(slots=True)
+class _Held:
+    """One object to judge, held compactly until its turn (`marshal`: a fifth of the parsed object's memory,
+    loaded back in a tenth of its parse time), and what is known about where it is written."""
+
+    blob: Any   # `_compact`
+    resource: Resource
+    unit: str
+    source: str
+    line: int
+    span: Span | None
+    path: Path | None
+    defined_by: Located | None = None   # kustomize: the document that defines it (plain files: itself)
+    origin: Origin | None = None
+    patches: list[PatchRef] | None = None
+    kustomization: Path | None = None
+
+    def obj(self) -> dict[str, Any]:
+        return _expand(self.blob)
+
+    def entry(self, obj: dict[str, Any]) -> Entry:
+        located = Located(obj, self.source, self.line, self.span, self.path)
+        if self.patches is None:  # a plain file
+            return Entry(located, self.unit, source=located)
+        return Entry(located, self.unit, source=self.defined_by, origin=self.origin, patches=self.patches,
+                     kustomization=self.kustomization)
+
+    def where(self) -> str:
+        src = self.defined_by
+        return f"{src.source}:{src.line}" if src is not None else f"{self.source}:{self.line}"
+
+
+class _Judged:
+    """The objects to judge, each identity once, and the facts about all of them (`ManifestFacts`), built one
+    object at a time: at no point are all parsed objects in memory."""
+
+    def __init__(self, facts: ManifestFacts) -> None:
+        self.facts = facts
+        self.conflicts: list[InputNote] = []
+        self.held: list[_Held] = []
+        self.defined: dict[Identity, _Held | list[_Held]] = {}
+        self.by_unit: dict[str, dict[Resource, _Held]] = {}
+
+    def stage(self, obj: dict[str, Any], unit: str, located: Located, defined_by: Located | None = None,
+              origin: Origin | None = None, patches: list[PatchRef] | None = None, kustomization: Path | None = None
+              ) -> tuple[_Held, Prepared]:
+        compact = _compact(obj)
+        prepared = self.facts.prepare(obj, compact)
+        return _Held(compact, prepared.resource, unit, located.source, located.line, located.span, located.path,
+                     defined_by, origin, patches, kustomization), prepared
+
+    def add(self, staged: list[tuple[_Held, Prepared]]) -> None:
+        """Objects of one file (or rendered unit) that read to its end: judged unless the same object is
+        already there (a link, a file read twice, a shared base: counted once)."""
+        for held, prepared in staged:
+            res = held.resource
+            key: Identity = (res.group, res.kind, res.namespace, res.name)
+            found = self.defined.get(key)
+            others = [] if found is None else found if isinstance(found, list) else [found]
+            if others:
+                if any(seen.blob == held.blob or seen.obj() == held.obj() for seen in others):
+                    continue
+                seen = others[0]
+                self.conflicts.append(InputNote(
+                    held.where(), f"{res} is also defined, differently, at {seen.where()}: "
+                                  "both definitions are checked; quota usage counts the larger", kind="conflict"))
+                self.defined[key] = [*others, held]
+            else:
+                self.defined[key] = held
+            self.held.append(held)
+            self.by_unit.setdefault(held.unit, {}).setdefault(res, held)
+            self.facts.add_prepared(prepared)
+
+
+class _Entries:
+    """Where the findings of one judged object are written: its own entry, or (a finding that names another
+    object of its unit, as a Rollout's findings name its workloadRef Deployment) that object's."""
+
+    def __init__(self, held: _Held, obj: dict[str, Any], resource: Resource, judged: _Judged) -> None:
+        self.entry = held.entry(obj)
+        self.held, self.resource, self.judged = held, resource, judged
+        self.others: dict[Resource, Entry] = {}
+
+    def of(self, resource: Resource) -> Entry:
+        if resource == self.resource:
+            return self.entry
+        if resource not in self.others:
+            other = self.judged.by_unit[self.held.unit].get(resource)
+            self.others[resource] = self.entry if other is None else other.entry(other.obj())
+        return self.others[resource]
+
+
+def _is_own(obj: Mapping[str, Any]) -> bool:
+    return str(obj.get("apiVersion", "")).startswith(OWN_GROUP) and obj.get("kind") in OWN_KINDS
+
+
+def _read_file(path: Path | None, judged: _Judged, display: Callable[[Path], str], notes: list[InputNote],
+               errors: list[ManifestError]) -> None:
+    """One plain file (None: stdin), a document at a time; its objects count only when all of it parses."""
+    inputs: list[InputNote] = []
+    own: list[InputNote] = []
+    staged: list[tuple[_Held, Prepared]] = []
+    try:
+        if path is None:
+            documents = iter_documents(sys.stdin.read(), "<stdin>")
+        else:
+            documents = iter_documents(read_text(path, display(path)), display(path), path=path)
+        for found in documents:
+            if isinstance(found, Skipped):
+                inputs.append(InputNote(found.source, f"{found.reason}: skipped", found.line, "not-object"))
+                continue
+            obj = found.obj
+            if _is_own(obj):
+                own.append(InputNote(found.source, f"mlguard's own {obj['kind']}, not a cluster object: "
+                                                   "not checked", found.line))
+                continue
+            staged.append(judged.stage(obj, "files", found))
+    except ManifestError as exc:
+        errors.append(exc)
+        return
+    notes.extend(inputs)
+    notes.extend(own)
+    judged.add(staged)
 
 
 def run_check(paths: Sequence[str], options: CheckOptions) -> CheckResult:
@@ -136,75 +254,50 @@ def run_check(paths: Sequence[str], options: CheckOptions) -> CheckResult:
     result.inputs.extend(walk.notes)
     result.errors.extend(walk.errors)
     index = SourceIndex(display)
+    facts = ManifestFacts(extra_labels=options.namespace_labels, cluster=options.cluster,
+                          workloads=options.policyset.workloads, gpu=options.policyset.gpu, load=marshal.loads)
+    judged = _Judged(facts)
 
-    # ---- read and render -----------------------------------------------------------------------
-    units: list[tuple[str, list[Entry]]] = []
-    files_entries: list[Entry] = []
-    for parsed in _read_files(walk.files, display, walk.stdin, result.errors):
-        for skipped in parsed.skipped:
-            result.inputs.append(InputNote(skipped.source, f"{skipped.reason}: skipped", skipped.line,
-                                           "not-object"))
-        for o in parsed.objects:
-            if str(o.obj.get("apiVersion", "")).startswith(OWN_GROUP) and o.obj.get("kind") in OWN_KINDS:
-                result.inputs.append(InputNote(o.source, f"mlguard's own {o.obj['kind']}, not a cluster object: "
-                                                         "not checked", o.line))
-                continue
-            files_entries.append(Entry(o, "files", source=o))
-    if files_entries:
-        units.append(("files", files_entries))
+    # ---- read and render, each identity once: only a compact copy of each object is kept --------------
+    if walk.stdin:
+        _read_file(None, judged, display, result.inputs, result.errors)
+    for path in walk.files:
+        _read_file(path, judged, display, result.inputs, result.errors)
     for unit, rendered in zip(walk.units, _render(walk.units, display, index, walk.kustomizations, options.jobs),
                               strict=True):
         if isinstance(rendered, ManifestError):
             result.errors.append(rendered)
             continue
         kfile = kustomization_file(unit)
-        entries = [Entry(obj, display(unit), source=src, origin=origin, patches=rendered.patches,
-                         kustomization=kfile) for obj, origin, src in rendered.objects]
-        units.append((display(unit), entries))
+        shown = display(unit)
+        judged.add([judged.stage(o.obj, shown, o, src, origin, rendered.patches, kfile)
+                    for o, origin, src in rendered.objects])
+    result.inputs.extend(judged.conflicts)
 
-    # ---- one identity, once ----------------------------------------------------------------------
-    judged: list[Entry] = []
-    defined: dict[Identity, list[Entry]] = {}
-    for _, entries in units:
-        for entry in entries:
-            others = defined.setdefault(identity(entry.obj), [])
-            if any(seen.obj == entry.obj for seen in others):
-                continue  # the same object again (a link, a file read twice, a shared base): counted once
-            if others:
-                seen = others[0]
-                result.inputs.append(InputNote(
-                    _where(entry), f"{Resource.of(entry.obj)} is also defined, differently, at {_where(seen)}: "
-                                   "both definitions are checked; quota usage counts the larger", kind="conflict"))
-            others.append(entry)
-            judged.append(entry)
-
-    # ---- judge ------------------------------------------------------------------------------------
-    facts = ManifestFacts([e.obj for e in judged], extra_labels=options.namespace_labels, cluster=options.cluster,
-                          workloads=options.policyset.workloads)
+    # ---- judge, one object at a time, and locate what was found ---------------------------------------
     locator = Locator(display)
-    by_unit: dict[str, dict[Resource, Entry]] = {}
-    for entry in judged:
-        by_unit.setdefault(entry.unit, {}).setdefault(Resource.of(entry.obj), entry)
     seen_findings: set[tuple[Any, ...]] = set()
     report = result.report
     resolutions: dict[tuple[Any, ...], Any] = {}  # each policy resolved once per kind of subject
-    for entry in judged:
-        outcome = evaluate_object(entry.obj, options.policyset, point="ci", facts=facts, resolutions=resolutions)
+    for held in judged.held:
+        obj = held.obj()
+        outcome = evaluate_object(obj, options.policyset, point="ci", facts=facts, resolutions=resolutions)
         report.resources.append(outcome.resource)
         if outcome.exempt_reason:
             report.exempt.append((outcome.resource, outcome.exempt_reason))
         report.policy_errors.extend(outcome.errors)
+        if not outcome.violations and not outcome.notes:
+            continue
+        entries = _Entries(held, obj, outcome.resource, judged)
         for v in outcome.violations:
-            target = entry if v.resource == outcome.resource else by_unit[entry.unit].get(v.resource, entry)
-            location = locator.locate(target, v.path)
+            location = locator.locate(entries.of(v.resource), v.path)
             fkey: tuple[Any, ...] = (v.policy, v.resource, v.path, v.message, location)
             if fkey not in seen_findings:
                 seen_findings.add(fkey)
                 report.violations.append(v)
                 result.findings.append(LocatedViolation(v, location))
         for n in outcome.notes:
-            target = entry if n.resource == outcome.resource else by_unit[entry.unit].get(n.resource, entry)
-            location = locator.locate(target, n.path)
+            location = locator.locate(entries.of(n.resource), n.path)
             if ("note", n.policy, n.resource, n.path, n.message, location) not in seen_findings:
                 seen_findings.add(("note", n.policy, n.resource, n.path, n.message, location))
                 report.notes.append(n)

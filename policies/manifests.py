@@ -9,6 +9,7 @@ Documents that are not Kubernetes objects are returned as `Skipped`, never dropp
 from __future__ import annotations
 
 import sys
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -120,7 +121,7 @@ class ManifestError(ValueError):
         super().__init__(f"{where}: {message}")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Span:
     """Where a document's text sits in its file: ``text[start:end]`` begins on line ``line`` (1-based).
     ``item`` is the index in a ``kind: List``'s items when the object is one of them."""
@@ -132,7 +133,7 @@ class Span:
     item: int | None = None
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Located:
     """An object and where it came from: the file (as shown to people), its first line, its text."""
 
@@ -178,6 +179,15 @@ def parse_documents(text: str, source: str, *, path: Path | None = None) -> Pars
     """Every object of a (multi-document) YAML or JSON text, with its line; `kind: List` (and `*List` with
     items) is flattened. Raises ManifestError for text that is not YAML at all."""
     out = Parsed()
+    for found in iter_documents(text, source, path=path):
+        (out.objects if isinstance(found, Located) else out.skipped).append(found)  # type: ignore[arg-type]
+    return out
+
+
+def iter_documents(text: str, source: str, *, path: Path | None = None) -> Iterator[Located | Skipped]:
+    """`parse_documents`, one object (or skipped document) at a time, in the order of the text: a caller that
+    keeps only a summary of each holds one document at a time. Raises ManifestError (when it reaches the
+    place) for text that is not YAML at all."""
     loader = _Loader(text)
     try:
         while loader.check_node():
@@ -189,7 +199,7 @@ def parse_documents(text: str, source: str, *, path: Path | None = None) -> Pars
             if doc is None:
                 continue
             if not _is_object(doc):
-                out.skipped.append(Skipped(source, line, _describe(doc)))
+                yield Skipped(source, line, _describe(doc))
                 continue
             start = _line_start(text, node.start_mark.index)
             span = Span(text, start, node.end_mark.index, node.start_mark.line + 1)
@@ -199,19 +209,17 @@ def parse_documents(text: str, source: str, *, path: Path | None = None) -> Pars
                 for i, item in enumerate(doc.get("items") or []):
                     item_line = nodes[i].start_mark.line + 1 if i < len(nodes) else line
                     if not _is_object(item):
-                        out.skipped.append(Skipped(source, item_line, f"items[{i}]: {_describe(item)}"))
+                        yield Skipped(source, item_line, f"items[{i}]: {_describe(item)}")
                         continue
-                    out.objects.append(Located(item, source, item_line,
-                                               Span(text, start, span.end, span.line, i), path))
+                    yield Located(item, source, item_line, Span(text, start, span.end, span.line, i), path)
                 continue
-            out.objects.append(Located(doc, source, line, span, path))
+            yield Located(doc, source, line, span, path)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         raise ManifestError(source, f"not valid YAML: {getattr(exc, 'problem', None) or exc}",
                             mark.line + 1 if mark else None) from exc
     finally:
         loader.dispose()
-    return out
 
 
 def _items_nodes(node: yaml.Node) -> list[yaml.Node]:
