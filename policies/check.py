@@ -22,7 +22,17 @@ from typing import Any
 from policies.context import ManifestFacts, Prepared
 from policies.engine import evaluate_object
 from policies.kustomize import Kustomization, Origin, PatchRef, Rendered, SourceIndex, kustomization_file, render_unit
-from policies.manifests import Located, ManifestError, Skipped, Span, iter_documents, read_text
+from policies.manifests import (
+    FileText,
+    Located,
+    ManifestError,
+    Skipped,
+    Span,
+    iter_documents,
+    plain_ascii,
+    read_bytes,
+    read_text,
+)
 from policies.model import Note, Report, Resource, Violation
 from policies.policyset import PolicySet
 from policies.repo import InputNote, Walker
@@ -227,7 +237,13 @@ def _read_file(path: Path | None, judged: _Judged, display: Callable[[Path], str
         if path is None:
             documents = iter_documents(sys.stdin.read(), "<stdin>")
         else:
-            documents = iter_documents(read_text(path, display(path)), display(path), path=path)
+            shown = display(path)
+            data = read_bytes(path, shown)
+            if plain_ascii(data):  # parsed as it is, and read again from disk for the lines of findings
+                documents = iter_documents(data, shown, path=path, spans=FileText(path))
+            else:
+                del data
+                documents = iter_documents(read_text(path, shown), shown, path=path)
         for found in documents:
             if isinstance(found, Skipped):
                 inputs.append(InputNote(found.source, f"{found.reason}: skipped", found.line, "not-object"))

@@ -12,7 +12,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import yaml
@@ -20,7 +20,7 @@ import yaml
 from policies.check import CheckOptions, CheckResult, run_check
 from policies.eval_cli import add_eval_parser
 from policies.manifests import ManifestError
-from policies.output import RENDERERS, mlguard_version, summary_line
+from policies.output import CHUNKS, RENDERERS, mlguard_version, summary_line
 from policies.policyset import PolicySet, PolicySetError, default_policyset_path, load_policyset
 from policies.snapshot import ClusterSnapshot, SnapshotError
 from policies.testing import LIBRARY, TestFileError, run_all
@@ -44,12 +44,17 @@ def _namespace_labels(path: str | None) -> dict[str, dict[str, str]]:
     return {str(k): {str(a): str(b) for a, b in v.items()} for k, v in data.items()}
 
 
-def _write(text: str, output: str | None) -> bool:
+def _write(text: str | Iterable[str], output: str | None) -> bool:
+    """Write a report (whole, or in pieces as they are made) to stdout or ``output``."""
+    chunks = [text] if isinstance(text, str) else text
     if not output:
-        sys.stdout.write(text)
+        for chunk in chunks:
+            sys.stdout.write(chunk)
         return True
     try:
-        Path(output).write_text(text)
+        with Path(output).open("w") as f:
+            for chunk in chunks:
+                f.write(chunk)
     except OSError as exc:
         _err(f"cannot write the report to {output}: {exc.strerror or exc}")
         return False
@@ -88,8 +93,7 @@ def cmd_check(args: argparse.Namespace) -> int:
     result = run_check(args.paths, CheckOptions(policyset=policyset, namespace_labels=labels, cluster=cluster,
                                                 excludes=args.exclude or []))
     bad = _input_problems(result, args)
-    out = RENDERERS[args.format](result, policyset, args.fail_on)
-    if not _write(out, args.output):
+    if not _write(CHUNKS[args.format](result, policyset, args.fail_on), args.output):
         return EXIT_BAD_INPUT
     if args.output:
         print(summary_line(result, args.fail_on), file=sys.stderr)

@@ -8,6 +8,7 @@ Documents that are not Kubernetes objects are returned as `Skipped`, never dropp
 
 from __future__ import annotations
 
+import re
 import sys
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -26,6 +27,10 @@ INT, BOOL, NULL, MERGE = "tag:yaml.org,2002:int", "tag:yaml.org,2002:bool", "tag
     "tag:yaml.org,2002:merge"
 _BOOLS: dict[str, bool] = yaml.constructor.SafeConstructor.bool_values
 _RESOLVED: dict[str, str] = {}   # plain scalar -> its implicit tag (the tag depends on the text alone)
+# PyYAML's resolver picks the regexes to try by a plain scalar's first character: a scalar whose first character
+# starts none of them (most names, images, paths) is a string without a look (and is not cached: names are many)
+_FIRSTS = frozenset(k for k in _Base.yaml_implicit_resolvers if k)
+_PLAIN_RESOLVE = not _Base.yaml_path_resolvers and None not in _Base.yaml_implicit_resolvers
 
 
 class _Loader(_Base):  # type: ignore[misc]
@@ -41,11 +46,19 @@ class _Loader(_Base):  # type: ignore[misc]
     """
 
     def resolve(self, kind: Any, value: Any, implicit: Any) -> Any:
+        if _PLAIN_RESOLVE:  # what BaseResolver.resolve answers without path resolvers, without its frames
+            if kind is yaml.ScalarNode:
+                if not implicit[0] or (value and value[0] not in _FIRSTS):
+                    return STR
+            elif kind is yaml.MappingNode:
+                return MAP
+            elif kind is yaml.SequenceNode:
+                return SEQ
         if kind is yaml.ScalarNode and implicit[0]:
             tag = _RESOLVED.get(value)
             if tag is None:
                 tag = super().resolve(kind, value, implicit)
-                if len(_RESOLVED) < 200_000:
+                if len(_RESOLVED) < 50_000:
                     _RESOLVED[value] = tag
             return tag
         return super().resolve(kind, value, implicit)
@@ -121,12 +134,40 @@ class ManifestError(ValueError):
         super().__init__(f"{where}: {message}")
 
 
+class FileText:
+    """A file's text, read again from disk when a piece of it is needed (a document with a finding), instead of
+    held for the whole run. Only for files of printable ASCII with \\n line ends (`plain_ascii`), where the
+    parser's character offsets are byte offsets. A file that changed or vanished since gives no text (the
+    finding is then placed at its object's first line)."""
+
+    __slots__ = ("path",)
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def __getitem__(self, part: slice) -> str:
+        try:
+            with self.path.open("rb") as f:
+                f.seek(part.start)
+                return f.read(part.stop - part.start).decode("ascii")
+        except (OSError, UnicodeDecodeError, ValueError):
+            return ""
+
+
+# anything but printable ASCII, tab and \n: such bytes parse as the same text, give the same marks and errors
+_NOT_PLAIN = re.compile(rb"[^\t\n\x20-\x7e]")
+
+
+def plain_ascii(data: bytes) -> bool:
+    return _NOT_PLAIN.search(data) is None
+
+
 @dataclass(frozen=True, slots=True)
 class Span:
     """Where a document's text sits in its file: ``text[start:end]`` begins on line ``line`` (1-based).
     ``item`` is the index in a ``kind: List``'s items when the object is one of them."""
 
-    text: str = field(repr=False)
+    text: str | FileText = field(repr=False)
     start: int
     end: int
     line: int
@@ -171,8 +212,8 @@ def _describe(doc: Any) -> str:
     return f"not a Kubernetes object (a {type(doc).__name__}, not a mapping with apiVersion and kind)"
 
 
-def _line_start(text: str, index: int) -> int:
-    return text.rfind("\n", 0, index) + 1
+def _line_start(text: str | bytes, index: int) -> int:
+    return (text.rfind("\n", 0, index) if isinstance(text, str) else text.rfind(b"\n", 0, index)) + 1
 
 
 def parse_documents(text: str, source: str, *, path: Path | None = None) -> Parsed:
@@ -184,11 +225,20 @@ def parse_documents(text: str, source: str, *, path: Path | None = None) -> Pars
     return out
 
 
-def iter_documents(text: str, source: str, *, path: Path | None = None) -> Iterator[Located | Skipped]:
+def iter_documents(text: str | bytes, source: str, *, path: Path | None = None,
+                   spans: str | FileText | None = None) -> Iterator[Located | Skipped]:
     """`parse_documents`, one object (or skipped document) at a time, in the order of the text: a caller that
     keeps only a summary of each holds one document at a time. Raises ManifestError (when it reaches the
-    place) for text that is not YAML at all."""
+    place) for text that is not YAML at all. ``text`` may be the bytes of a `plain_ascii` file (libyaml reads
+    them without a copy), with ``spans`` what the spans of its documents read (a `FileText`)."""
     loader = _Loader(text)
+    shown: str | FileText
+    if spans is not None:
+        shown = spans
+    elif isinstance(text, str):
+        shown = text
+    else:
+        raise TypeError("bytes need spans=")
     try:
         while loader.check_node():
             node = loader.get_node()
@@ -202,7 +252,7 @@ def iter_documents(text: str, source: str, *, path: Path | None = None) -> Itera
                 yield Skipped(source, line, _describe(doc))
                 continue
             start = _line_start(text, node.start_mark.index)
-            span = Span(text, start, node.end_mark.index, node.start_mark.line + 1)
+            span = Span(shown, start, node.end_mark.index, node.start_mark.line + 1)
             kind = doc["kind"]
             if kind == "List" or (kind.endswith("List") and isinstance(doc.get("items"), list)):
                 nodes = _items_nodes(node)
@@ -211,7 +261,7 @@ def iter_documents(text: str, source: str, *, path: Path | None = None) -> Itera
                     if not _is_object(item):
                         yield Skipped(source, item_line, f"items[{i}]: {_describe(item)}")
                         continue
-                    yield Located(item, source, item_line, Span(text, start, span.end, span.line, i), path)
+                    yield Located(item, source, item_line, Span(shown, start, span.end, span.line, i), path)
                 continue
             yield Located(doc, source, line, span, path)
     except yaml.YAMLError as exc:
@@ -228,6 +278,13 @@ def _items_nodes(node: yaml.Node) -> list[yaml.Node]:
             if key.value == "items" and isinstance(value, yaml.SequenceNode):
                 return list(value.value)
     return []
+
+
+def read_bytes(path: Path, source: str | None = None) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError as exc:
+        raise ManifestError(source or str(path), f"cannot read: {exc.strerror or exc}") from exc
 
 
 def read_text(path: Path, source: str | None = None) -> str:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import xml.etree.ElementTree as ET
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
@@ -55,18 +55,20 @@ def summary_line(result: CheckResult, fail_on: str = "deny") -> str:
             f"{s['audit']} audit, {len(result.report.notes)} notes{unjudged}: {verdict}")
 
 
-def render_text(result: CheckResult, policyset: PolicySet, fail_on: str = "deny") -> str:
-    lines: list[str] = []
+def text_chunks(result: CheckResult, policyset: PolicySet, fail_on: str = "deny") -> Iterator[str]:
     for v, loc in _sorted(result):
-        lines.append(f"{'ERROR' if v.error else WORD[v.action]:<5} {v.policy}  {v.resource}  ({loc})")
-        lines.append(f"      at:      {v.path or '<object>'}")
-        lines.append(f"      fix:     {v.message}")
-        lines.append(f"      runbook: {v.runbook}")
+        yield (f"{'ERROR' if v.error else WORD[v.action]:<5} {v.policy}  {v.resource}  ({loc})\n"
+               f"      at:      {v.path or '<object>'}\n"
+               f"      fix:     {v.message}\n"
+               f"      runbook: {v.runbook}\n")
     for n in result.report.notes:
         where = result.note_locations.get(id(n))
-        lines.append(f"NOTE  {n.policy}  {n.resource}: {n.message}" + (f"  ({where})" if where else ""))
-    lines.append(summary_line(result, fail_on))
-    return "\n".join(lines) + "\n"
+        yield f"NOTE  {n.policy}  {n.resource}: {n.message}" + (f"  ({where})" if where else "") + "\n"
+    yield summary_line(result, fail_on) + "\n"
+
+
+def render_text(result: CheckResult, policyset: PolicySet, fail_on: str = "deny") -> str:
+    return "".join(text_chunks(result, policyset, fail_on))
 
 
 def _source(loc: Location) -> dict[str, Any]:
@@ -78,23 +80,66 @@ def _source(loc: Location) -> dict[str, Any]:
     return out
 
 
-def render_json(result: CheckResult, policyset: PolicySet, fail_on: str = "deny") -> str:
-    violations = []
+class _Items:
+    """A list to write item by item (`_json_chunks`), made when it is written: a report of 60,000 findings is never
+    held as one tree of dicts nor as one string."""
+
+    def __init__(self, items: Iterable[Any]) -> None:
+        self.items = items
+
+
+def _json_chunks(value: Any, level: int = 0) -> Iterator[str]:
+    """``json.dumps(value, indent=2)``, the same text, in pieces: one per item of an `_Items`."""
+    pad = "\n" + "  " * (level + 1)
+    if isinstance(value, _Items):
+        first = True
+        for item in value.items:
+            yield ("[" if first else ",") + pad + json.dumps(item, indent=2).replace("\n", pad)
+            first = False
+        yield "[]" if first else "\n" + "  " * level + "]"
+    elif isinstance(value, dict) and value:
+        first = True
+        for key, item in value.items():
+            yield ("{" if first else ",") + pad + json.dumps(key) + ": "
+            first = False
+            yield from _json_chunks(item, level + 1)
+        yield "\n" + "  " * level + "}"
+    elif isinstance(value, list) and value:
+        for i, item in enumerate(value):
+            yield ("[" if i == 0 else ",") + pad
+            yield from _json_chunks(item, level + 1)
+        yield "\n" + "  " * level + "]"
+    else:
+        yield json.dumps(value, indent=2).replace("\n", "\n" + "  " * level)
+
+
+def _json_violations(result: CheckResult) -> Iterator[dict[str, Any]]:
     for v, loc in _sorted(result):
         item = v.to_json()
         item["source"] = _source(loc)
-        violations.append(item)
-    notes = []
+        yield item
+
+
+def _json_notes(result: CheckResult) -> Iterator[dict[str, Any]]:
     for n in result.report.notes:
         item = n.to_json()
         where = result.note_locations.get(id(n))
         if where:
             item["source"] = _source(where)
-        notes.append(item)
-    data = {"violations": violations, "notes": notes, "summary": result.report.summary(),
+        yield item
+
+
+def json_chunks(result: CheckResult, policyset: PolicySet, fail_on: str = "deny") -> Iterator[str]:
+    data = {"violations": _Items(_json_violations(result)), "notes": _Items(_json_notes(result)),
+            "summary": result.report.summary(),
             "inputs": [{"source": i.source, "line": i.line, "message": i.message} for i in result.inputs],
             "failed": _verdict(result, fail_on)}
-    return json.dumps(data, indent=2) + "\n"
+    yield from _json_chunks(data)
+    yield "\n"
+
+
+def render_json(result: CheckResult, policyset: PolicySet, fail_on: str = "deny") -> str:
+    return "".join(json_chunks(result, policyset, fail_on))
 
 
 def _rule(policy_id: str, policyset: PolicySet) -> dict[str, Any]:
@@ -124,10 +169,8 @@ def _artifact(loc: Location) -> dict[str, Any] | None:
     return {"uri": quote(loc.file), "uriBaseId": SRCROOT}
 
 
-def render_sarif(result: CheckResult, policyset: PolicySet, fail_on: str = "deny") -> str:
-    pairs = _sorted(result)
-    rule_ids = sorted({v.policy for v, _ in pairs})
-    results = []
+def _sarif_results(pairs: list[tuple[Violation, Location]], rule_ids: list[str]) -> Iterator[dict[str, Any]]:
+    index = {rule: i for i, rule in enumerate(rule_ids)}
     for v, loc in pairs:
         location: dict[str, Any] = {
             "logicalLocations": [{"fullyQualifiedName": f"{v.resource}#{v.path}", "kind": "resource"}]}
@@ -137,16 +180,21 @@ def render_sarif(result: CheckResult, policyset: PolicySet, fail_on: str = "deny
         text = f"{v.resource}: {v.path}: {v.message} (runbook: {v.runbook})"
         if loc.rendered:
             text += f" [rendered by kustomize{': ' + loc.via if loc.via else ''}]"
-        results.append({
+        yield {
             "ruleId": v.policy,
-            "ruleIndex": rule_ids.index(v.policy),
+            "ruleIndex": index[v.policy],
             "level": LEVELS[v.action],
             "message": {"text": text},
             "locations": [location],
             "partialFingerprints": {"mlguard/v1": f"{v.policy}|{v.resource}|{v.path}"},
             "properties": {"action": v.action, "resource": v.resource.to_json(), "path": v.path,
                            "rendered": loc.rendered},
-        })
+        }
+
+
+def sarif_chunks(result: CheckResult, policyset: PolicySet, fail_on: str = "deny") -> Iterator[str]:
+    pairs = _sorted(result)
+    rule_ids = sorted({v.policy for v, _ in pairs})
     notifications = [{"level": "note", "message": {"text": str(i)}} for i in result.inputs]
     notifications += [{"level": "error", "message": {"text": str(e)}} for e in result.errors]
     run: dict[str, Any] = {
@@ -155,10 +203,15 @@ def render_sarif(result: CheckResult, policyset: PolicySet, fail_on: str = "deny
         "originalUriBaseIds": {SRCROOT: {"uri": result.root.as_uri() + "/"}},
         "invocations": [{"executionSuccessful": not result.errors,
                          "toolExecutionNotifications": notifications}],
-        "results": results,
+        "results": _Items(_sarif_results(pairs, rule_ids)),
     }
     sarif = {"$schema": SARIF_SCHEMA, "version": "2.1.0", "runs": [run]}
-    return json.dumps(sarif, indent=2) + "\n"
+    yield from _json_chunks(sarif)
+    yield "\n"
+
+
+def render_sarif(result: CheckResult, policyset: PolicySet, fail_on: str = "deny") -> str:
+    return "".join(sarif_chunks(result, policyset, fail_on))
 
 
 def render_junit(result: CheckResult, policyset: PolicySet, fail_on: str = "deny") -> str:
@@ -201,24 +254,30 @@ def _escape_property(text: str) -> str:
     return _escape_data(text).replace(":", "%3A").replace(",", "%2C")
 
 
-def render_github(result: CheckResult, policyset: PolicySet, fail_on: str = "deny") -> str:
+def github_chunks(result: CheckResult, policyset: PolicySet, fail_on: str = "deny") -> Iterator[str]:
     """GitHub Actions workflow commands (`::error file=F,line=L,title=T::message`), one per finding: the
     runner shows each on the pull request's changed line. Deny is an error, warn a warning, audit a notice."""
     command = {"deny": "error", "warn": "warning", "audit": "notice"}
-    lines = []
     for v, loc in _sorted(result):
         props = ",".join([f"file={_escape_property(loc.file)}", f"line={loc.line}",
                           f"title={_escape_property(f'mlguard {v.policy} ({v.action})')}"])
         message = f"{v.resource}: {v.path}: {v.message} (runbook: {v.runbook})"
         if loc.rendered:
             message += f" [rendered by kustomize{': ' + loc.via if loc.via else ''}]"
-        lines.append(f"::{command[v.action]} {props}::{_escape_data(message)}")
+        yield f"::{command[v.action]} {props}::{_escape_data(message)}\n"
     for i in result.inputs:
-        lines.append(f"::notice title=mlguard input::{_escape_data(str(i))}")
-    lines.append(summary_line(result, fail_on))
-    return "\n".join(lines) + "\n"
+        yield f"::notice title=mlguard input::{_escape_data(str(i))}\n"
+    yield summary_line(result, fail_on) + "\n"
+
+
+def render_github(result: CheckResult, policyset: PolicySet, fail_on: str = "deny") -> str:
+    return "".join(github_chunks(result, policyset, fail_on))
 
 
 Renderer = Callable[[CheckResult, PolicySet, str], str]
 RENDERERS: dict[str, Renderer] = {"text": render_text, "json": render_json, "sarif": render_sarif,
                                   "junit": render_junit, "github": render_github}
+# the same reports in pieces, for writing a large one without holding it whole (`mlguard check -o FILE`)
+Chunks = Callable[[CheckResult, PolicySet, str], Iterable[str]]
+CHUNKS: dict[str, Chunks] = {"text": text_chunks, "json": json_chunks, "sarif": sarif_chunks,
+                             "junit": lambda *args: [render_junit(*args)], "github": github_chunks}
