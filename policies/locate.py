@@ -246,12 +246,31 @@ def _find_key(lines: _Lines, first: int, end: int, col: int, key: str) -> int | 
     return None
 
 
+class Scanner:
+    """`scan` of one document's text, its lines read once for every path asked of it (an object's findings)."""
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+        self._lines: _Lines | None = None
+        self._unsure = False
+
+    def scan(self, toks: Sequence[Token], judged: Any, *, offset: int) -> Hit | None:
+        if self._lines is None and not self._unsure:
+            try:
+                self._lines = _Lines(self.text)
+            except _Unsure:
+                self._unsure = True
+        if self._lines is None:
+            return None
+        try:
+            return _scan(self._lines, toks, judged, offset)
+        except (_Unsure, IndexError):
+            return None
+
+
 def scan(text: str, toks: Sequence[Token], judged: Any, *, offset: int) -> Hit | None:
     """The line of the deepest existing field of ``toks`` in block-style YAML ``text``; None when unsure."""
-    try:
-        return _scan(_Lines(text), toks, judged, offset)
-    except (_Unsure, IndexError):
-        return None
+    return Scanner(text).scan(toks, judged, offset=offset)
 
 
 def _scan(lines: _Lines, toks: Sequence[Token], judged: Any, offset: int) -> Hit | None:

@@ -20,8 +20,8 @@ from typing import Any
 import yaml
 
 from policies.kustomize import Origin, PatchRef
-from policies.locate import Hit, Token, compose_span, compose_text, exists, scan, tokens, walk
-from policies.manifests import Located
+from policies.locate import Hit, Scanner, Token, compose_span, compose_text, exists, tokens, walk
+from policies.manifests import Located, Span
 
 
 @dataclass(frozen=True)
@@ -84,6 +84,7 @@ class Locator:
     def __init__(self, display: Callable[[Path], str]) -> None:
         self.display = display
         self._patch_nodes: dict[Path, list[yaml.Node]] = {}
+        self._last: tuple[Any, int, int, Scanner] | None = None
 
     def _patch(self, path: Path) -> list[yaml.Node]:
         if path not in self._patch_nodes:
@@ -93,6 +94,14 @@ class Locator:
                 text = ""
             self._patch_nodes[path] = compose_text(text)
         return self._patch_nodes[path]
+
+    def _scanner(self, span: Span) -> Scanner:
+        """The scanner of the document that ``span`` holds: the last one asked for is kept (findings of one
+        object come one after another), so its text is read and split once."""
+        last = self._last
+        if last is None or last[0] is not span.text or last[1] != span.start or last[2] != span.end:
+            last = self._last = (span.text, span.start, span.end, Scanner(span.text[span.start:span.end]))
+        return last[3]
 
     def locate(self, entry: Entry, path: str) -> Location:
         judged = entry.obj
@@ -106,8 +115,7 @@ class Locator:
         if source is not None and source.span is not None:
             span = source.span
             # block-style YAML: found from indentation alone; anything else is composed again
-            hit = scan(span.text[span.start:span.end], toks, judged, offset=span.line - 1) \
-                if span.item is None else None
+            hit = self._scanner(span).scan(toks, judged, offset=span.line - 1) if span.item is None else None
             if hit is None:
                 node, offset = compose_span(span)
                 hit = walk(node, toks, judged, offset=offset)

@@ -120,6 +120,8 @@ def test_the_same_object_written_in_another_key_order_is_one_object(tmp_path: Pa
 @pytest.mark.parametrize("data", [
     {}, [], {"a": []}, {"a": {}}, {"a": [1, {"b": [], "c": {"d": "é\n\"x\""}}], "e": None, "f": 1.5, "g": True},
     [[], [{}], {"x": [1, 2]}],
+    {"a": [True, False, None, 0, -5, 10**30, "x\u2028\t\\", "ü😀"], "b": {"c": [[], {}]}},
+    {1: "an int key"}, {"f": 1.5e300, "n": float("inf")}, {"d": [{"e": 2.0}]},
 ])
 def test_json_in_pieces_is_json_dumps(data) -> None:
     assert "".join(_json_chunks(data)) == json.dumps(data, indent=2)
