@@ -83,12 +83,16 @@ class _NeedsConstructor(Exception):
     """A document with merge keys: PyYAML's constructor builds it."""
 
 
+_intern = sys.intern
+_MappingNode, _SequenceNode = yaml.MappingNode, yaml.SequenceNode
+
+
 def _build(loader: Any, node: yaml.Node, memo: dict[int, Any]) -> Any:
     tag = node.tag
     if tag == STR:
-        return sys.intern(node.value)
+        return _intern(node.value)
     cls = node.__class__
-    if cls is yaml.MappingNode and tag == MAP:
+    if cls is _MappingNode and tag == MAP:
         done = memo.get(id(node))
         if done is not None:
             return done
@@ -96,22 +100,23 @@ def _build(loader: Any, node: yaml.Node, memo: dict[int, Any]) -> Any:
         memo[id(node)] = out
         for key_node, value_node in node.value:
             if key_node.tag == STR:
-                key = sys.intern(key_node.value)
+                key = _intern(key_node.value)
             elif key_node.tag == MERGE:
                 raise _NeedsConstructor
             else:
                 key = _build(loader, key_node, memo)
                 if isinstance(key, list | dict):
                     raise _NeedsConstructor   # an unhashable key: PyYAML says why
-            out[key] = sys.intern(value_node.value) if value_node.tag == STR else _build(loader, value_node, memo)
+            out[key] = _intern(value_node.value) if value_node.tag == STR else _build(loader, value_node, memo)
         return out
-    if cls is yaml.SequenceNode and tag == SEQ:
+    if cls is _SequenceNode and tag == SEQ:
         done = memo.get(id(node))
         if done is not None:
             return done
         items: list[Any] = []
         memo[id(node)] = items
-        items.extend(_build(loader, item, memo) for item in node.value)
+        for item in node.value:
+            items.append(_intern(item.value) if item.tag == STR else _build(loader, item, memo))
         return items
     if tag == INT:
         text = node.value
