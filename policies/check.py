@@ -5,6 +5,11 @@ plain files together) an identity is judged once; the same identity defined agai
 elsewhere is counted once (a directory symlink, two overlays sharing an object); defined with different
 content, both definitions are judged and reported as a conflict with both locations. Quota usage counts
 each identity once (`ManifestFacts`).
+
+Memory stays a small multiple of the input however many objects it holds: documents are parsed one at a time,
+and each object is kept marshalled (`_Held`) with what the cross-object policies need summarised in
+`ManifestFacts` (identities, quotas, namespaces, each workload's GPU need); an object is loaded back only to
+be judged, its lines are read back from disk only when it has a finding, and then it is dropped.
 """
 
 from __future__ import annotations
