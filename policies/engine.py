@@ -38,13 +38,20 @@ class Evaluated:
     checked: tuple[str, ...] = ()  # the policies that judged the object (their action was not off)
 
 
-def _subject_key(subject: Subject) -> tuple[Any, ...] | None:
-    """What a policy's resolution depends on (PolicySet.resolve reads only the subject): objects of one namespace,
-    kind and labels resolve alike. None when a label value cannot be a key (then nothing is shared)."""
+def _subject_key(subject: Subject, policyset: PolicySet) -> tuple[Any, ...] | None:
+    """What a policy's resolution depends on (PolicySet.resolve reads only the subject): objects of one namespace
+    and kind, with the same values of the labels the set's selectors name, resolve alike (an object's own `app`
+    label, different for every workload, does not split them). None when a label value cannot be a key (then
+    nothing is shared)."""
     res = subject.resource
+    keys = policyset.selector_label_keys
+    objects, namespaces = subject.object_labels, subject.namespace_labels
+    if keys is not None:
+        objects = {k: v for k, v in objects.items() if k in keys[0]}
+        namespaces = {k: v for k, v in namespaces.items() if k in keys[1]}
     try:
-        key = (res.namespace, res.kind, res.group, frozenset(subject.object_labels.items()),
-               frozenset(subject.namespace_labels.items()), subject.environment, subject.request)
+        key = (res.namespace, res.kind, res.group, frozenset(objects.items()), frozenset(namespaces.items()),
+               subject.environment, subject.request)
         hash(key)
     except TypeError:
         return None
@@ -75,7 +82,7 @@ def evaluate_object(obj: Mapping[str, Any], policyset: PolicySet, *, point: Enfo
     subject = Subject(resource=resource, object_labels=labels if isinstance(labels, Mapping) else {},
                       namespace_labels=ns_labels,
                       environment=environment, request=request)
-    subject_key = _subject_key(subject) if resolutions is not None else None
+    subject_key = _subject_key(subject, policyset) if resolutions is not None else None
     known: dict[Any, Any] | None = None
     if resolutions is not None and subject_key is not None:
         known = resolutions.get(subject_key)

@@ -7,7 +7,7 @@ import hashlib
 import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from functools import cache
+from functools import cache, cached_property
 from pathlib import Path
 from typing import Any
 
@@ -91,6 +91,26 @@ class PolicySet:
     @property
     def rule_limits(self) -> RuleLimits:
         return RuleLimits.from_spec(self.spec.get("ruleLimits"))
+
+    @cached_property
+    def selector_label_keys(self) -> tuple[frozenset[str], frozenset[str]] | None:
+        """The label keys any objectSelector and any namespaceSelector of the set names (its match and exclude,
+        every policy's and rule's match, exclude and overrides): a resolution depends on an object's and its
+        namespace's labels through these keys alone. None when a selector is not of the usual shape (then every
+        label counts)."""
+        keys: tuple[set[str], set[str]] = (set(), set())
+
+        def walk(node: Any) -> bool:
+            if isinstance(node, list):
+                return all(walk(item) for item in node)
+            if not isinstance(node, Mapping):
+                return True
+            for field_name, into in (("objectSelector", keys[0]), ("namespaceSelector", keys[1])):
+                if field_name in node and not _selector_keys(node[field_name], into):
+                    return False
+            return all(walk(v) for k, v in node.items() if k not in ("objectSelector", "namespaceSelector"))
+
+        return (frozenset(keys[0]), frozenset(keys[1])) if walk(self.raw.get("spec")) else None
 
     @property
     def spec(self) -> Mapping[str, Any]:
@@ -209,6 +229,21 @@ class PolicySet:
         if not matches(config.get("match"), config.get("exclude"), subject):
             action = "off"
         return Resolved(action, params, bool(config.get("onlyNewViolations", False)))
+
+
+def _selector_keys(selector: Any, into: set[str]) -> bool:
+    """Add the keys a label selector reads to ``into``; False when it is not a selector of the usual shape."""
+    if not isinstance(selector, Mapping):
+        return False
+    labels, expressions = selector.get("matchLabels") or {}, selector.get("matchExpressions") or []
+    if not isinstance(labels, Mapping) or not isinstance(expressions, list):
+        return False
+    into.update(str(k) for k in labels)
+    for expression in expressions:
+        if not isinstance(expression, Mapping) or not isinstance(expression.get("key"), str):
+            return False
+        into.add(expression["key"])
+    return True
 
 
 def _at_point(action: Any, point: EnforcementPoint) -> Any:

@@ -75,8 +75,57 @@ def test_the_cache_is_bounded(monkeypatch) -> None:
     policyset = parse_policyset(POLICYSET)
     admission = Admission(facts=ManifestFacts([]))
     sizes = []
-    for i in range(23):  # every pod has its own labels: a new kind of subject each time
-        assert _decide(admission, _pod("team-a", 12, {"n": str(i)}), policyset) == (False, ["deny"])
+    for i in range(23):  # every pod has its own value of a label an override selects on: a new kind of subject
+        assert _decide(admission, _pod("team-a", 12, {"tier": str(i)}), policyset) == (False, ["deny"])
         sizes.append(len(admission._resolved[1]))
     assert max(sizes) == 5
     assert sizes[:6] == [1, 2, 3, 4, 5, 1]  # full: it starts over
+
+
+def test_labels_no_selector_names_do_not_split_subjects() -> None:
+    policyset = parse_policyset(POLICYSET)
+    assert policyset.selector_label_keys == (frozenset({"tier"}), frozenset())
+    admission = Admission(facts=ManifestFacts([]))
+    for i in range(50):  # every workload has its own app label: one kind of subject all the same
+        assert _decide(admission, _pod("team-a", 12, {"app": f"w{i}"}), policyset) == (False, ["deny"])
+        assert _decide(admission, _pod("team-a", 4, {"app": f"w{i}", "tier": "critical"}), policyset) == (
+            False, ["deny"])
+    assert len(admission._resolved[1]) == 2
+
+
+def test_selector_label_keys_come_from_every_selector_of_the_set() -> None:
+    policyset = parse_policyset(POLICYSET.replace("  policies:\n", """\
+  match:
+    - {namespaceSelector: {matchExpressions: [{key: tenant, operator: Exists}]}}
+  policies:
+    cost-labels:
+      action: warn
+      match: {objectSelector: {matchExpressions: [{key: billing, operator: In, values: [a]}]}}
+      overrides:
+        - {match: {namespaceSelector: {matchLabels: {tier: gold}}}, action: deny}
+""", 1))
+    assert policyset.selector_label_keys == (frozenset({"tier", "billing"}), frozenset({"tenant", "tier"}))
+
+
+def test_namespace_labels_a_selector_names_split_subjects() -> None:
+    """The namespace's labels change (the cache sees a relabel): the next request resolves under the new ones."""
+    policyset = parse_policyset(POLICYSET.replace("      overrides:\n", """\
+      overrides:
+        - match: {namespaces: [team-*], namespaceSelector: {matchLabels: {tier: gold}}}
+          action: warn
+""", 1))
+    labels: dict[str, dict[str, str]] = {"team-a": {"owner": "x"}}
+
+    class Relabelled(ManifestFacts):
+        def namespace_labels(self, namespace: str) -> dict[str, str] | None:
+            return labels.get(namespace)
+
+    admission = Admission(facts=Relabelled([]))
+    for _ in range(2):
+        labels["team-a"] = {"owner": "x"}
+        assert _decide(admission, _pod("team-a", 12), policyset) == (False, ["deny"])
+        labels["team-a"] = {"owner": "y", "tier": "gold"}
+        assert _decide(admission, _pod("team-a", 12), policyset) == (True, ["warn"])
+        labels["team-a"] = {"owner": "z", "tier": "gold"}  # a label no selector names: the same resolution
+        assert _decide(admission, _pod("team-a", 12), policyset) == (True, ["warn"])
+    assert len(admission._resolved[1]) == 2
