@@ -83,6 +83,21 @@ def ssl_context(conf: Any, default_ssl_context_factory: Any) -> Any:
     return rotating_ssl_context(conf, default_ssl_context_factory)
 
 
+def when_ready(server: Any) -> None:
+    # the master builds the TLS context before it forks a worker, and again (if the files changed) before each
+    # fork: every worker, a replacement too, starts with the last pair the master found good, so one that boots
+    # while the Secret's files are half-rotated (or wrong) serves that pair instead of failing to boot, which
+    # would make gunicorn stop the whole server
+    from gunicorn.sock import ssl_context as build
+
+    if server.cfg.is_ssl:
+        build(server.cfg)
+
+
+def pre_fork(server: Any, worker: Any) -> None:
+    when_ready(server)
+
+
 def post_worker_init(worker: Any) -> None:
     # build the TLS context now, while the files are known good: a rotation caught half-way later
     # then falls back to it instead of failing a handshake

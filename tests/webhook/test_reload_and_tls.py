@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import socket
 import ssl
 import time
@@ -161,6 +162,12 @@ def _handshake(srv: WebhookServer) -> int:
     return x509.load_der_x509_certificate(der).serial_number
 
 
+def _replace(path: Path, data: bytes) -> None:
+    tmp = path.with_name(path.name + ".new")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
+
+
 def test_a_half_rotated_pair_is_logged_once_per_change_not_per_handshake(own, tmp_path: Path) -> None:
     srv, _, cert, key = own
     good_cert, good_key = cert.read_bytes(), key.read_bytes()
@@ -171,14 +178,16 @@ def test_a_half_rotated_pair_is_logged_once_per_change_not_per_handshake(own, tm
 
     before = failures()
     try:
+        # each change written whole, as the kubelet swaps a Secret volume's files (a write in place could be seen
+        # half-written by one handshake and whole by the next: two changes)
         other = trustme.CA().issue_cert("127.0.0.1")
-        other.cert_chain_pems[0].write_to_path(str(cert))  # a certificate that does not match the key
+        _replace(cert, other.cert_chain_pems[0].bytes())  # a certificate that does not match the key
         for _ in range(20):
             assert _handshake(srv) == serving  # the last good certificate keeps serving
         time.sleep(0.3)
         first = failures() - before
         assert 1 <= first <= 2, first  # once per worker that handshook, not once per handshake (20)
-        trustme.CA().issue_cert("127.0.0.1").cert_chain_pems[0].write_to_path(str(cert))  # changed again
+        _replace(cert, trustme.CA().issue_cert("127.0.0.1").cert_chain_pems[0].bytes())  # changed again
         for _ in range(20):
             assert _handshake(srv) == serving
         time.sleep(0.3)
@@ -187,3 +196,40 @@ def test_a_half_rotated_pair_is_logged_once_per_change_not_per_handshake(own, tm
         cert.write_bytes(good_cert)
         key.write_bytes(good_key)
     assert steadily(lambda: _handshake(srv) == serving)
+
+
+def test_a_worker_replaced_while_the_pair_is_wrong_boots_with_the_last_good_one(own) -> None:
+    """A worker that boots while the Secret's files do not match (a rotation caught half-way, a bad Secret) serves
+    the last pair the master found good; it used to fail to boot, and gunicorn then stopped the whole server."""
+    srv, _, cert, key = own
+    good_cert, good_key = cert.read_bytes(), key.read_bytes()
+    assert steadily(lambda: len(srv.worker_pids()) == 2)
+    # a rotation to a new good pair, which the master sees before its next fork
+    fresh = trustme.CA().issue_cert("127.0.0.1")
+    _replace(key, fresh.private_key_pem.bytes())
+    _replace(cert, fresh.cert_chain_pems[0].bytes())
+    from cryptography import x509
+
+    serving = x509.load_pem_x509_certificate(fresh.cert_chain_pems[0].bytes()).serial_number
+    assert steadily(lambda: _handshake(srv) == serving)
+    os.kill(min(srv.worker_pids()), signal.SIGKILL)  # replaced while the files are good: the master reads them
+    assert steadily(lambda: len(srv.worker_pids()) == 2 and _handshake(srv) == serving)
+    try:
+        _replace(cert, trustme.CA().issue_cert("127.0.0.1").cert_chain_pems[0].bytes())  # now a wrong pair
+        before = srv.worker_pids()
+        victim = min(before)
+        os.kill(victim, signal.SIGKILL)
+        end = time.monotonic() + 30
+        while time.monotonic() < end and (victim in srv.worker_pids() or len(srv.worker_pids()) < 2):
+            time.sleep(0.1)
+        assert victim not in srv.worker_pids() and len(srv.worker_pids()) == 2, srv.log_path.read_text()[-2000:]
+        time.sleep(1.5)  # the replacement's boot (its app, its TLS context) is over: were it to fail, it would be
+        assert srv.proc.poll() is None, srv.log_path.read_text()[-2000:]
+        assert len(srv.worker_pids()) == 2
+        assert all(_handshake(srv) == serving for _ in range(20))  # both workers: the last good certificate
+        assert not any("Worker failed to boot" in str(line.get("msg")) for line in srv.log_lines())
+    finally:
+        _replace(key, good_key)
+        _replace(cert, good_cert)
+    restored = x509.load_pem_x509_certificate(good_cert).serial_number
+    assert steadily(lambda: _handshake(srv) == restored)
