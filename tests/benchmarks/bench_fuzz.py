@@ -29,7 +29,7 @@ import trustme  # noqa: E402
 from hypothesis import HealthCheck, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 from test_fuzz import SEEDS, mutated_reviews, raw_bodies  # noqa: E402
-from webhook_fakeapi import FakeApi, kubeconfig_text  # noqa: E402
+from webhook_fakeapi import FakeApi  # noqa: E402
 from webhook_testlib import TEST_POLICYSET, WebhookServer, gpu_pod  # noqa: E402
 
 
@@ -72,7 +72,7 @@ def main() -> int:
         api.add("pods", gpu_pod("llm-7d9f-aaaaa", "team-a", gpus=1, owner=("ReplicaSet", "llm-7d9f")))
         assert api.server is not None
         kubeconfig = work / "kubeconfig"
-        kubeconfig.write_text(kubeconfig_text(f"http://127.0.0.1:{api.server.server_address[1]}"))
+        api.write_kubeconfig(kubeconfig)
         ca = trustme.CA()
         ca_path, cert, key = work / "ca.pem", work / "tls.crt", work / "tls.key"
         ca.cert_pem.write_to_path(str(ca_path))

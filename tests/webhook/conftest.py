@@ -17,7 +17,7 @@ import trustme
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from webhook_fakeapi import FakeApi, kubeconfig_text
+from webhook_fakeapi import FakeApi
 from webhook_testlib import TEST_POLICYSET, WebhookServer, gpu_deployment, gpu_pod
 
 
@@ -77,7 +77,7 @@ def fake_api() -> Iterator[FakeApi]:
 def kubeconfig(fake_api: FakeApi, tmp_path_factory: pytest.TempPathFactory) -> Path:
     assert fake_api.server is not None
     path = tmp_path_factory.mktemp("kube") / "config"
-    path.write_text(kubeconfig_text(f"http://127.0.0.1:{fake_api.server.server_address[1]}"))
+    fake_api.write_kubeconfig(path)
     return path
 
 

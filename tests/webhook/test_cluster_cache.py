@@ -13,7 +13,7 @@ from decimal import Decimal
 from pathlib import Path
 
 import pytest
-from webhook_fakeapi import FakeApi, kubeconfig_text
+from webhook_fakeapi import FakeApi
 from webhook_testlib import TEST_POLICYSET, gpu_deployment, gpu_pod
 
 from policies.gpu import GpuConfig
@@ -51,7 +51,7 @@ def api() -> Iterator[FakeApi]:
 def kubeconfig_for(api: FakeApi, tmp_path: Path) -> str:
     assert api.server is not None
     path = tmp_path / "kubeconfig"
-    path.write_text(kubeconfig_text(f"http://127.0.0.1:{api.server.server_address[1]}"))
+    api.write_kubeconfig(path)
     return str(path)
 
 

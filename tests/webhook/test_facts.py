@@ -65,7 +65,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     api.add("nodes", {"metadata": {"name": "cpu-node-1", "labels": {"kubernetes.io/os": "linux"}}, "spec": {}})
     assert api.server is not None
     kube = tmp_path_factory.mktemp("kube") / "config"
-    kube.write_text(kubeconfig_text(f"http://127.0.0.1:{api.server.server_address[1]}"))
+    api.write_kubeconfig(kube)
     try:
         yield kube
     finally:
@@ -218,7 +218,7 @@ def write(path: Path, *objects: dict) -> Path:
 def take_facts(api: FakeApi, directory: Path) -> tuple[Path, str]:
     assert api.server is not None
     kube = directory / "kubeconfig"
-    kube.write_text(kubeconfig_text(f"http://127.0.0.1:{api.server.server_address[1]}"))
+    api.write_kubeconfig(kube)
     out = directory / "cluster-facts.yaml"
     proc = mlguard("facts", "--kubeconfig", str(kube), "-o", str(out))
     assert proc.returncode == 0, proc.stderr
@@ -445,7 +445,7 @@ def test_the_snapshot_and_the_webhooks_cache_agree_on_every_workloads_pods(keda_
     api, facts = keda_cluster
     assert api.server is not None
     kube = tmp_path / "kubeconfig"
-    kube.write_text(kubeconfig_text(f"http://127.0.0.1:{api.server.server_address[1]}"))
+    api.write_kubeconfig(kube)
     cache = ClusterCache(api_client(kubeconfig=str(kube)), watch_timeout=5, backoff=0.05)
     cache.start()
     try:

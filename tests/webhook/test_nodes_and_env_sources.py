@@ -22,7 +22,7 @@ from typing import Any
 
 import pytest
 import yaml
-from webhook_fakeapi import FakeApi, kubeconfig_text
+from webhook_fakeapi import FakeApi
 from webhook_testlib import COST, REPO, WebhookServer, container, deployment, pod, review
 
 pytestmark = pytest.mark.integration
@@ -70,7 +70,7 @@ def server(api: FakeApi, tls: Any,  # tests/webhook/conftest.py's Tls (conftest 
     policyset.write_text(yaml.safe_dump(data, sort_keys=False))
     kube = work / "kubeconfig"
     assert api.server is not None
-    kube.write_text(kubeconfig_text(f"http://127.0.0.1:{api.server.server_address[1]}"))
+    api.write_kubeconfig(kube)
     srv = WebhookServer(workdir=work, cert=tls.cert_path, key=tls.key_path, ca=tls.ca_path, policyset=policyset,
                         workers=1,
                         env={"MLGUARD_WEBHOOK_CLUSTER_CACHE": "true", "MLGUARD_WEBHOOK_KUBECONFIG": str(kube)})
@@ -257,7 +257,7 @@ def test_the_cache_keeps_configmaps_and_nodes_trimmed(api: FakeApi, tmp_path: Pa
 
     assert api.server is not None
     kube = tmp_path / "kubeconfig"
-    kube.write_text(kubeconfig_text(f"http://127.0.0.1:{api.server.server_address[1]}"))
+    api.write_kubeconfig(kube)
     cache = ClusterCache(api_client(kubeconfig=str(kube)), watch_timeout=5, backoff=0.05)
     cache.start()
     try:

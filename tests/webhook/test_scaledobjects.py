@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 from flask import Flask
-from webhook_fakeapi import FakeApi, kubeconfig_text
+from webhook_fakeapi import FakeApi
 from webhook_testlib import review
 
 from webhook.app import create_app
@@ -58,7 +58,7 @@ def eventually(check: Callable[[], bool], timeout: float = 5.0) -> bool:
 def kubeconfig_for(api: FakeApi, tmp_path: Path) -> str:
     assert api.server is not None
     path = tmp_path / "kubeconfig"
-    path.write_text(kubeconfig_text(f"http://127.0.0.1:{api.server.server_address[1]}"))
+    api.write_kubeconfig(path)
     return str(path)
 
 

@@ -26,6 +26,7 @@ import json
 import socket
 import threading
 import time
+from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlparse
 
@@ -220,6 +221,12 @@ class FakeApi:
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
         self.thread.start()
         return f"http://127.0.0.1:{self.server.server_address[1]}"
+
+    def write_kubeconfig(self, path: Path) -> Path:
+        """A kubeconfig for this (started) server, written to ``path``."""
+        assert self.server is not None
+        path.write_text(kubeconfig_text(f"http://127.0.0.1:{self.server.server_address[1]}"))
+        return path
 
     def stop(self) -> None:
         if self.server is not None:
