@@ -165,9 +165,9 @@ def evaluate_object(obj: Mapping[str, Any], policyset: PolicySet, *, point: Enfo
         for rule, resolved in active:
             if resolved.only_new:
                 only_new.add(rule.id)
-            runbook = policyset.rule_runbook_url(rule.runbook)
             for found in dict.fromkeys(evaluate_rule(rule, given, resolved.params, budget, frame)):
                 f = found.finding
+                runbook = policyset.rule_runbook_url(rule.runbook)
                 if found.failure:
                     errors.append(rule.id)
                 # a rule that failed to evaluate: at the audit an error result, elsewhere a denial (fail closed)
