@@ -156,8 +156,10 @@ class Instance:
 class Frame:
     """Every rule's view of one object, bound once: each fact is converted for the runtime a single time
     (on first use), and each validation runs over all of its scope's instances in one evaluation. Only what
-    the given rules' frame programs read is built (all of it when ``rules`` is None); a pod template or
-    container that sits inside the object is read from the converted object by its path, not bound again."""
+    the given rules' frame programs read is built (all of it when ``rules`` is None), and of the object, its
+    templates and containers only the fields the rules select (`Rule.reads`: the runtime converts a bound value
+    whole, and a container's env alone may be most of an object); a pod template or container that sits inside
+    an object bound whole is read from the converted object by its path, not bound again."""
 
     def __init__(self, given: RuleInput, params: Mapping[str, Mapping[str, Any]],
                  rules: Iterable[Rule] | None = None) -> None:
@@ -167,15 +169,22 @@ class Frame:
         self.together = [v for rule in rules or () if rule.validations and all(v.frame_body for v in rule.validations)
                          for v in rule.validations]
         self._verdicts: dict[int, Any] | None = None if self.together else {}
+        # the parts of the object, templates and containers the rules read (None: all of every one)
+        reads: dict[str, set[tuple[str, ...]]] | None = None
         if rules is not None:
-            names, scopes = set(), set()
+            names, scopes, reads = set(), set(), {}
             for rule in rules:
                 names |= rule.frame_names
                 scopes |= rule.frame_scopes
+                for name, paths in rule.reads.items():
+                    reads.setdefault(name, set()).update(paths)
         data: dict[str, Any] = {}
         if names & _BASE:
             base = given.base()
-            data.update((k, base[k]) for k in names & _BASE)
+            data.update((k, _part(base[k], reads, k) if k in ("object", "oldObject") else base[k])
+                        for k in names & _BASE)
+        # a template or container is read from the object where it sits in it only when the object is bound whole
+        whole = reads is None or () in reads.get("object", ())
         data["variables"] = {}
         if "mlguardP" in names:
             data["mlguardP"] = {k: dict(v) for k, v in params.items()}
@@ -187,12 +196,14 @@ class Frame:
             data["mlguardOR"] = obj[0].data["gpuResources"] if obj else []
         root = given.workload.obj
         if names & {"mlguardTL", "mlguardTP"}:
-            data["mlguardTL"], data["mlguardTP"] = _located(root, [(i.path, i.data["template"]) for i in tpls])
+            data["mlguardTL"], data["mlguardTP"] = _bound(root, [(i.path, i.data["template"]) for i in tpls],
+                                                          reads, "template", whole)
         if names & {"mlguardTG", "mlguardTR"}:
             data["mlguardTG"] = [i.data["gpus"] for i in tpls]
             data["mlguardTR"] = [i.data["gpuResources"] for i in tpls]
         if names & {"mlguardCL", "mlguardCP"}:
-            data["mlguardCL"], data["mlguardCP"] = _located(root, [(i.path, i.data["container"]) for i in ctrs])
+            data["mlguardCL"], data["mlguardCP"] = _bound(root, [(i.path, i.data["container"]) for i in ctrs],
+                                                          reads, "container", whole)
         if "mlguardCT" in names:
             index = {id(i.template): n for n, i in enumerate(tpls)}
             data["mlguardCT"] = [index[id(i.template)] for i in ctrs]
@@ -264,6 +275,44 @@ def _located(root: Mapping[str, Any], items: list[tuple[str, Any]]) -> tuple[lis
         bound.append(None if at is not None else value)
         paths.append(list(at) if at is not None else [])
     return bound, paths
+
+
+def _part(value: Any, reads: Mapping[str, set[tuple[str, ...]]] | None, root: str) -> Any:
+    """What the rules read of ``value`` (bound as ``root``): the runtime converts a bound value whole on first use,
+    so the frame binds only the fields the rules select (all of it when one reads it whole)."""
+    return value if reads is None else project(value, reads.get(root, set()))
+
+
+def _bound(root: Mapping[str, Any], items: list[tuple[str, Any]], reads: Mapping[str, set[tuple[str, ...]]] | None,
+           name: str, whole_object: bool) -> tuple[list[Any], list[list[str | int]]]:
+    """The templates or containers as the frame binds them (`_located`'s shape): the parts the rules read, or
+    each whole, located in the object when it is bound whole."""
+    if reads is not None and () not in reads.get(name, ()):
+        return [project(value, reads.get(name, set())) for _, value in items], [[] for _ in items]
+    if whole_object:
+        return _located(root, items)
+    return [value for _, value in items], [[] for _ in items]
+
+
+def project(value: Any, paths: Iterable[tuple[str, ...]]) -> Any:
+    """``value`` with only the fields at ``paths`` (each kept whole, an absent one left absent, a value that is
+    not a mapping kept whole where a path would go through it): selecting any of those paths, or a part of one,
+    gives what it gives on ``value``. ``()`` among the paths: ``value`` itself."""
+    ordered = sorted(set(paths), key=len)
+    if not isinstance(value, Mapping) or (ordered and not ordered[0]):
+        return value
+    out: dict[str, Any] = {}
+    for path in ordered:
+        node, into = value, out
+        for k, step in enumerate(path):
+            if step not in node or into.get(step) is node[step]:
+                break  # absent, or already kept whole by a shorter path
+            child = node[step]
+            if k == len(path) - 1 or not isinstance(child, Mapping):
+                into[step] = child
+                break
+            node, into = child, into.setdefault(step, {})
+    return out
 
 
 def instances(rule: Rule, given: RuleInput) -> list[Instance]:

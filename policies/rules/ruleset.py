@@ -30,8 +30,10 @@ from policies.rules.celenv import (
 )
 from policies.rules.lexer import (
     LexError,
+    alias_of,
     comprehension_depth,
     comprehension_variables,
+    field_reads,
     free_identifiers,
     replace_identifier,
     replace_selection,
@@ -81,6 +83,9 @@ class Rule:
     # whose instances they run over or take templates and containers from
     frame_names: frozenset[str] = field(default_factory=frozenset)
     frame_scopes: frozenset[str] = field(default_factory=frozenset)
+    # the field paths its validations and variables read from the object, oldObject, template and container
+    # (`lexer.field_reads`; ``()``: all of it): the frame binds only those parts
+    reads: Mapping[str, frozenset[tuple[str, ...]]] = field(default_factory=dict)
 
     @property
     def params(self) -> Mapping[str, Any]:
@@ -219,8 +224,58 @@ def compile_rules(entries: Any, *, where: Where, builtin_ids: Sequence[str], lim
                               tuple(variables), tuple(runnable), frozenset(compiler.facts), bound,
                               frozenset(t.text for src in frames for t in free_identifiers(src)
                                         if t.text in FRAME_VARIABLES),
-                              frozenset(n for src in frames for n, _ in selections(src, "mlguardN"))))
+                              frozenset(n for src in frames for n, _ in selections(src, "mlguardN")),
+                              _reads([v.expression for v in runnable], variables)))
     return rules, errors
+
+
+READ_ROOTS = frozenset({"object", "oldObject", "template", "container"})
+_ALIAS_ROOTS = READ_ROOTS | {"variables"}
+
+
+def _alias_parts(parts: list[tuple[str, tuple[str, ...]]], aliases: Mapping[str, list[tuple[str, tuple[str, ...]]]]
+                 ) -> list[tuple[str, tuple[str, ...]]] | None:
+    """The parts of the roots a variable may be, through the variables it names (``variables.spec.template``);
+    None when it may be all of `variables`."""
+    out: list[tuple[str, tuple[str, ...]]] = []
+    for root, path in parts:
+        if root != "variables":
+            out.append((root, path))
+        elif not path:
+            return None
+        elif path[0] in aliases:
+            out += [(r, p + path[1:]) for r, p in aliases[path[0]]]
+    return out
+
+
+def _reads(sources: list[str], variables: Sequence[Variable]) -> dict[str, frozenset[tuple[str, ...]]]:
+    """What a rule's expressions read of the values the frame can bind in part (all of each when they cannot
+    be told apart). A variable that only picks a part (``object.kind == 'Pod' ? object.spec : ...``) reads
+    its conditions; what is selected from it (``variables.pod.nodeSelector``) is read of each part it may be."""
+    aliases: dict[str, list[tuple[str, tuple[str, ...]]]] = {}
+    texts = list(sources)
+    for variable in variables:
+        alias = alias_of(variable.program.source, _ALIAS_ROOTS)
+        parts = _alias_parts(alias[1], aliases) if alias is not None else None
+        if alias is None or parts is None:
+            texts.append(variable.program.source)
+        else:
+            texts += alias[0]
+            aliases[variable.name] = parts
+    found: dict[str, set[tuple[str, ...]]] = {}
+    try:
+        for text in texts:
+            for root, paths in field_reads(text, _ALIAS_ROOTS).items():
+                for path in paths:
+                    if root != "variables":
+                        found.setdefault(root, set()).add(path)
+                    for name, parts in aliases.items():  # what is selected from an alias, of each of its parts
+                        if root == "variables" and (not path or path[0] == name):
+                            for part_root, part in parts:
+                                found.setdefault(part_root, set()).add(part + path[1:])
+    except LexError:
+        return {root: frozenset({()}) for root in READ_ROOTS}
+    return {root: frozenset(paths) for root, paths in found.items()}
 
 
 INSTANCE_NAMES = ("container", "template", "gpus", "gpuResources")

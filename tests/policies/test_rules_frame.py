@@ -14,7 +14,8 @@ import yaml
 from policies.context import ManifestFacts
 from policies.manifests import load_file
 from policies.policyset import PolicySet, parse_policyset
-from policies.rules.evaluate import Budget, Frame, RuleFinding, RuleInput, evaluate_rule, locate, steps
+from policies.rules.evaluate import Budget, Frame, RuleFinding, RuleInput, evaluate_rule, locate, project, steps
+from policies.rules.lexer import alias_of, field_reads
 from policies.rules.ruleset import Rule
 from policies.testing import LIBRARY
 from policies.workload import extract
@@ -221,3 +222,152 @@ def test_locate_finds_the_value_itself_not_an_equal_one() -> None:
     assert locate(obj, "spec.containers[0]", {"name": "c"}) is None
     assert locate(obj, "spec.containers[1]", container) is None
     assert locate({"spec": {"containers": {"0": container}}}, "spec.containers[0]", container) is None
+
+
+# rules that read parts of what the frame binds in part, in every way a selection can be written: the frame binds
+# only those parts (`Rule.reads`), and each must still see what it sees on the whole object
+PART_RULES: list[dict[str, Any]] = [
+    {"scope": "object", "validations": [{"expression": "has(object.metadata.labels) && "
+                                                       "object.metadata.labels.exists(k, k.startsWith('app'))"}]},
+    {"scope": "object", "validations": [{"expression": "!has(.object.spec.replicas) || .object.spec.replicas < 5"}]},
+    {"scope": "object", "validations": [{
+        "expression": "object.?spec.?template.?metadata.?labels.orValue({}).size() < 9"}]},
+    {"scope": "object", "validations": [{"expression": "size(object) > 3 || object.kind == 'Pod'"}]},
+    {"scope": "object", "variables": [
+        {"name": "pod", "expression": "object.kind == 'Pod' ? object.spec : (object.kind == 'CronJob' ? "
+                                      "object.spec.jobTemplate.spec.template.spec : object.spec.?template.?spec"
+                                      ".orValue({}))"},
+        {"name": "spec", "expression": "has(object.spec) ? object.spec : {}"},
+        {"name": "again", "expression": "variables.spec"}],
+     "validations": [{"expression": "variables.again.?serviceName.orValue('') != 'x' && "
+                                    "variables.spec.?template.?spec.?hostNetwork.orValue(false) == false"}]},
+    {"scope": "podTemplate", "variables": [{"name": "c0", "expression": "template.containers[0]"}],
+     "validations": [{"expression": "variables.c0.?image.orValue('') != '' && "
+                                    "template.?volumes.orValue([]).size() < 20"}]},
+    {"scope": "container", "validations": [{
+        "expression": "container.?env.orValue([]).all(e, e.name != 'NVIDIA_VISIBLE_DEVICES' || "
+                      "e.?value.orValue('') != 'all')"}]},
+    {"scope": "container", "validations": [{"expression": "!('securityContext' in container) || "
+                                                          "!container.securityContext.?privileged.orValue(false)"}]},
+]
+
+
+def _variants(obj: dict[str, Any], gpu: Any) -> list[dict[str, Any]]:
+    """The object, and copies of it with one field changed that one of the rules above reads (in its first pod
+    template or container, or its metadata): a rule that saw too little of it would decide otherwise."""
+    def changed(change: Any) -> dict[str, Any]:
+        copied = copy.deepcopy(obj)
+        workload = extract(copied, gpu=gpu)
+        if workload.templates and workload.templates[0].spec.get("containers"):
+            change(copied, workload.templates[0].spec, workload.templates[0].spec["containers"][0])
+        return copied
+
+    def labels(o: dict[str, Any], tpl: dict[str, Any], c: dict[str, Any]) -> None:
+        o["metadata"]["labels"] = {**{f"k{i}": "v" for i in range(9)}, "app.kubernetes.io/name": "x"}
+        o["spec"]["replicas"] = 7
+        o.setdefault("spec", {}).setdefault("template", {}).setdefault("metadata", {})["labels"] = {
+            f"l{i}": "v" for i in range(10)}
+
+    return [obj] + [changed(change) for change in (
+        labels,
+        lambda o, tpl, c: tpl.update(nodeSelector={"nvidia.com/gpu.product": "NVIDIA-H100-80GB-HBM3"}),
+        lambda o, tpl, c: tpl.update(affinity={"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {
+            "nodeSelectorTerms": [{"matchExpressions": [{"key": "nvidia.com/gpu.product", "operator": "In",
+                                                         "values": ["H100"]}]}]}}}),
+        lambda o, tpl, c: tpl.update(hostNetwork=True, volumes=[{"name": f"v{i}"} for i in range(21)]),
+        lambda o, tpl, c: c.update(env=[{"name": "A", "value": "1"},
+                                        {"name": "NVIDIA_VISIBLE_DEVICES", "value": "all"}],
+                                   securityContext={"runAsUser": 0, "privileged": True}, image=""),
+        lambda o, tpl, c: o["spec"].update(serviceName="x"),
+    )]
+
+
+def test_parts_of_the_object_bound_alone_give_what_the_whole_object_gives_on_every_sample() -> None:
+    ps = policyset(PART_RULES)
+    parts = [r for r in ps.rules if int(r.id[1:]) >= 3]
+    assert all(v.frame_body is not None for r in ps.rules for v in r.validations)
+    facts = ManifestFacts(SAMPLES)
+    compared, differed = 0, set()
+    for sample in SAMPLES:
+        outcomes = []
+        for obj in _variants(sample, ps.gpu):
+            workload = extract(obj, gpu=ps.gpu, resolve_object=facts.resolve_object)
+            if not workload.templates:
+                continue
+            given = RuleInput(workload=workload, gpu=ps.gpu, environment=None, namespace_labels={}, request=None)
+            for subset in (list(ps.rules), parts[1:3] + parts[5:6], parts[3:4] + parts[-1:]):
+                got = findings(subset, given, fast=True)
+                assert got == findings(subset, given, fast=False), obj["metadata"]
+                if len(subset) == len(ps.rules):
+                    outcomes.append({rid: [f for r, f in got if r == rid] for rid in (r.id for r in subset)})
+            compared += 1
+        differed |= {rid for outcome in outcomes[1:] for rid in outcome if outcome[rid] != outcomes[0][rid]}
+    assert compared > 2000
+    # every rule that reads a part decided otherwise on some change (r0, r1: GPUs and images; r6 reads it whole)
+    assert differed >= {r.id for r in ps.rules} - {"r0", "r1", "r6"}
+
+
+def test_what_a_rule_reads_of_the_object_template_and_container() -> None:
+    ps = policyset(PART_RULES)
+    reads = {r.id: dict(r.reads) for r in ps.rules}
+    # h100-prod-only: `variables.pod` is one of three parts of the object; what it selects is read of each
+    assert reads["r2"]["object"] >= {("kind",), ("spec", "nodeSelector"),
+                                     ("spec", "template", "spec", "nodeSelector"),
+                                     ("spec", "jobTemplate", "spec", "template", "spec", "affinity", "nodeAffinity")}
+    assert all(p[:1] == ("spec",) or p == ("kind",) for p in reads["r2"]["object"])
+    assert ("spec",) not in reads["r2"]["object"] and ("spec", "template", "spec") not in reads["r2"]["object"]
+    assert reads["r3"] == {"object": {("metadata", "labels")}}  # a macro over the labels: all of them
+    assert reads["r4"] == {"object": {("spec", "replicas")}}  # absolute names (`.object`) are the variable
+    assert reads["r5"] == {"object": {("spec", "template", "metadata", "labels")}}
+    assert reads["r6"] == {"object": {(), ("kind",)}}  # passed whole to size(): all of it
+    # an alias of an alias, and a part that is `{}` or `.orValue(...)` of a chain: not a part, read as written
+    assert reads["r7"]["object"] == {("kind",), ("spec",), ("spec", "serviceName"), ("spec", "template", "spec"),
+                                     ("spec", "template", "spec", "hostNetwork"),
+                                     ("spec", "jobTemplate", "spec", "template", "spec")}
+    assert reads["r8"] == {"template": {("containers",), ("volumes",)}}
+    assert reads["r9"] == {"container": {("env",)}}
+    assert reads["r10"] == {"container": {(), ("securityContext", "privileged")}}  # `in container`: all of it
+
+
+@pytest.mark.parametrize(("paths", "want"), [
+    ([("a", "b")], {"a": {"b": {"c": 1}}}),
+    ([("a",), ("a", "b")], {"a": {"b": {"c": 1}, "l": [1]}}),
+    ([("a", "b", "c", "d")], {"a": {"b": {"c": 1}}}),  # through a value that is not a mapping: kept whole
+    ([("a", "l", "x")], {"a": {"l": [1]}}),
+    ([("missing", "x"), ("a", "missing")], {"a": {}}),
+    ([], {}),
+    ([(), ("a",)], {"a": {"b": {"c": 1}, "l": [1]}, "z": 2}),
+])
+def test_project_keeps_what_the_paths_select(paths: list[tuple[str, ...]], want: Any) -> None:
+    value = {"a": {"b": {"c": 1}, "l": [1]}, "z": 2}
+    assert project(value, paths) == want
+
+
+@pytest.mark.parametrize(("source", "want"), [
+    ("object.spec", ([], [("object", ("spec",))])),
+    ("(object.spec.?template)", ([], [("object", ("spec", "template"))])),
+    ("a ? object.x : b ? (c ? object.y : {}) : variables.v.z",
+     (["a", "b", "c"], [("object", ("x",)), ("object", ("y",)), ("variables", ("v", "z"))])),
+    ("{'k': 1}.size() > 0 ? object.x : object.y", (["{ 'k' : 1 } . size ( ) > 0"], [("object", ("x",)),
+                                                                                     ("object", ("y",))])),
+    ("a ? object.x : object.y.orValue({})", None),  # a value made from a part: not one of the parts
+    ("a ? .object.x : {}", None),  # an absolute name: read as written
+    ("[object.x][0]", None),
+    ("a ? object.x", None),
+    ("? object.x : {}", None),
+    ("object.x + 'unterminated", None),
+])
+def test_a_variable_that_picks_a_part_of_the_object(source: str, want: Any) -> None:
+    assert alias_of(source, frozenset({"object", "variables"})) == want
+
+
+@pytest.mark.parametrize(("source", "want"), [
+    ("object.a.?b.c(1)", {"object": {("a", "b")}}),
+    ("x.object.a", {}),
+    ("f(.object.a) && [1].all(object, object > 0)", {"object": {("a",), ()}}),
+    ("object['a'].b", {"object": {()}}),
+    ("has(object.a.b) && object.a.c.exists(x, x)", {"object": {("a", "b"), ("a", "c")}}),
+    ("'object.a' == \"object\"", {}),
+])
+def test_the_fields_an_expression_selects(source: str, want: Any) -> None:
+    assert field_reads(source, frozenset({"object"})) == want
