@@ -280,7 +280,7 @@ def _located(root: Mapping[str, Any], items: list[tuple[str, Any]]) -> tuple[lis
 def _part(value: Any, reads: Mapping[str, set[tuple[str, ...]]] | None, root: str) -> Any:
     """What the rules read of ``value`` (bound as ``root``): the runtime converts a bound value whole on first use,
     so the frame binds only the fields the rules select (all of it when one reads it whole)."""
-    return value if reads is None else project(value, reads.get(root, set()))
+    return value if reads is None else _cut(value, _tree(frozenset(reads.get(root, ()))))
 
 
 def _bound(root: Mapping[str, Any], items: list[tuple[str, Any]], reads: Mapping[str, set[tuple[str, ...]]] | None,
@@ -288,7 +288,8 @@ def _bound(root: Mapping[str, Any], items: list[tuple[str, Any]], reads: Mapping
     """The templates or containers as the frame binds them (`_located`'s shape): the parts the rules read, or
     each whole, located in the object when it is bound whole."""
     if reads is not None and () not in reads.get(name, ()):
-        return [project(value, reads.get(name, set())) for _, value in items], [[] for _ in items]
+        tree = _tree(frozenset(reads.get(name, ())))
+        return [_cut(value, tree) for _, value in items], [[] for _ in items]
     if whole_object:
         return _located(root, items)
     return [value for _, value in items], [[] for _ in items]
@@ -298,21 +299,34 @@ def project(value: Any, paths: Iterable[tuple[str, ...]]) -> Any:
     """``value`` with only the fields at ``paths`` (each kept whole, an absent one left absent, a value that is
     not a mapping kept whole where a path would go through it): selecting any of those paths, or a part of one,
     gives what it gives on ``value``. ``()`` among the paths: ``value`` itself."""
-    ordered = sorted(set(paths), key=len)
-    if not isinstance(value, Mapping) or (ordered and not ordered[0]):
-        return value
-    out: dict[str, Any] = {}
-    for path in ordered:
-        node, into = value, out
+    return _cut(value, _tree(frozenset(paths)))
+
+
+Tree = dict[str, "Tree | None"]  # the fields kept, and of each the fields kept of it (None: all of it)
+
+
+@lru_cache(maxsize=256)
+def _tree(paths: frozenset[tuple[str, ...]]) -> Tree | None:
+    if () in paths:
+        return None
+    tree: Tree = {}
+    for path in sorted(paths, key=len):
+        node: Tree | None = tree
         for k, step in enumerate(path):
-            if step not in node or into.get(step) is node[step]:
-                break  # absent, or already kept whole by a shorter path
-            child = node[step]
-            if k == len(path) - 1 or not isinstance(child, Mapping):
-                into[step] = child
-                break
-            node, into = child, into.setdefault(step, {})
-    return out
+            if node is None:
+                break  # inside a field kept whole by a shorter path
+            if k == len(path) - 1:
+                node[step] = None
+            elif step not in node:
+                node[step] = {}
+            node = node[step]
+    return tree
+
+
+def _cut(value: Any, tree: Tree | None) -> Any:
+    if tree is None or not isinstance(value, Mapping):
+        return value
+    return {key: _cut(value[key], sub) for key, sub in tree.items() if key in value}
 
 
 def instances(rule: Rule, given: RuleInput) -> list[Instance]:
