@@ -165,6 +165,8 @@ def evaluate_object(obj: Mapping[str, Any], policyset: PolicySet, *, point: Enfo
         for rule, resolved in active:
             if resolved.only_new:
                 only_new.add(rule.id)
+            if frame is not None and frame.passed(rule, budget):
+                continue
             for found in dict.fromkeys(evaluate_rule(rule, given, resolved.params, budget, frame)):
                 f = found.finding
                 runbook = policyset.rule_runbook_url(rule.runbook)

@@ -211,6 +211,20 @@ class Frame:
             data["mlguardCG"] = [i.data["gpus"] for i in ctrs]
             data["mlguardCR"] = [i.data["gpuResources"] for i in ctrs]
         self.activation = frame_activation(data)
+        self._sizes = {"object": len(obj), "podTemplate": len(tpls), "container": len(ctrs)}
+
+    def passed(self, rule: Rule, budget: Budget) -> bool:
+        """True when the one evaluation of every rule (`verdicts`) found each validation of ``rule`` true on every
+        instance, within the budget: the rule has nothing to say and need not be looked at again."""
+        if budget.exhausted_by is not None or not rule.validations or rule.scope not in self._sizes:
+            return False
+        together = self.verdicts(budget)
+        size = self._sizes[rule.scope]
+        for validation in rule.validations:
+            got = together.get(id(validation.frame_runner))
+            if not isinstance(got, list) or len(got) != size or not all(x is True for x in got):
+                return False
+        return True
 
     def verdicts(self, budget: Budget) -> Mapping[int, Any]:
         """The result of each validation of ``together`` (by id of its frame program) from one evaluation of all
