@@ -102,6 +102,8 @@ def _pick_item(node: yaml.SequenceNode, index: int, judged: Any) -> yaml.Node | 
             want = judged[index].get(key)
             if want is None:
                 continue
+            if isinstance(want, Mapping | list):
+                break  # only a scalar names an item (a list's text could read like another item's scalar)
             for item in node.value:
                 if isinstance(item, yaml.MappingNode):
                     found = _key_value(item, key)
@@ -341,6 +343,8 @@ def _pick_line(lines: _Lines, items: list[int], end: int, index: int, judged: An
             want = judged[index].get(key)
             if want is None:
                 continue
+            if isinstance(want, Mapping | list):
+                break  # as _pick_item: only a scalar names an item (`name: [0]` is not named "[0]")
             for n, start in enumerate(items):
                 stop = items[n + 1] if n + 1 < len(items) else end
                 _, _, content = lines.info[start]  # type: ignore[misc]

@@ -81,6 +81,20 @@ def test_a_list_item_is_named_by_its_own_key_not_a_nested_one() -> None:
     agree(text)
 
 
+def test_an_item_is_never_named_by_a_list_or_mapping() -> None:
+    """Found by the property below: both items are `name: [0]`; the fast reader took the text "[0]" of item 0's
+    flow list for the judged item 1's name and answered item 0, the composer item 1. Only scalars name items."""
+    text = "apiVersion: v1\nkind: Thing\nname:\n- name: [0]\n- name: [0]\n"
+    located = parse_documents(text, "x.yaml").objects[0]
+    assert located.span is not None
+    node, offset = compose_span(located.span)
+    body = located.span.text[located.span.start:located.span.end]
+    toks = tokens(located.obj, "name[1]")
+    fast, slow = scan(body, toks, located.obj, offset=offset), walk(node, toks, located.obj, offset=offset)
+    assert fast is not None and slow is not None and fast.line == slow.line == 5
+    assert agree("apiVersion: v1\nkind: Thing\nname:\n- name: {a: 1}\n- name: x\n- name: {a: 1}\n")[0] > 0
+
+
 @settings(max_examples=300, deadline=None)
 @given(body=st.dictionaries(KEYS, VALUES, min_size=1, max_size=5), indent=st.sampled_from([2, 4]),
        flow=st.sampled_from([False, None]), width=st.sampled_from([20, 80]))
