@@ -37,6 +37,7 @@ from policies.workload import PodTemplate, Workload, join
 MODEL_VERSION_LABEL = "mlguard.io/model-version"
 QUANTIZATION_LABEL = "mlguard.io/quantization"
 Clock = Callable[[], float]
+Tree = dict[str, "Tree | None"]  # the fields kept, and of each the fields kept of it (None: all of it)
 
 
 @dataclass
@@ -163,28 +164,18 @@ class Frame:
 
     def __init__(self, given: RuleInput, params: Mapping[str, Mapping[str, Any]],
                  rules: Iterable[Rule] | None = None) -> None:
-        names: set[str] = set(FRAME_VARIABLES)
-        scopes: set[str] = set(SCOPES)
+        plan = _plan(rules)
+        names, scopes, trees = plan.names, plan.scopes, plan.trees
         # the validations evaluated together, the first time a rule needs its verdicts (`verdicts`)
-        self.together = [v for rule in rules or () if rule.validations and all(v.frame_body for v in rule.validations)
-                         for v in rule.validations]
+        self.together, self._bodies = plan.together, plan.bodies
         self._verdicts: dict[int, Any] | None = None if self.together else {}
-        # the parts of the object, templates and containers the rules read (None: all of every one)
-        reads: dict[str, set[tuple[str, ...]]] | None = None
-        if rules is not None:
-            names, scopes, reads = set(), set(), {}
-            for rule in rules:
-                names |= rule.frame_names
-                scopes |= rule.frame_scopes
-                for name, paths in rule.reads.items():
-                    reads.setdefault(name, set()).update(paths)
         data: dict[str, Any] = {}
         if names & _BASE:
             base = given.base()
-            data.update((k, _part(base[k], reads, k) if k in ("object", "oldObject") else base[k])
+            data.update((k, _cut(base[k], _tree_of(trees, k)) if k in ("object", "oldObject") else base[k])
                         for k in names & _BASE)
         # a template or container is read from the object where it sits in it only when the object is bound whole
-        whole = reads is None or () in reads.get("object", ())
+        whole = _tree_of(trees, "object") is None
         data["variables"] = {}
         if "mlguardP" in names:
             data["mlguardP"] = {k: dict(v) for k, v in params.items()}
@@ -197,13 +188,13 @@ class Frame:
         root = given.workload.obj
         if names & {"mlguardTL", "mlguardTP"}:
             data["mlguardTL"], data["mlguardTP"] = _bound(root, [(i.path, i.data["template"]) for i in tpls],
-                                                          reads, "template", whole)
+                                                          _tree_of(trees, "template"), whole)
         if names & {"mlguardTG", "mlguardTR"}:
             data["mlguardTG"] = [i.data["gpus"] for i in tpls]
             data["mlguardTR"] = [i.data["gpuResources"] for i in tpls]
         if names & {"mlguardCL", "mlguardCP"}:
             data["mlguardCL"], data["mlguardCP"] = _bound(root, [(i.path, i.data["container"]) for i in ctrs],
-                                                          reads, "container", whole)
+                                                          _tree_of(trees, "container"), whole)
         if "mlguardCT" in names:
             index = {id(i.template): n for n, i in enumerate(tpls)}
             data["mlguardCT"] = [index[id(i.template)] for i in ctrs]
@@ -233,7 +224,7 @@ class Frame:
         so the rule that uses the budget up is the one named)."""
         if self._verdicts is None:
             self._verdicts = {}
-            program = combined_program(tuple(v.frame_body or "" for v in self.together))
+            program = combined_program(self._bodies)
             if program is not None:
                 start = budget.clock()
                 try:
@@ -291,18 +282,57 @@ def _located(root: Mapping[str, Any], items: list[tuple[str, Any]]) -> tuple[lis
     return bound, paths
 
 
-def _part(value: Any, reads: Mapping[str, set[tuple[str, ...]]] | None, root: str) -> Any:
-    """What the rules read of ``value`` (bound as ``root``): the runtime converts a bound value whole on first use,
-    so the frame binds only the fields the rules select (all of it when one reads it whole)."""
-    return value if reads is None else _cut(value, _tree(frozenset(reads.get(root, ()))))
+@dataclass(frozen=True)
+class _Plan:
+    """What a frame binds for a set of active rules, worked out once per set."""
+
+    rules: tuple[Rule, ...]           # held, so that the ids keying `_PLANS` stay theirs while the entry lives
+    names: frozenset[str]
+    scopes: frozenset[str]
+    together: tuple[Validation, ...]  # the validations that run as one program, and their frame bodies
+    bodies: tuple[str, ...]
+    trees: Mapping[str, Tree | None] | None  # per bindable root, the fields kept (None: all); None: all of all
 
 
-def _bound(root: Mapping[str, Any], items: list[tuple[str, Any]], reads: Mapping[str, set[tuple[str, ...]]] | None,
-           name: str, whole_object: bool) -> tuple[list[Any], list[list[str | int]]]:
+_PLANS: dict[tuple[int, ...], _Plan] = {}
+PLANS_KEPT = 256  # sets of active rules (a PolicySet has a few: rules switched off per namespace or environment)
+
+
+def _plan(rules: Iterable[Rule] | None) -> _Plan:
+    if rules is None:
+        return _Plan((), frozenset(FRAME_VARIABLES), frozenset(SCOPES), (), (), None)
+    held = tuple(rules)
+    key = tuple(map(id, held))
+    plan = _PLANS.get(key)
+    if plan is None:
+        reads: dict[str, set[tuple[str, ...]]] = {}
+        for rule in held:
+            for name, paths in rule.reads.items():
+                reads.setdefault(name, set()).update(paths)
+        together = tuple(v for rule in held if rule.validations and all(v.frame_body for v in rule.validations)
+                         for v in rule.validations)
+        plan = _Plan(held, frozenset().union(*(r.frame_names for r in held)),
+                     frozenset().union(*(r.frame_scopes for r in held)), together,
+                     tuple(v.frame_body or "" for v in together),
+                     {name: _tree(frozenset(paths)) for name, paths in reads.items()})
+        if len(_PLANS) >= PLANS_KEPT:
+            _PLANS.clear()
+        _PLANS[key] = plan
+    return plan
+
+
+def _tree_of(trees: Mapping[str, Tree | None] | None, root: str) -> Tree | None:
+    """The fields of ``root`` to bind: None for all of it, ``{}`` for none (no rule reads it)."""
+    if trees is None:
+        return None
+    return trees.get(root, {})
+
+
+def _bound(root: Mapping[str, Any], items: list[tuple[str, Any]], tree: Tree | None, whole_object: bool
+           ) -> tuple[list[Any], list[list[str | int]]]:
     """The templates or containers as the frame binds them (`_located`'s shape): the parts the rules read, or
     each whole, located in the object when it is bound whole."""
-    if reads is not None and () not in reads.get(name, ()):
-        tree = _tree(frozenset(reads.get(name, ())))
+    if tree is not None:
         return [_cut(value, tree) for _, value in items], [[] for _ in items]
     if whole_object:
         return _located(root, items)
@@ -315,8 +345,6 @@ def project(value: Any, paths: Iterable[tuple[str, ...]]) -> Any:
     gives what it gives on ``value``. ``()`` among the paths: ``value`` itself."""
     return _cut(value, _tree(frozenset(paths)))
 
-
-Tree = dict[str, "Tree | None"]  # the fields kept, and of each the fields kept of it (None: all of it)
 
 
 @lru_cache(maxsize=256)
