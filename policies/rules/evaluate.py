@@ -83,7 +83,8 @@ class RuleInput:
         found: list[Instance] = self._cache[key]
         return found
 
-    def base(self) -> dict[str, Any]:
+    def base(self) -> Mapping[str, Any]:
+        """The variables every instance of this object shares (one dict, not to be changed)."""
         if "base" not in self._cache:
             resource = self.workload.resource
             self._cache["base"] = {
@@ -96,7 +97,8 @@ class RuleInput:
                 "environment": self.environment,
                 "model": model_variable(self.workload),
             }
-        return dict(self._cache["base"])
+        found: Mapping[str, Any] = self._cache["base"]
+        return found
 
 
 def request_variable(request: RequestInfo | None, workload: Workload) -> dict[str, Any]:
@@ -147,11 +149,13 @@ def _fail(path: str, message: str, inst: Instance) -> RuleFinding:
 
 @dataclass(frozen=True)
 class Instance:
-    """One place a rule is evaluated: its variables and the path its findings are under."""
+    """One place a rule is evaluated: its own variables (on top of the object's ``base``) and the path its
+    findings are under."""
 
     path: str
     data: dict[str, Any]
     template: PodTemplate | None = None
+    base: Mapping[str, Any] = field(default_factory=dict)
 
 
 class Frame:
@@ -366,9 +370,14 @@ def _tree(paths: frozenset[tuple[str, ...]]) -> Tree | None:
 
 
 def _cut(value: Any, tree: Tree | None) -> Any:
-    if tree is None or not isinstance(value, Mapping):
+    if tree is None or not (type(value) is dict or isinstance(value, Mapping)):
         return value
-    return {key: _cut(value[key], sub) for key, sub in tree.items() if key in value}
+    out = {}
+    for key, sub in tree.items():
+        if key in value:
+            child = value[key]
+            out[key] = child if sub is None else _cut(child, sub)
+    return out
 
 
 def instances(rule: Rule, given: RuleInput) -> list[Instance]:
@@ -380,18 +389,18 @@ def _instances(scope: str, given: RuleInput) -> Iterator[Instance]:
     base = given.base()
     if scope == "object":
         total = workload.full_size_gpus(given.gpu, surge=False)
-        yield Instance("", {**base, "gpus": _count(total), "gpuResources": _names(total)})
+        yield Instance("", {"gpus": _count(total), "gpuResources": _names(total)}, None, base)
         return
     for i, tpl in enumerate(workload.templates):
         pod = workload.pod_gpus(i, given.gpu)
         if scope == "podTemplate":
-            yield Instance(tpl.spec_path, {**base, "template": tpl.spec, "gpus": _count(pod),
-                                           "gpuResources": _names(pod)}, tpl)
+            yield Instance(tpl.spec_path, {"template": tpl.spec, "gpus": _count(pod), "gpuResources": _names(pod)},
+                           tpl, base)
             continue
         for ref in tpl.containers():
             mine = {k: v for k, v in container_gpus(ref.container, given.gpu).items() if v > 0}
-            yield Instance(ref.path, {**base, "template": tpl.spec, "container": ref.container,
-                                      "gpus": _count(mine), "gpuResources": _names(mine)}, tpl)
+            yield Instance(ref.path, {"template": tpl.spec, "container": ref.container, "gpus": _count(mine),
+                                      "gpuResources": _names(mine)}, tpl, base)
 
 
 def _message(validation: Validation, act: Any) -> str:
@@ -471,7 +480,7 @@ def _owner(inst: Instance) -> Any:
 
 def _evaluate_instance(rule: Rule, inst: Instance, params: Mapping[str, Any], *,
                        only: set[int] | None = None) -> Iterator[RuleFinding]:
-    data = {**inst.data, "params": params, "variables": {}}
+    data = {**inst.base, **inst.data, "params": params, "variables": {}}
     # bind only what the rule reads: converting the object for the runtime is most of an evaluation's cost
     act = activation(rule.scope, {k: v for k, v in data.items() if k in rule.names}, internal=True)
     for j, validation in enumerate(rule.validations):
