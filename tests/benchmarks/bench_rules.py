@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """What CEL rules (spec.rules) cost: the baseline PolicySet plus 0, 10 and 50 rules.
 
-    python tests/benchmarks/bench_rules.py [--duration 6] [--rate 200] [--objects 400]
+    python tests/benchmarks/bench_rules.py [--duration 6] [--rate 200] [--objects 400] [--rounds 3] [--instructions]
 
 Three figures per rule count:
 - admission p50/p99 over HTTP: the webhook (gunicorn, TLS, 2 workers) answering bench_webhook.py's 8 KB vLLM
@@ -9,7 +9,9 @@ Three figures per rule count:
   loaded in turn for ``--rounds`` rounds: the median over rounds, and what the rules add at p99 per round;
 - in-process p50/p99 of one `evaluate_object` at admission on the same object (no sockets), and from it the
   cost per rule per object (the mean's growth from 0 to 50 rules, divided by 50);
-- `mlguard check` throughput (objects/s) on a directory of generated GPU Deployments and Pods.
+- `mlguard check` throughput (objects/s) on a directory of generated GPU Deployments and Pods;
+- with ``--instructions``: instructions per in-process evaluation counted by callgrind, the figure that does
+  not move with the machine's load (the HTTP p99 on 2 shared cores moves by a millisecond between runs).
 
 The rules are a mix of what teams write: object rules on labels and fields, pod-template rules on GPUs and
 node selectors, container rules on images and arguments (the three shipped examples among them), all run
@@ -113,6 +115,31 @@ def in_process(text: str, body: bytes, *, n: int = 2000) -> tuple[float, float, 
     return statistics.fmean(times) * 1e3, times[n // 2] * 1e3, times[int(n * 0.99)] * 1e3, cpu * 1e3
 
 
+def evaluate_many(count: int, n: int) -> None:
+    """``n`` admission evaluations (after 20 to warm up) of the benchmark's review with ``count`` rules: what
+    `instructions` runs under callgrind."""
+    from policies.context import RequestInfo
+    from policies.engine import Resolutions, evaluate_object
+    from policies.policyset import parse_policyset
+
+    ps = parse_policyset(policyset(count), source="bench")
+    obj = json.loads(deployment_review())["request"]["object"]
+    info = RequestInfo(operation="CREATE", user="system:serviceaccount:argocd:argocd-application-controller")
+    known: Resolutions = {}
+    for _ in range(20 + n):
+        evaluate_object(obj, ps, point="admission", request=info, resolutions=known)
+
+
+def instructions(count: int, n: int = 300) -> int:
+    """Instructions per evaluation, counted by valgrind's callgrind (the same for the same code and input,
+    whatever else the machine does): a run of ``n`` evaluations minus a run of none, divided by ``n``."""
+    def run(k: int) -> int:
+        out = subprocess.run(["valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null", sys.executable,
+                              str(HERE), "--evaluate", f"{count},{k}"], capture_output=True, text=True, check=True)
+        return int(out.stderr.rsplit("Collected :", 1)[1].split()[0])
+    return (run(n) - run(0)) // n
+
+
 def serve(work: Path, cert: Path, key: Path, policyset_file: Path) -> tuple[subprocess.Popen[bytes], int, Path]:
     port = free_port()
     facts = work / "facts.yaml"
@@ -172,7 +199,15 @@ def main() -> int:
     parser.add_argument("--objects", type=int, default=400, help="objects for the mlguard check run")
     parser.add_argument("--counts", default="0,10,50")
     parser.add_argument("--rounds", type=int, default=3, help="rounds of HTTP load, every rule count in each")
+    parser.add_argument("--instructions", action="store_true",
+                        help="also count instructions per evaluation with valgrind (deterministic; ~1 min per count)")
+    parser.add_argument("--evaluate", help=argparse.SUPPRESS)  # COUNT,N: the callgrind subject
     args = parser.parse_args()
+    if args.evaluate:
+        evaluate_many(*(int(x) for x in args.evaluate.split(",")))
+        return 0
+    if args.instructions and not shutil.which("valgrind"):
+        raise SystemExit("--instructions needs valgrind (apt-get install valgrind)")
     counts = [int(c) for c in args.counts.split(",")]
     work = Path(tempfile.mkdtemp(prefix="bench-rules-"))
     try:
@@ -227,6 +262,11 @@ def main() -> int:
                     print(f"  {count} rules add at HTTP p99, per round (same round's 0 rules subtracted): "
                           f"{', '.join(f'{d:+.2f}' for d in added)} ms; median {statistics.median(added):+.2f} ms; "
                           f"in process {inproc[count][2] - inproc[0][2]:+.3f} ms")
+        if args.instructions:
+            counted = {count: instructions(count) for count in counts}
+            print("  instructions per evaluation (callgrind): " + ", ".join(
+                f"{count} rules {n:,}" for count, n in counted.items()) + (
+                f"; 10 rules add {counted[10] - counted[0]:,}" if 0 in counted and 10 in counted else ""))
         if 0 in means and max(counts) > 0:
             top = max(counts)
             per_rule = (means[top] - means[0]) / top * 1000
