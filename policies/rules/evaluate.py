@@ -176,7 +176,7 @@ class Frame:
         data: dict[str, Any] = {}
         if names & _BASE:
             base = given.base()
-            data.update((k, _cut(base[k], _tree_of(trees, k)) if k in ("object", "oldObject") else base[k])
+            data.update((k, cut(base[k], _tree_of(trees, k)) if k in ("object", "oldObject") else base[k])
                         for k in names & _BASE)
         # a template or container is read from the object where it sits in it only when the object is bound whole
         whole = _tree_of(trees, "object") is None
@@ -318,7 +318,7 @@ def _plan(rules: Iterable[Rule] | None) -> _Plan:
         plan = _Plan(held, frozenset().union(*(r.frame_names for r in held)),
                      frozenset().union(*(r.frame_scopes for r in held)), together,
                      tuple(v.frame_body or "" for v in together),
-                     {name: _tree(frozenset(paths)) for name, paths in reads.items()})
+                     {name: field_tree(frozenset(paths)) for name, paths in reads.items()})
         if len(_PLANS) >= PLANS_KEPT:
             _PLANS.clear()
         _PLANS[key] = plan
@@ -337,22 +337,15 @@ def _bound(root: Mapping[str, Any], items: list[tuple[str, Any]], tree: Tree | N
     """The templates or containers as the frame binds them (`_located`'s shape): the parts the rules read, or
     each whole, located in the object when it is bound whole."""
     if tree is not None:
-        return [_cut(value, tree) for _, value in items], [[] for _ in items]
+        return [cut(value, tree) for _, value in items], [[] for _ in items]
     if whole_object:
         return _located(root, items)
     return [value for _, value in items], [[] for _ in items]
 
 
-def project(value: Any, paths: Iterable[tuple[str, ...]]) -> Any:
-    """``value`` with only the fields at ``paths`` (each kept whole, an absent one left absent, a value that is
-    not a mapping kept whole where a path would go through it): selecting any of those paths, or a part of one,
-    gives what it gives on ``value``. ``()`` among the paths: ``value`` itself."""
-    return _cut(value, _tree(frozenset(paths)))
-
-
-
 @lru_cache(maxsize=256)
-def _tree(paths: frozenset[tuple[str, ...]]) -> Tree | None:
+def field_tree(paths: frozenset[tuple[str, ...]]) -> Tree | None:
+    """The fields at ``paths`` as a tree (None: all of the value, when ``()`` is among them)."""
     if () in paths:
         return None
     tree: Tree = {}
@@ -369,14 +362,17 @@ def _tree(paths: frozenset[tuple[str, ...]]) -> Tree | None:
     return tree
 
 
-def _cut(value: Any, tree: Tree | None) -> Any:
+def cut(value: Any, tree: Tree | None) -> Any:
+    """``value`` with only the fields of ``tree`` (each kept whole, an absent one left absent, a value that is not
+    a mapping kept whole where the tree would go through it): selecting any of those fields, or a part of one,
+    gives what it gives on ``value``."""
     if tree is None or not (type(value) is dict or isinstance(value, Mapping)):
         return value
     out = {}
     for key, sub in tree.items():
         if key in value:
             child = value[key]
-            out[key] = child if sub is None else _cut(child, sub)
+            out[key] = child if sub is None else cut(child, sub)
     return out
 
 

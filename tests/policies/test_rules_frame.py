@@ -14,7 +14,7 @@ import yaml
 from policies.context import ManifestFacts
 from policies.manifests import load_file
 from policies.policyset import PolicySet, parse_policyset
-from policies.rules.evaluate import Budget, Frame, RuleFinding, RuleInput, evaluate_rule, locate, project, steps
+from policies.rules.evaluate import Budget, Frame, RuleFinding, RuleInput, cut, evaluate_rule, field_tree, locate, steps
 from policies.rules.lexer import alias_of, field_reads
 from policies.rules.ruleset import Rule
 from policies.testing import LIBRARY
@@ -338,9 +338,9 @@ def test_what_a_rule_reads_of_the_object_template_and_container() -> None:
     ([], {}),
     ([(), ("a",)], {"a": {"b": {"c": 1}, "l": [1]}, "z": 2}),
 ])
-def test_project_keeps_what_the_paths_select(paths: list[tuple[str, ...]], want: Any) -> None:
+def test_a_cut_keeps_what_the_paths_select(paths: list[tuple[str, ...]], want: Any) -> None:
     value = {"a": {"b": {"c": 1}, "l": [1]}, "z": 2}
-    assert project(value, paths) == want
+    assert cut(value, field_tree(frozenset(paths))) == want
 
 
 @pytest.mark.parametrize(("source", "want"), [
