@@ -28,7 +28,7 @@ from typing import Any, Literal
 from cel_expr_python import cel
 
 from policies.rules.k8slib import INTERNAL_MATCHES, internal_library, kubernetes_library
-from policies.rules.lexer import free_identifiers, tokens
+from policies.rules.lexer import free_identifiers, replace_identifier, tokens
 
 Scope = Literal["object", "podTemplate", "container"]
 SCOPES: tuple[Scope, ...] = ("object", "podTemplate", "container")
@@ -135,24 +135,31 @@ def frame_body(scope: Scope, body: str) -> str:
     return f"mlguardN.{scope}.map({FRAME_ITEM}, {body})"
 
 
-def frame_source(body: str) -> str:
+def frame_source(body: str, located: frozenset[str] = frozenset(SCOPES)) -> str:
     """``body`` (one or more validations' frame bodies) with the pod templates and containers it reads taken
-    from the object where they sit in it: worked out once per evaluation, whatever the number of validations."""
+    from the object where they sit in it (for the scopes in ``located``: worked out once per evaluation, whatever
+    the number of validations), or read as bound (the others: the frame binds each one's selected fields)."""
     used = {t.text for t in free_identifiers(body)}
-    if "mlguardC" in used:
-        body = f"cel.bind(mlguardC, {_located('container', 'mlguardCL', 'mlguardCP')}, {body})"
-    if "mlguardT" in used:
-        body = f"cel.bind(mlguardT, {_located('podTemplate', 'mlguardTL', 'mlguardTP')}, {body})"
+    parts: tuple[tuple[Scope, str, str, str], ...] = (("container", "mlguardC", "mlguardCL", "mlguardCP"),
+                                                      ("podTemplate", "mlguardT", "mlguardTL", "mlguardTP"))
+    for scope, name, bound, paths in parts:
+        if name not in used:
+            continue
+        if scope in located:
+            body = f"cel.bind({name}, {_located(scope, bound, paths)}, {body})"
+        else:  # no walk in the program: the runtime plans a program on every evaluation, and the walk is most of it
+            body = replace_identifier(body, name, bound)
     return body
 
 
 @lru_cache(maxsize=16)
-def combined_program(bodies: tuple[str, ...]) -> Program | None:
+def combined_program(bodies: tuple[str, ...], located: frozenset[str] = frozenset(SCOPES)) -> Program | None:
     """Every frame body of a set of active rules as one program, giving the list of their results: one call
     into the runtime per object instead of one per validation (each costs ~3 us however small the expression),
-    the templates and containers located once. None when it does not compile (each validation then runs on
-    its own). Keyed by the bodies themselves (the same text is the same program); a few sets per PolicySet."""
-    return compile_frame(frame_source("[" + ", ".join(bodies) + "]"))
+    the templates and containers located once (``located``: see `frame_source`). None when it does not compile
+    (each validation then runs on its own). Keyed by the bodies themselves (the same text is the same program); a
+    few sets per PolicySet."""
+    return compile_frame(frame_source("[" + ", ".join(bodies) + "]", located))
 
 
 @cache

@@ -171,15 +171,13 @@ class Frame:
         plan = _plan(rules)
         names, scopes, trees = plan.names, plan.scopes, plan.trees
         # the validations evaluated together, the first time a rule needs its verdicts (`verdicts`)
-        self.together, self._bodies = plan.together, plan.bodies
+        self.together, self._bodies, self.located = plan.together, plan.bodies, plan.located
         self._verdicts: dict[int, Any] | None = None if self.together else {}
         data: dict[str, Any] = {}
         if names & _BASE:
             base = given.base()
             data.update((k, cut(base[k], _tree_of(trees, k)) if k in ("object", "oldObject") else base[k])
                         for k in names & _BASE)
-        # a template or container is read from the object where it sits in it only when the object is bound whole
-        whole = _tree_of(trees, "object") is None
         data["variables"] = {}
         if "mlguardP" in names:
             data["mlguardP"] = {k: dict(v) for k, v in params.items()}
@@ -192,13 +190,13 @@ class Frame:
         root = given.workload.obj
         if names & {"mlguardTL", "mlguardTP"}:
             data["mlguardTL"], data["mlguardTP"] = _bound(root, [(i.path, i.data["template"]) for i in tpls],
-                                                          _tree_of(trees, "template"), whole)
+                                                          _tree_of(trees, "template"), "podTemplate" in plan.located)
         if names & {"mlguardTG", "mlguardTR"}:
             data["mlguardTG"] = [i.data["gpus"] for i in tpls]
             data["mlguardTR"] = [i.data["gpuResources"] for i in tpls]
         if names & {"mlguardCL", "mlguardCP"}:
             data["mlguardCL"], data["mlguardCP"] = _bound(root, [(i.path, i.data["container"]) for i in ctrs],
-                                                          _tree_of(trees, "container"), whole)
+                                                          _tree_of(trees, "container"), "container" in plan.located)
         if "mlguardCT" in names:
             index = {id(i.template): n for n, i in enumerate(tpls)}
             data["mlguardCT"] = [index[id(i.template)] for i in ctrs]
@@ -228,7 +226,7 @@ class Frame:
         so the rule that uses the budget up is the one named)."""
         if self._verdicts is None:
             self._verdicts = {}
-            program = combined_program(self._bodies)
+            program = combined_program(self._bodies, self.located)
             if program is not None:
                 start = budget.clock()
                 try:
@@ -296,6 +294,7 @@ class _Plan:
     together: tuple[Validation, ...]  # the validations that run as one program, and their frame bodies
     bodies: tuple[str, ...]
     trees: Mapping[str, Tree | None] | None  # per bindable root, the fields kept (None: all); None: all of all
+    located: frozenset[str] = frozenset(SCOPES)  # the scopes whose instances are read from the object bound whole
 
 
 _PLANS: dict[tuple[int, ...], _Plan] = {}
@@ -315,10 +314,13 @@ def _plan(rules: Iterable[Rule] | None) -> _Plan:
                 reads.setdefault(name, set()).update(paths)
         together = tuple(v for rule in held if rule.validations and all(v.frame_body for v in rule.validations)
                          for v in rule.validations)
+        trees = {name: field_tree(frozenset(paths)) for name, paths in reads.items()}
+        whole = _tree_of(trees, "object") is None
         plan = _Plan(held, frozenset().union(*(r.frame_names for r in held)),
                      frozenset().union(*(r.frame_scopes for r in held)), together,
-                     tuple(v.frame_body or "" for v in together),
-                     {name: field_tree(frozenset(paths)) for name, paths in reads.items()})
+                     tuple(v.frame_body or "" for v in together), trees,
+                     frozenset(scope for scope, root in (("podTemplate", "template"), ("container", "container"))
+                               if whole and _tree_of(trees, root) is None))
         if len(_PLANS) >= PLANS_KEPT:
             _PLANS.clear()
         _PLANS[key] = plan
@@ -332,15 +334,13 @@ def _tree_of(trees: Mapping[str, Tree | None] | None, root: str) -> Tree | None:
     return trees.get(root, {})
 
 
-def _bound(root: Mapping[str, Any], items: list[tuple[str, Any]], tree: Tree | None, whole_object: bool
+def _bound(root: Mapping[str, Any], items: list[tuple[str, Any]], tree: Tree | None, located: bool
            ) -> tuple[list[Any], list[list[str | int]]]:
-    """The templates or containers as the frame binds them (`_located`'s shape): the parts the rules read, or
-    each whole, located in the object when it is bound whole."""
-    if tree is not None:
-        return [cut(value, tree) for _, value in items], [[] for _ in items]
-    if whole_object:
+    """The templates or containers as the frame binds them (`_located`'s shape): located in the object when the
+    plan reads them from it (bound whole), else each one's parts the rules read (all of it: ``tree`` None)."""
+    if located:
         return _located(root, items)
-    return [value for _, value in items], [[] for _ in items]
+    return [cut(value, tree) for _, value in items], [[] for _ in items]
 
 
 @lru_cache(maxsize=256)

@@ -14,6 +14,7 @@ import yaml
 from policies.context import ManifestFacts
 from policies.manifests import load_file
 from policies.policyset import PolicySet, parse_policyset
+from policies.rules.celenv import combined_program
 from policies.rules.evaluate import Budget, Frame, RuleFinding, RuleInput, cut, evaluate_rule, field_tree, locate, steps
 from policies.rules.lexer import alias_of, field_reads
 from policies.rules.ruleset import Rule
@@ -371,3 +372,22 @@ def test_a_variable_that_picks_a_part_of_the_object(source: str, want: Any) -> N
 ])
 def test_the_fields_an_expression_selects(source: str, want: Any) -> None:
     assert field_reads(source, frozenset({"object"})) == want
+
+
+def test_the_one_program_walks_the_object_only_for_what_it_binds_whole() -> None:
+    # the runtime plans a program on every evaluation: a walk to the containers that is never taken is work
+    ps = policyset([{"scope": "container", "validations": [{"expression": "container.image != ''"}]},
+                    {"scope": "container", "validations": [{"expression": "size(container) > 0"}]},
+                    {"scope": "object", "validations": [{"expression": "size(object) > 3"}]}])
+    image, whole_container, whole_object = ps.rules[3:]
+    obj = next(iter(yaml.safe_load_all((EXAMPLES / "vllm-tensor-parallel" / "denied.yaml").read_text())))
+    given = RuleInput(workload=extract(obj, gpu=ps.gpu), gpu=ps.gpu, environment=None, namespace_labels={},
+                      request=None)
+    for subset, located in (([image], set()), ([image, whole_container], set()),
+                            ([image, whole_object], set()), ([image, whole_container, whole_object], {"container"})):
+        frame = Frame(given, {r.id: r.params for r in subset}, subset)
+        assert frame.located == located
+        program = combined_program(tuple(v.frame_body or "" for r in subset for v in r.validations), frame.located)
+        assert program is not None
+        assert ("mlguardCP" in program.source) == bool(located)
+        assert [v for v in frame.verdicts(Budget(60.0)).values()] == [[True]] * len(subset)
