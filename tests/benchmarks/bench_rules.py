@@ -1,27 +1,33 @@
 #!/usr/bin/env python3
 """What CEL rules (spec.rules) cost: the baseline PolicySet plus 0, 10 and 50 rules.
 
-    python tests/benchmarks/bench_rules.py [--duration 6] [--rate 200] [--objects 400] [--rounds 3] [--instructions]
+    python tests/benchmarks/bench_rules.py [--duration 30] [--rate 200] [--objects 400] [--instructions]
 
 Three figures per rule count:
-- admission p50/p99 over HTTP: the webhook (gunicorn, TLS, 2 workers) answering bench_webhook.py's 8 KB vLLM
-  Deployment review at a fixed rate (open loop, latency from the scheduled send time); one server per rule count,
-  loaded in turn for ``--rounds`` rounds: the median over rounds, and what the rules add at p99 per round;
+- admission p50/p99 over HTTP: one webhook (gunicorn, TLS, 2 workers x 4 threads) per rule count, all up at once,
+  answering bench_webhook.py's 8 KB vLLM Deployment review; one open-loop loader sends to them in turn (0, 10,
+  50, 0, 10, 50 ...) at ``--rate`` requests/s each for ``--duration`` seconds, latency from the scheduled send
+  time. Taking turns puts each count under the same machine at the same moment (the loader shares the 2 cores,
+  and on this VM the load moves a single server's p99 by milliseconds between runs). What the rules add at p99
+  is the difference with the 0-rule server's p99, with a 95% interval from a block bootstrap (1-second blocks
+  of every server's samples resampled together, fixed seed: stalls that hit neighbouring requests stay together);
 - in-process p50/p99 of one `evaluate_object` at admission on the same object (no sockets), and from it the
   cost per rule per object (the mean's growth from 0 to 50 rules, divided by 50);
 - `mlguard check` throughput (objects/s) on a directory of generated GPU Deployments and Pods;
 - with ``--instructions``: instructions per in-process evaluation counted by callgrind, the figure that does
-  not move with the machine's load (the HTTP p99 on 2 shared cores moves by a millisecond between runs).
+  not move with the machine's load.
 
 The rules are a mix of what teams write: object rules on labels and fields, pod-template rules on GPUs and
 node selectors, container rules on images and arguments (the three shipped examples among them), all run
-in every scope they name. The loader shares the 2 cores with the server: HTTP figures are a floor.
+in every scope they name.
 """
 
 from __future__ import annotations
 
 import argparse
 import copy
+import functools
+import gc
 import json
 import os
 import shutil
@@ -34,6 +40,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import requests
 import trustme
 import yaml
@@ -42,7 +49,7 @@ HERE = Path(__file__).resolve()
 sys.path.insert(0, str(HERE.parent))
 sys.path.insert(0, str(HERE.parents[2]))
 
-from bench_webhook import FACTS, deployment_review, fixed_rate, free_port, stop  # noqa: E402
+from bench_webhook import FACTS, Sample, deployment_review, fixed_rate, free_port, interleaved, percentile, stop  # noqa: E402
 
 REPO = HERE.parents[2]
 EXAMPLES = REPO / "policies" / "catalog" / "examples" / "gpu-rules.yaml"
@@ -125,20 +132,59 @@ def in_process(text: str, body: bytes, *, n: int = 2000) -> tuple[float, float, 
 
 def evaluate_many(count: int, n: int) -> None:
     """``n`` admission evaluations (after 20 to warm up) of the benchmark's review with ``count`` rules: what
-    `instructions` runs under callgrind."""
+    `instructions` runs under callgrind. What the warm-up leaves is frozen out of the garbage collector: a full
+    collection walks every object the process holds, and when one falls inside the ``n`` evaluations or not
+    moved the count by up to 15%."""
     evaluate = evaluation(policyset(count), deployment_review())
-    for _ in range(20 + n):
+    for _ in range(20):
         evaluate()
+    gc.collect()
+    gc.freeze()
+    functools.reduce(lambda _, __: evaluate(), range(n), None)  # `instructions` counts inside this call only
 
 
 def instructions(count: int, n: int = 300) -> int:
-    """Instructions per evaluation, counted by valgrind's callgrind (the same for the same code and input,
-    whatever else the machine does): a run of ``n`` evaluations minus a run of none, divided by ``n``."""
-    def run(k: int) -> int:
-        out = subprocess.run(["valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null", sys.executable,
-                              str(HERE), "--evaluate", f"{count},{k}"], capture_output=True, text=True, check=True)
-        return int(out.stderr.rsplit("Collected :", 1)[1].split()[0])
-    return (run(n) - run(0)) // n
+    """Instructions per evaluation, counted by valgrind's callgrind inside the loop of ``n`` evaluations only
+    (`evaluate_many`: start-up and imports alone vary by ~1% between runs, which is ~100,000 instructions per
+    evaluation over 300 of them), divided by ``n``: the same for the same code and input, whatever else the
+    machine does."""
+    out = subprocess.run(["valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null",
+                          "--toggle-collect=functools_reduce", sys.executable, str(HERE), "--evaluate",
+                          f"{count},{n}"], capture_output=True, text=True, check=True,
+                         env={**os.environ, "PYTHONHASHSEED": "0"})  # the same dict and set orders each run
+    return int(out.stderr.rsplit("Collected :", 1)[1].split()[0]) // n
+
+
+def decision_times(log: Path) -> list[float]:
+    """The server's own time per answer (parsed body to built response, seconds), from its decision log lines."""
+    out = []
+    for line in log.read_text().splitlines():
+        if '"duration_ms"' in line:
+            out.append(json.loads(line)["duration_ms"] / 1000)
+    return sorted(out)
+
+
+def added_p99(samples: list[Sample], base: int, other: int, *, block: float = 1.0, resamples: int = 2000,
+              seed: int = 20261203) -> tuple[float, float, float]:
+    """What server ``other`` adds to server ``base``'s p99 (ms), and a 95% interval: a block bootstrap over
+    ``block``-second slices of the run, each slice taking both servers' samples with it."""
+    def p99(values: np.ndarray) -> float:
+        return float(np.sort(values)[min(len(values) - 1, int(0.99 * len(values)))]) * 1000
+
+    slices: dict[int, dict[int, list[float]]] = {}
+    for server, offset, latency in samples:
+        slices.setdefault(int(offset // block), {}).setdefault(server, []).append(latency)
+    keys = sorted(slices)
+    parts = {server: [np.asarray(slices[k].get(server, []), dtype=float) for k in keys] for server in (base, other)}
+    point = p99(np.concatenate(parts[other])) - p99(np.concatenate(parts[base]))
+    rng = np.random.default_rng(seed)
+    found = []
+    for _ in range(resamples):
+        chosen = rng.integers(0, len(keys), len(keys))
+        found.append(p99(np.concatenate([parts[other][i] for i in chosen]))
+                     - p99(np.concatenate([parts[base][i] for i in chosen])))
+    lo, hi = np.percentile(found, [2.5, 97.5])
+    return point, float(lo), float(hi)
 
 
 def serve(work: Path, cert: Path, key: Path, policyset_file: Path) -> tuple[subprocess.Popen[bytes], int, Path]:
@@ -195,11 +241,10 @@ def check_rate(root: Path, policyset_file: Path, count: int) -> float:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--duration", type=float, default=6.0, help="seconds of load per rule count")
-    parser.add_argument("--rate", type=float, default=200.0, help="requests per second")
+    parser.add_argument("--duration", type=float, default=30.0, help="seconds of load (every rule count at once)")
+    parser.add_argument("--rate", type=float, default=200.0, help="requests per second to each server")
     parser.add_argument("--objects", type=int, default=400, help="objects for the mlguard check run")
     parser.add_argument("--counts", default="0,10,50")
-    parser.add_argument("--rounds", type=int, default=3, help="rounds of HTTP load, every rule count in each")
     parser.add_argument("--instructions", action="store_true",
                         help="also count instructions per evaluation with valgrind (deterministic; ~1 min per count)")
     parser.add_argument("--evaluate", help=argparse.SUPPRESS)  # COUNT,N: the callgrind subject
@@ -223,8 +268,8 @@ def main() -> int:
         objects.mkdir()
         manifests(objects, args.objects)
         print(f"CEL rules on top of the baseline PolicySet: {len(body)} byte Deployment review, {os.cpu_count()} CPUs "
-              f"(shared with the loader), {args.rate:.0f} req/s for {args.duration:.0f} s; check on {args.objects} "
-              "objects (best of 3 runs, process start included)")
+              f"(shared with the loader), {args.rate:.0f} req/s to each server in turn for {args.duration:.0f} s; "
+              f"check on {args.objects} objects (best of 3 runs, process start included)")
         print(f"  {'rules':>5}  {'in-process CPU ms':>17}  {'wall mean/p50/p99 ms':>22}  {'HTTP p50 ms':>11}  "
               f"{'HTTP p99 ms':>11}  {'errors':>6}  {'check objects/s':>15}")
         means, files, inproc = {}, {}, {}
@@ -234,35 +279,38 @@ def main() -> int:
             files[count].write_text(text)
             inproc[count] = in_process(text, body)
             means[count] = inproc[count][3]
-        # One server per rule count, all up at once; each round loads them in turn, so that a change of the
-        # machine's load hits every count alike, and the figure per count is the median over the rounds.
+        # One server per rule count, all up at once, loaded in turn by one schedule (see the module's docstring).
         servers = {count: serve(work, cert, key, files[count]) for count in counts}
-        http: dict[int, list[dict[str, Any]]] = {count: [] for count in counts}
         try:
             for proc, port, _log in servers.values():
                 ready(port, ca, proc)
                 fixed_rate(port, str(ca), body, rate=50, duration=1.0)  # warm-up
-            for _ in range(args.rounds):
-                for count, (_proc, port, _log) in servers.items():
-                    http[count].append(fixed_rate(port, str(ca), body, rate=args.rate, duration=args.duration))
+            samples, errors, _took = interleaved([port for _proc, port, _log in servers.values()], str(ca), body,
+                                                 rate=args.rate * len(counts), duration=args.duration)
         finally:
             for proc, _port, _log in servers.values():
                 stop(proc)
-        for count in counts:
+        latencies = {i: sorted(s[2] for s in samples if s[0] == i) for i in range(len(counts))}
+        inside = {count: decision_times(log) for count, (_proc, _port, log) in servers.items()}
+        for i, count in enumerate(counts):
             mean, p50, p99, cpu = inproc[count]
-            rounds = http[count]
             rate = check_rate(objects, files[count], args.objects)
             print(f"  {count:>5}  {cpu:>17.3f}  {mean:>6.3f} / {p50:>5.3f} / {p99:>6.3f}  "
-                  f"{statistics.median(r['p50'] for r in rounds):>11.2f}  "
-                  f"{statistics.median(r['p99'] for r in rounds):>11.2f}  {sum(r['errors'] for r in rounds):>6}  "
-                  f"{rate:>15.0f}")
+                  f"{percentile(latencies[i], 0.50):>11.2f}  {percentile(latencies[i], 0.99):>11.2f}  "
+                  f"{errors[i]:>6}  {rate:>15.0f}")
         if 0 in counts:
-            for count in counts:
+            base = counts.index(0)
+            for i, count in enumerate(counts):
                 if count:
-                    added = [a["p99"] - b["p99"] for a, b in zip(http[count], http[0], strict=True)]
-                    print(f"  {count} rules add at HTTP p99, per round (same round's 0 rules subtracted): "
-                          f"{', '.join(f'{d:+.2f}' for d in added)} ms; median {statistics.median(added):+.2f} ms; "
-                          f"in process {inproc[count][2] - inproc[0][2]:+.3f} ms")
+                    point, lo, hi = added_p99(samples, base, i)
+                    print(f"  {count} rules add at HTTP p99: {point:+.2f} ms (95% interval {lo:+.2f} to {hi:+.2f}; "
+                          f"{len(latencies[i]):,} and {len(latencies[base]):,} requests); at p50 "
+                          f"{percentile(latencies[i], 0.5) - percentile(latencies[base], 0.5):+.2f} ms; in process "
+                          f"at p99 {inproc[count][2] - inproc[0][2]:+.3f} ms")
+            print("  the servers' own time per answer (parsed body to built response, from their decision logs, "
+                  "warm-up included), p50 / p99 ms: " + ", ".join(
+                      f"{count} rules {percentile(inside[count], 0.5):.2f} / {percentile(inside[count], 0.99):.2f}"
+                      for count in counts))
         if args.instructions:
             counted = {count: instructions(count) for count in counts}
             print("  instructions per evaluation (callgrind): " + ", ".join(

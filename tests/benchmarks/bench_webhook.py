@@ -87,25 +87,31 @@ def deployment_review(target_bytes: int = 8192) -> bytes:
 
 
 # ---- loader (runs in its own processes) ------------------------------------------------------
-def _loader(port: int, ca: str, body: bytes, rate: float, duration: float, connections: int, start_at: float,
-            out: mp.Queue) -> None:
+Sample = tuple[int, float, float]  # (index of the server, scheduled send time from the start, latency), seconds
+
+
+def _loader(ports: list[int], ca: str, body: bytes, rate: float, duration: float, slots: list[int], every: int,
+            start_at: float, out: mp.Queue) -> None:
+    """One connection per slot: slot ``g`` sends at ``start_at + g / rate + n * every / rate`` to ``ports[g %
+    len(ports)]`` (``every`` slots in all, across the loader processes), so consecutive sends go to the servers
+    in turn."""
     import threading
 
     ctx = ssl.create_default_context(cafile=ca)
-    latencies: list[float] = []
-    errors = [0]
+    samples: list[Sample] = []
+    errors = [0] * len(ports)
     lock = threading.Lock()
-    per_conn = rate / connections
 
-    def run(index: int) -> None:
-        conn = http.client.HTTPSConnection("127.0.0.1", port, context=ctx, timeout=10)
-        local: list[float] = []
+    def run(slot: int) -> None:
+        target = slot % len(ports)
+        conn = http.client.HTTPSConnection("127.0.0.1", ports[target], context=ctx, timeout=10)
+        local: list[Sample] = []
         n = 0
-        offset = index / rate
         while True:
-            scheduled = start_at + offset + n / per_conn
-            if scheduled - start_at >= duration:
+            offset = (slot + n * every) / rate
+            if offset >= duration:
                 break
+            scheduled = start_at + offset
             delay = scheduled - time.perf_counter()
             if delay > 0:
                 time.sleep(delay)
@@ -114,51 +120,66 @@ def _loader(port: int, ca: str, body: bytes, rate: float, duration: float, conne
                 resp = conn.getresponse()
                 resp.read()
                 if resp.status != 200:
-                    errors[0] += 1
-                local.append(time.perf_counter() - scheduled)
+                    errors[target] += 1
+                local.append((target, offset, time.perf_counter() - scheduled))
             except (OSError, http.client.HTTPException):
-                errors[0] += 1
+                errors[target] += 1
                 conn.close()
-                conn = http.client.HTTPSConnection("127.0.0.1", port, context=ctx, timeout=10)
+                conn = http.client.HTTPSConnection("127.0.0.1", ports[target], context=ctx, timeout=10)
             n += 1
         conn.close()
         with lock:
-            latencies.extend(local)
+            samples.extend(local)
 
-    threads = [threading.Thread(target=run, args=(i,)) for i in range(connections)]
+    threads = [threading.Thread(target=run, args=(slot,)) for slot in slots]
     for t in threads:
         t.start()
     for t in threads:
         t.join()
-    out.put((latencies, errors[0], time.perf_counter() - start_at))
+    out.put((samples, errors, time.perf_counter() - start_at))
 
 
-def fixed_rate(port: int, ca: str, body: bytes, *, rate: float, duration: float) -> dict[str, float]:
+def interleaved(ports: list[int], ca: str, body: bytes, *, rate: float, duration: float
+                ) -> tuple[list[Sample], list[int], float]:
+    """Open-loop load at ``rate`` requests/s in all, sent to the servers in turn (A, B, A, B ...), so that
+    whatever the machine does meanwhile falls on each of them alike. Latency runs from the scheduled send time
+    to the last byte of the answer. Returns the samples, the errors per server and the seconds taken."""
     procs_n = 2 if rate >= 400 else 1
-    connections = max(2, min(16, int(rate // 60)))
+    per_proc = max(len(ports), max(2, min(16, int(rate // 60))) // len(ports) * len(ports))
+    every = per_proc * procs_n
     queue: mp.Queue = mp.Queue()
     start_at = time.perf_counter() + 0.5
-    procs = [mp.Process(target=_loader, args=(port, ca, body, rate / procs_n, duration, connections, start_at, queue))
-             for _ in range(procs_n)]
+    procs = [mp.Process(target=_loader, args=(ports, ca, body, rate, duration,
+                                              list(range(p * per_proc, (p + 1) * per_proc)), every, start_at, queue))
+             for p in range(procs_n)]
     for p in procs:
         p.start()
-    latencies: list[float] = []
-    errors = 0
+    samples: list[Sample] = []
+    errors = [0] * len(ports)
     elapsed = 0.0
     for _ in procs:
-        lat, err, took = queue.get(timeout=duration + 60)
-        latencies.extend(lat)
-        errors += err
+        got, err, took = queue.get(timeout=duration + 60)
+        samples.extend(got)
+        errors = [a + b for a, b in zip(errors, err, strict=True)]
         elapsed = max(elapsed, took)
     for p in procs:
         p.join()
-    latencies.sort()
+    return samples, errors, elapsed
 
-    def pct(q: float) -> float:
-        return latencies[min(len(latencies) - 1, int(q * len(latencies)))] * 1000 if latencies else float("nan")
 
-    return {"sent": len(latencies), "throughput": len(latencies) / elapsed, "p50": pct(0.50), "p99": pct(0.99),
-            "max": latencies[-1] * 1000 if latencies else float("nan"), "errors": errors}
+def percentile(sorted_values: list[float], q: float) -> float:
+    """The ``q`` quantile of sorted values, in milliseconds (nan when there are none)."""
+    if not sorted_values:
+        return float("nan")
+    return sorted_values[min(len(sorted_values) - 1, int(q * len(sorted_values)))] * 1000
+
+
+def fixed_rate(port: int, ca: str, body: bytes, *, rate: float, duration: float) -> dict[str, float]:
+    samples, errors, elapsed = interleaved([port], ca, body, rate=rate, duration=duration)
+    latencies = sorted(s[2] for s in samples)
+    return {"sent": len(latencies), "throughput": len(latencies) / elapsed, "p50": percentile(latencies, 0.50),
+            "p99": percentile(latencies, 0.99), "max": latencies[-1] * 1000 if latencies else float("nan"),
+            "errors": errors[0]}
 
 
 def wrk_peak(port: int, body: bytes, work: Path) -> str:
