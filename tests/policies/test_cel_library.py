@@ -126,3 +126,20 @@ def test_regex_runs_in_re2_so_a_pattern_from_the_object_cannot_backtrack() -> No
 def test_what_the_api_server_or_the_runtime_lacks_is_refused_at_compile(expr: str) -> None:
     result = compile_expression(expr, scope="object", result="bool")
     assert isinstance(result, list) and result, result
+
+
+@pytest.mark.parametrize(("text", "pattern"), [
+    ("abc 123", "[0-9]+"), ("abc", "[0-9]+"), ("abc", ""), ("", "^$"), ("héllo wörld", "w.r"),
+    ("日本語テキスト", "語."),
+    (" --model m --tensor-parallel-size 4", " (--tensor-parallel-size|-tp)[= ]+[0-9]+"), ("prod-a", "^prod-"),
+    ("a-prod", "^prod-"), ("x\ny", "(?m)^y$"), ("a" * 5000 + "b", "(a+)+$"), ("aXbXc", "(X)(b)?"),
+])
+def test_the_first_match_taken_from_re2_directly_is_the_wrappers_own(text: str, pattern: str) -> None:
+    from policies.rules import k8slib
+
+    raw = text.encode()
+    assert k8slib.first_span is k8slib._first_direct  # the wrapper has its compiled RE2 (google-re2 >= 1.1)
+    assert k8slib._first_direct(raw, pattern) == k8slib._first_public(raw, pattern)
+    found = k8slib._first_public(raw, pattern)
+    assert k8slib.find(text, pattern) == (raw[found[0]:found[1]].decode() if found else "")
+    assert k8slib.matches(text, pattern) == (found is not None)
