@@ -19,6 +19,8 @@ are left out: a rule that compiles here uses nothing the API server lacks.
 
 from __future__ import annotations
 
+import json
+import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -28,7 +30,7 @@ from typing import Any, Literal
 from cel_expr_python import cel
 
 from policies.rules.k8slib import INTERNAL_MATCHES, internal_library, kubernetes_library
-from policies.rules.lexer import free_identifiers, replace_identifier, tokens
+from policies.rules.lexer import LexError, free_identifiers, replace_identifier, selected, tokens
 
 Scope = Literal["object", "podTemplate", "container"]
 SCOPES: tuple[Scope, ...] = ("object", "podTemplate", "container")
@@ -152,14 +154,81 @@ def frame_source(body: str, located: frozenset[str] = frozenset(SCOPES)) -> str:
     return body
 
 
-@lru_cache(maxsize=16)
-def combined_program(bodies: tuple[str, ...], located: frozenset[str] = frozenset(SCOPES)) -> Program | None:
+INT64 = (-(2**63), 2**63 - 1)
+ParamLiterals = tuple[tuple[str, tuple[tuple[str, str], ...]], ...]  # per rule id, per parameter: its CEL literal
+
+
+def param_literal(value: Any) -> str | None:
+    """``value`` as a CEL literal that the runtime reads as the same value it converts from Python, or None when
+    there is none (a map key that is not a string, int or bool; an int outside int64; a float that is not
+    finite; a type YAML may give that JSON has not)."""
+    if value is None or isinstance(value, bool):
+        return {None: "null", True: "true", False: "false"}[value]
+    if isinstance(value, int):
+        return str(value) if INT64[0] <= value <= INT64[1] else None
+    if isinstance(value, float):
+        return repr(value) if math.isfinite(value) else None
+    if isinstance(value, str):
+        return json.dumps(value, ensure_ascii=False)  # JSON's escapes (\" \\ \n \u0001 ...) are CEL's
+    if isinstance(value, (list, tuple)):
+        items = [param_literal(v) for v in value]
+        return None if None in items else "[" + ", ".join(items) + "]"  # type: ignore[arg-type]
+    if isinstance(value, Mapping):
+        pairs = []
+        for k, v in value.items():
+            key, item = param_literal(k) if isinstance(k, (str, int)) else None, param_literal(v)
+            if key is None or item is None:
+                return None
+            pairs.append(f"{key}: {item}")
+        return "{" + ", ".join(pairs) + "}"
+    return None
+
+
+def inline_params(source: str, literals: Mapping[str, Mapping[str, str]]) -> str:
+    """``source`` with each ``mlguardP["<rule>"].<name>`` (a rule's ``params.<name>``) that has a literal in
+    ``literals`` written as that literal: converting every rule's params for the runtime on every evaluation cost
+    more than the rules' own expressions. Left as they are: a name the params lack (it fails as it did), a
+    method call, an optional selection (``params.?name``) and a selection has() tests (it needs a selection)."""
+    try:
+        toks = tokens(source)
+    except LexError:
+        return source
+    out, last = [], 0
+    for i in range(len(toks) - 5):
+        tok = toks[i]
+        if not (tok.kind == "ident" and tok.text == "mlguardP" and not selected(toks, i)
+                and [t.text for t in toks[i + 1:i + 5:2]] == ["[", "]"] and toks[i + 2].kind == "string"
+                and toks[i + 4].text == "." and toks[i + 5].kind == "ident"):
+            continue
+        if (i + 6 < len(toks) and toks[i + 6].text == "(") or (i >= 2 and toks[i - 1].text == "("
+                                                              and toks[i - 2].text == "has"):
+            continue
+        try:
+            rule = json.loads(toks[i + 2].text)
+        except ValueError:
+            continue
+        text = literals.get(rule, {}).get(toks[i + 5].text) if isinstance(rule, str) else None
+        if text is not None:
+            out += [source[last:tok.start], f"({text})"]
+            last = toks[i + 5].start + len(toks[i + 5].text)
+    return "".join(out) + source[last:]
+
+
+@lru_cache(maxsize=64)
+def combined_program(bodies: tuple[str, ...], located: frozenset[str] = frozenset(SCOPES),
+                     literals: ParamLiterals = ()) -> Program | None:
     """Every frame body of a set of active rules as one program, giving the list of their results: one call
     into the runtime per object instead of one per validation (each costs ~3 us however small the expression),
-    the templates and containers located once (``located``: see `frame_source`). None when it does not compile
-    (each validation then runs on its own). Keyed by the bodies themselves (the same text is the same program); a
-    few sets per PolicySet."""
-    return compile_frame(frame_source("[" + ", ".join(bodies) + "]", located))
+    the templates and containers located once (``located``: see `frame_source`), the rules' params written in
+    as literals (``literals``: see `inline_params`). None when it does not compile (each validation then runs on
+    its own). Keyed by the bodies and params themselves (the same text is the same program); a few sets per
+    PolicySet."""
+    source = "[" + ", ".join(bodies) + "]"
+    if literals:
+        inlined = compile_frame(frame_source(inline_params(source, {r: dict(p) for r, p in literals}), located))
+        if inlined is not None:
+            return inlined
+    return compile_frame(frame_source(source, located))
 
 
 @cache

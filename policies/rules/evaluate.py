@@ -27,9 +27,11 @@ from policies.rules.celenv import (
     SCOPES,
     WALK_DEPTH,
     EvalError,
+    ParamLiterals,
     activation,
     combined_program,
     frame_activation,
+    param_literal,
 )
 from policies.rules.ruleset import Rule, Validation
 from policies.workload import PodTemplate, Workload, join
@@ -179,8 +181,10 @@ class Frame:
             data.update((k, cut(base[k], _tree_of(trees, k)) if k in ("object", "oldObject") else base[k])
                         for k in names & _BASE)
         data["variables"] = {}
-        if "mlguardP" in names:
+        self._literals: ParamLiterals = ()
+        if "mlguardP" in names:  # converted only where the one program reads a parameter it could not write in
             data["mlguardP"] = {k: dict(v) for k, v in params.items()}
+            self._literals = tuple((rule, _literals(p)) for rule, p in params.items())
         obj, tpls, ctrs = (given.instances(s) if s in scopes else [] for s in SCOPES)
         data["mlguardN"] = {"object": list(range(len(obj))), "podTemplate": list(range(len(tpls))),
                             "container": list(range(len(ctrs)))}
@@ -226,7 +230,7 @@ class Frame:
         so the rule that uses the budget up is the one named)."""
         if self._verdicts is None:
             self._verdicts = {}
-            program = combined_program(self._bodies, self.located)
+            program = combined_program(self._bodies, self.located, self._literals)
             if program is not None:
                 start = budget.clock()
                 try:
@@ -236,6 +240,23 @@ class Frame:
                 if isinstance(got, list) and len(got) == len(self.together) and budget.take(budget.clock() - start):
                     self._verdicts = {id(v.frame_runner): r for v, r in zip(self.together, got, strict=True)}
         return self._verdicts
+
+
+_LITERALS: dict[int, tuple[Mapping[str, Any], tuple[tuple[str, str], ...]]] = {}
+LITERALS_KEPT = 1024  # resolved params of rules (one per rule and kind of subject: `engine.Resolutions`)
+
+
+def _literals(params: Mapping[str, Any]) -> tuple[tuple[str, str], ...]:
+    """Each parameter of a rule that has a CEL literal, and the literal; worked out once per resolved params
+    (the engine keeps them across objects and requests, and never changes them)."""
+    held = _LITERALS.get(id(params))
+    if held is None or held[0] is not params:
+        if len(_LITERALS) >= LITERALS_KEPT:
+            _LITERALS.clear()
+        found = tuple((k, text) for k, v in params.items() if isinstance(k, str)
+                      and (text := param_literal(v)) is not None)
+        held = _LITERALS[id(params)] = (params, found)
+    return held[1]
 
 
 _BASE = frozenset({"object", "oldObject", "request", "namespaceObject", "environment", "model"})

@@ -5,6 +5,7 @@ what the rules read built. It must give exactly what each rule evaluated alone, 
 from __future__ import annotations
 
 import copy
+import datetime
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +15,7 @@ import yaml
 from policies.context import ManifestFacts
 from policies.manifests import load_file
 from policies.policyset import PolicySet, parse_policyset
-from policies.rules.celenv import combined_program
+from policies.rules.celenv import combined_program, compile_frame, frame_activation, inline_params, param_literal
 from policies.rules.evaluate import Budget, Frame, RuleFinding, RuleInput, cut, evaluate_rule, field_tree, locate, steps
 from policies.rules.lexer import alias_of, field_reads
 from policies.rules.ruleset import Rule
@@ -391,3 +392,77 @@ def test_the_one_program_walks_the_object_only_for_what_it_binds_whole() -> None
         assert program is not None
         assert ("mlguardCP" in program.source) == bool(located)
         assert [v for v in frame.verdicts(Budget(60.0)).values()] == [[True]] * len(subset)
+
+
+def _typed(value: Any) -> Any:
+    """A value with the type of every part kept (1, 1.0 and True are told apart)."""
+    if isinstance(value, dict):
+        return ("map", sorted((_typed(k), _typed(v)) for k, v in value.items()))
+    if isinstance(value, list):
+        return ("list", [_typed(v) for v in value])
+    return (type(value).__name__, value)
+
+
+@pytest.mark.parametrize("value", [
+    "plain", "é ü 日本 🎉", 'quote " and \\ backslash', "new\nline\ttab\x01\x7f", "", 0, -1, 2**63 - 1, 7.5, 1e16,
+    -0.25, 0.1, True, False, None, [], {}, ["a", 1, 2.5, None, [True]], {"a": {"b": [1, {"c": "d"}]}},
+    {1: "int key", "s": 2}, {"nested": {"x": [{"y": "z"}]}},
+])
+def test_a_parameter_written_in_as_a_literal_is_the_value_the_runtime_converts(value: Any) -> None:
+    literal = param_literal(value)
+    assert literal is not None
+    written, bound = compile_frame(literal), compile_frame("mlguardP")
+    assert written is not None and bound is not None
+    assert _typed(written.run(frame_activation({}))) == _typed(bound.run(frame_activation({"mlguardP": value})))
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), 2**63, -(2**64), {1.5: "x"}, {"a": float("nan")},
+                                   [datetime.date(2026, 1, 1)], {("t",): 1}])
+def test_a_parameter_without_an_exact_literal_is_left_to_the_binding(value: Any) -> None:
+    assert param_literal(value) is None
+
+
+@pytest.mark.parametrize(("source", "want"), [
+    ('mlguardP["r"].a == 1', '("x") == 1'),
+    ('mlguardP["r"].a.size() + mlguardP["q"].n', '("x").size() + (3)'),
+    ('has(mlguardP["r"].a)', 'has(mlguardP["r"].a)'),                  # has() needs a selection
+    ('mlguardP["r"].?a.orValue("")', 'mlguardP["r"].?a.orValue("")'),  # an optional selection stays one
+    ('mlguardP["r"].a(1)', 'mlguardP["r"].a(1)'),                      # a method, not a parameter
+    ('mlguardP["r"].missing', 'mlguardP["r"].missing'),                # fails at run time as it did
+    ('mlguardP["other"].a', 'mlguardP["other"].a'),
+    ("'mlguardP[\"r\"].a' + mlguardP[\"r\"].a", "'mlguardP[\"r\"].a' + (\"x\")"),
+    ('x.mlguardP["r"].a', 'x.mlguardP["r"].a'),
+])
+def test_which_selections_of_params_are_written_in(source: str, want: str) -> None:
+    assert inline_params(source, {"r": {"a": '"x"'}, "q": {"n": "3"}}) == want
+
+
+def test_rules_with_their_params_written_in_decide_as_each_rule_alone_with_them_bound() -> None:
+    params = {"images": ["registry.example.com/", "nvcr.io/"], "max": 2, "ratio": 0.5, "labels": {"team": "ré\"s"},
+              "byKind": {"Deployment": 1, "Pod": 0}, "flags": [True, None], "odd": {1: "one"}}
+    exprs = [
+        "params.images.exists(r, container.?image.orValue('').startsWith(r))",
+        "has(params.max) && gpus <= params.max && params.ratio < 1.0",
+        "params.?missing.orValue(3) == 3 && params.flags[0] && params.flags[1] == null",
+        "params.labels.team == 'ré\"s' || container.name != ''",
+        "params.byKind[object.kind] >= 0",  # fails on kinds the map lacks: the per-instance path says so
+        "params.odd[1] == 'one' && params.nope == 1",  # fails everywhere on the missing parameter
+    ]
+    ps = policyset([{"scope": "container", "params": params, "validations": [{"expression": e}]} for e in exprs])
+    rules = ps.rules[3:]
+    compared = written = 0
+    for obj in SAMPLES[:120]:
+        workload = extract(obj, gpu=ps.gpu)
+        if not workload.templates:
+            continue
+        given = RuleInput(workload=workload, gpu=ps.gpu, environment=None, namespace_labels={}, request=None)
+        for subset in (rules, rules[:4]):
+            assert findings(subset, given, fast=True) == findings(subset, given, fast=False), obj["metadata"]
+        frame = Frame(given, {r.id: r.params for r in rules[:4]}, rules[:4])
+        written += bool(frame.verdicts(Budget(60.0)))
+        compared += 1
+    assert compared > 60 and written == compared
+    program = combined_program(tuple(v.frame_body or "" for r in rules[:4] for v in r.validations), frozenset(),
+                               tuple((r.id, tuple((k, param_literal(v) or "") for k, v in params.items()))
+                                     for r in rules[:4]))
+    assert program is not None and program.source.count("mlguardP") == 2  # has(params.max) and params.?missing
