@@ -12,7 +12,9 @@ Three figures per rule count:
   is the difference with the 0-rule server's p99, with a 95% interval from a block bootstrap (1-second blocks
   of every server's samples resampled together, fixed seed: stalls that hit neighbouring requests stay together);
 - in-process p50/p99 of one `evaluate_object` at admission on the same object (no sockets), and from it the
-  cost per rule per object (the mean's growth from 0 to 50 rules, divided by 50);
+  cost per rule per object (the mean's growth from 0 to 50 rules, divided by 50); and the median of one
+  evaluation 5 ms after the last, as a server sees it between reviews (on this VM a process that slept runs the
+  same evaluation 3-4 times slower than back-to-back: the servers' decision times follow that figure);
 - `mlguard check` throughput (objects/s) on a directory of generated GPU Deployments and Pods;
 - with ``--instructions``: instructions per in-process evaluation counted by callgrind, the figure that does
   not move with the machine's load.
@@ -111,7 +113,7 @@ def evaluation(text: str, body: bytes) -> Callable[[], object]:
     return lambda: evaluate_object(obj, ps, point="admission", request=info, resolutions=known)
 
 
-def in_process(text: str, body: bytes, *, n: int = 2000) -> tuple[float, float, float, float]:
+def in_process(text: str, body: bytes, *, n: int = 2000) -> tuple[float, float, float, float, float]:
     evaluate = evaluation(text, body)
     for _ in range(100):
         evaluate()
@@ -127,7 +129,14 @@ def in_process(text: str, body: bytes, *, n: int = 2000) -> tuple[float, float, 
         for _ in range(300):
             evaluate()
         cpu = min(cpu, (time.process_time() - start) / 300)
-    return statistics.fmean(times) * 1e3, times[n // 2] * 1e3, times[int(n * 0.99)] * 1e3, cpu * 1e3
+    idle = []  # as a server between reviews: the process sleeps, and on this VM wakes to a slower CPU
+    for _ in range(400):
+        time.sleep(0.005)
+        start = time.perf_counter()
+        evaluate()
+        idle.append(time.perf_counter() - start)
+    return (statistics.fmean(times) * 1e3, times[n // 2] * 1e3, times[int(n * 0.99)] * 1e3, cpu * 1e3,
+            statistics.median(idle) * 1e3)
 
 
 def evaluate_many(count: int, n: int) -> None:
@@ -293,7 +302,7 @@ def main() -> int:
         latencies = {i: sorted(s[2] for s in samples if s[0] == i) for i in range(len(counts))}
         inside = {count: decision_times(log) for count, (_proc, _port, log) in servers.items()}
         for i, count in enumerate(counts):
-            mean, p50, p99, cpu = inproc[count]
+            mean, p50, p99, cpu, _idle = inproc[count]
             rate = check_rate(objects, files[count], args.objects)
             print(f"  {count:>5}  {cpu:>17.3f}  {mean:>6.3f} / {p50:>5.3f} / {p99:>6.3f}  "
                   f"{percentile(latencies[i], 0.50):>11.2f}  {percentile(latencies[i], 0.99):>11.2f}  "
@@ -307,6 +316,8 @@ def main() -> int:
                           f"{len(latencies[i]):,} and {len(latencies[base]):,} requests); at p50 "
                           f"{percentile(latencies[i], 0.5) - percentile(latencies[base], 0.5):+.2f} ms; in process "
                           f"at p99 {inproc[count][2] - inproc[0][2]:+.3f} ms")
+            print("  one in-process evaluation 5 ms after the last (a server between reviews), median ms: " + ", ".join(
+                f"{count} rules {inproc[count][4]:.3f} (back-to-back {inproc[count][1]:.3f})" for count in counts))
             print("  the servers' own time per answer (parsed body to built response, from their decision logs, "
                   "warm-up included), p50 / p99 ms: " + ", ".join(
                       f"{count} rules {percentile(inside[count], 0.5):.2f} / {percentile(inside[count], 0.99):.2f}"
