@@ -139,6 +139,26 @@ def in_process(text: str, body: bytes, *, n: int = 2000) -> tuple[float, float, 
             statistics.median(idle) * 1e3)
 
 
+def cel_floor(n: int = 400) -> tuple[float, float]:
+    """The least one call into the CEL runtime costs (an Activation and the program `true`), median microseconds
+    back-to-back and 5 ms after the last: what a rule costs before it reads anything, once per object."""
+    from policies.rules.celenv import frame_environment
+
+    env = frame_environment()
+    program = env.compile("true")
+    out = []
+    for gap in (0.0, 0.005):
+        times = []
+        for _ in range(n):
+            if gap:
+                time.sleep(gap)
+            start = time.perf_counter()
+            program.eval(env.Activation({}))
+            times.append(time.perf_counter() - start)
+        out.append(statistics.median(times) * 1e6)
+    return out[0], out[1]
+
+
 def evaluate_many(count: int, n: int) -> None:
     """``n`` admission evaluations (after 20 to warm up) of the benchmark's review with ``count`` rules: what
     `instructions` runs under callgrind. What the warm-up leaves is frozen out of the garbage collector: a full
@@ -318,6 +338,9 @@ def main() -> int:
                           f"at p99 {inproc[count][2] - inproc[0][2]:+.3f} ms")
             print("  one in-process evaluation 5 ms after the last (a server between reviews), median ms: " + ", ".join(
                 f"{count} rules {inproc[count][4]:.3f} (back-to-back {inproc[count][1]:.3f})" for count in counts))
+            trivial, slept = cel_floor()
+            print(f"  one call into the CEL runtime (an Activation and `true`), median: {trivial:.1f} us back-to-back, "
+                  f"{slept:.1f} us 5 ms after the last")
             print("  the servers' own time per answer (parsed body to built response, from their decision logs, "
                   "warm-up included), p50 / p99 ms: " + ", ".join(
                       f"{count} rules {percentile(inside[count], 0.5):.2f} / {percentile(inside[count], 0.99):.2f}"
