@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """What CEL rules (spec.rules) cost: the baseline PolicySet plus 0, 10 and 50 rules.
 
-    python tests/benchmarks/bench_rules.py [--duration 30] [--rate 200] [--objects 400] [--instructions]
+    python tests/benchmarks/bench_rules.py [--duration 60] [--rate 60] [--objects 400] [--instructions]
 
 Three figures per rule count:
 - admission p50/p99 over HTTP: one webhook (gunicorn, TLS, 2 workers x 4 threads) per rule count, all up at once,
@@ -270,8 +270,9 @@ def check_rate(root: Path, policyset_file: Path, count: int) -> float:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--duration", type=float, default=30.0, help="seconds of load (every rule count at once)")
-    parser.add_argument("--rate", type=float, default=200.0, help="requests per second to each server")
+    parser.add_argument("--duration", type=float, default=60.0, help="seconds of load (every rule count at once)")
+    parser.add_argument("--rate", type=float, default=60.0,
+                        help="requests per second to each server (100 each to three servers saturates 2 cores)")
     parser.add_argument("--objects", type=int, default=400, help="objects for the mlguard check run")
     parser.add_argument("--counts", default="0,10,50")
     parser.add_argument("--instructions", action="store_true",
