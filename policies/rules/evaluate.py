@@ -183,7 +183,7 @@ class Frame:
         data["variables"] = {}
         self._literals: ParamLiterals = ()
         if "mlguardP" in names:  # converted only where the one program reads a parameter it could not write in
-            data["mlguardP"] = {k: dict(v) for k, v in params.items()}
+            data["mlguardP"] = {k: v if type(v) is dict else dict(v) for k, v in params.items()}  # no copy per object
             self._literals = tuple((rule, _literals(p)) for rule, p in params.items())
         obj, tpls, ctrs = (given.instances(s) if s in scopes else [] for s in SCOPES)
         data["mlguardN"] = {"object": list(range(len(obj))), "podTemplate": list(range(len(tpls))),
