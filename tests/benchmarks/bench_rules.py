@@ -129,14 +129,21 @@ def in_process(text: str, body: bytes, *, n: int = 2000) -> tuple[float, float, 
         for _ in range(300):
             evaluate()
         cpu = min(cpu, (time.process_time() - start) / 300)
-    idle = []  # as a server between reviews: the process sleeps, and on this VM wakes to a slower CPU
-    for _ in range(400):
-        time.sleep(0.005)
-        start = time.perf_counter()
-        evaluate()
-        idle.append(time.perf_counter() - start)
+    # as a server between reviews: the process sleeps, and on this VM wakes to caches without its code and data
     return (statistics.fmean(times) * 1e3, times[n // 2] * 1e3, times[int(n * 0.99)] * 1e3, cpu * 1e3,
-            statistics.median(idle) * 1e3)
+            median_after(evaluate, 0.005) * 1e3)
+
+
+def median_after(call: Callable[[], object], gap: float, n: int = 400) -> float:
+    """The median seconds of ``call`` run ``n`` times, each ``gap`` seconds after the last (0: back-to-back)."""
+    times = []
+    for _ in range(n):
+        if gap:
+            time.sleep(gap)
+        start = time.perf_counter()
+        call()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
 
 
 def cel_floor(n: int = 400) -> tuple[float, float]:
@@ -146,17 +153,8 @@ def cel_floor(n: int = 400) -> tuple[float, float]:
 
     env = frame_environment()
     program = env.compile("true")
-    out = []
-    for gap in (0.0, 0.005):
-        times = []
-        for _ in range(n):
-            if gap:
-                time.sleep(gap)
-            start = time.perf_counter()
-            program.eval(env.Activation({}))
-            times.append(time.perf_counter() - start)
-        out.append(statistics.median(times) * 1e6)
-    return out[0], out[1]
+    back_to_back, slept = (median_after(lambda: program.eval(env.Activation({})), gap, n) * 1e6 for gap in (0.0, 0.005))
+    return back_to_back, slept
 
 
 def evaluate_many(count: int, n: int) -> None:
